@@ -1,0 +1,272 @@
+//! The inventory stores on the embedded redb engine.
+
+use std::path::Path;
+
+use microshop_storage::{
+    StorageError,
+    barrier::{self, ActionGate},
+    decode,
+    embedded::{Durable, EmbeddedDb},
+    encode,
+};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use crate::{
+    domain::{
+        CommitOutcome, Product, ProductUpdate, ReleaseOutcome, ReservationState, Reservation,
+        ReserveOutcome, ReservedLine, StockLine, merge_lines,
+    },
+    store::{CatalogStore, ReservationStore},
+};
+
+const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
+const RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reservations");
+
+const OP_RESERVE: &str = "reserve";
+const OP_RELEASE: &str = "release";
+const OP_COMMIT: &str = "commit";
+
+/// Inventory on redb (`inventory.redb` in the data directory).
+#[derive(Clone, Debug)]
+pub struct EmbeddedInventory {
+    db: EmbeddedDb,
+}
+
+impl EmbeddedInventory {
+    /// Opens or creates the store under `dir`.
+    pub fn open(dir: &Path, durable: Durable) -> Result<Self, StorageError> {
+        let db = EmbeddedDb::open(dir, "inventory", durable, |txn| {
+            txn.open_table(PRODUCTS)?;
+            txn.open_table(RESERVATIONS)?;
+            barrier::init(txn)
+        })?;
+        Ok(Self { db })
+    }
+
+    /// Checks the store answers.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.db.ping().await
+    }
+}
+
+fn load_product(txn: &WriteTransaction, sku: &str) -> Result<Option<Product>, StorageError> {
+    let table = txn.open_table(PRODUCTS)?;
+    let found = table.get(sku)?;
+    found.map(|v| decode(v.value())).transpose()
+}
+
+fn save_product(txn: &WriteTransaction, product: &Product) -> Result<(), StorageError> {
+    let bytes = encode(product)?;
+    txn.open_table(PRODUCTS)?
+        .insert(product.sku.as_str(), bytes.as_slice())?;
+    Ok(())
+}
+
+fn load_reservation(
+    txn: &WriteTransaction,
+    saga_id: &str,
+) -> Result<Option<Reservation>, StorageError> {
+    let table = txn.open_table(RESERVATIONS)?;
+    let found = table.get(saga_id)?;
+    found.map(|v| decode(v.value())).transpose()
+}
+
+fn save_reservation(
+    txn: &WriteTransaction,
+    saga_id: &str,
+    reservation: &Reservation,
+) -> Result<(), StorageError> {
+    let bytes = encode(reservation)?;
+    txn.open_table(RESERVATIONS)?
+        .insert(saga_id, bytes.as_slice())?;
+    Ok(())
+}
+
+/// Moves `lines` between buckets of their products with `apply`.
+fn move_units(
+    txn: &WriteTransaction,
+    lines: &[ReservedLine],
+    apply: impl Fn(&mut Product, i64),
+) -> Result<(), StorageError> {
+    for line in lines {
+        let mut product = load_product(txn, &line.sku)?.ok_or_else(|| {
+            StorageError::Corrupt(format!("reserved sku {} has no product", line.sku))
+        })?;
+        apply(&mut product, line.quantity);
+        save_product(txn, &product)?;
+    }
+    Ok(())
+}
+
+fn reserve_in(
+    txn: &WriteTransaction,
+    saga_id: &str,
+    lines: &[StockLine],
+) -> Result<ReserveOutcome, StorageError> {
+    // Every check first: nothing is written unless every line fits.
+    let merged = merge_lines(lines);
+    let mut products = Vec::with_capacity(merged.len());
+    for line in &merged {
+        let Some(product) = load_product(txn, &line.sku)? else {
+            return Ok(ReserveOutcome::UnknownSku(line.sku.clone()));
+        };
+        if product.available < line.quantity {
+            return Ok(ReserveOutcome::OutOfStock {
+                sku: line.sku.clone(),
+                requested: line.quantity,
+                available: product.available,
+            });
+        }
+        products.push(product);
+    }
+    let mut reserved = Vec::with_capacity(merged.len());
+    for (line, mut product) in merged.iter().zip(products) {
+        product.available -= line.quantity;
+        product.reserved += line.quantity;
+        save_product(txn, &product)?;
+        reserved.push(ReservedLine {
+            sku: product.sku,
+            name: product.name,
+            quantity: line.quantity,
+            unit_price: product.unit_price,
+        });
+    }
+    save_reservation(
+        txn,
+        saga_id,
+        &Reservation {
+            lines: reserved.clone(),
+            state: ReservationState::Reserved,
+        },
+    )?;
+    Ok(ReserveOutcome::Reserved(reserved))
+}
+
+impl CatalogStore for EmbeddedInventory {
+    async fn put_product(&self, update: ProductUpdate) -> Result<Result<Product, i64>, StorageError> {
+        self.db
+            .write(move |txn| {
+                let product = match load_product(txn, &update.sku)? {
+                    Some(existing) if update.stock < existing.reserved => {
+                        return Ok(Err(existing.reserved));
+                    }
+                    Some(existing) => Product {
+                        name: update.name,
+                        unit_price: update.unit_price,
+                        available: update.stock - existing.reserved,
+                        ..existing
+                    },
+                    None => Product {
+                        sku: update.sku,
+                        name: update.name,
+                        unit_price: update.unit_price,
+                        available: update.stock,
+                        reserved: 0,
+                        sold: 0,
+                        restocked: 0,
+                    },
+                };
+                save_product(txn, &product)?;
+                Ok(Ok(product))
+            })
+            .await
+    }
+
+    async fn get_products(&self, skus: Vec<String>) -> Result<Vec<Option<Product>>, StorageError> {
+        self.db
+            .read(move |txn| {
+                let table = txn.open_table(PRODUCTS)?;
+                skus.iter()
+                    .map(|sku| {
+                        let found = table.get(sku.as_str())?;
+                        found.map(|v| decode(v.value())).transpose()
+                    })
+                    .collect()
+            })
+            .await
+    }
+}
+
+impl ReservationStore for EmbeddedInventory {
+    async fn reserve(
+        &self,
+        saga_id: String,
+        lines: Vec<StockLine>,
+    ) -> Result<Option<ReserveOutcome>, StorageError> {
+        self.db
+            .write(move |txn| {
+                match barrier::action_gate(txn, &saga_id, OP_RESERVE, OP_RELEASE)? {
+                    ActionGate::Replay(first) => return Ok(Some(first)),
+                    ActionGate::Compensated => return Ok(None),
+                    ActionGate::Proceed => {}
+                }
+                let outcome = reserve_in(txn, &saga_id, &lines)?;
+                barrier::record(txn, &saga_id, OP_RESERVE, &outcome)?;
+                Ok(Some(outcome))
+            })
+            .await
+    }
+
+    async fn release(&self, saga_id: String) -> Result<ReleaseOutcome, StorageError> {
+        self.db
+            .write(move |txn| {
+                if let Some(first) = barrier::outcome(txn, &saga_id, OP_RELEASE)? {
+                    return Ok(first);
+                }
+                let outcome = match load_reservation(txn, &saga_id)? {
+                    None => ReleaseOutcome::NothingReserved,
+                    Some(mut r) => {
+                        let units = r.lines.iter().map(|l| l.quantity).sum();
+                        let outcome = match r.state {
+                            ReservationState::Reserved => {
+                                move_units(txn, &r.lines, |p, q| {
+                                    p.reserved -= q;
+                                    p.available += q;
+                                })?;
+                                ReleaseOutcome::Released(units)
+                            }
+                            ReservationState::Committed => {
+                                move_units(txn, &r.lines, |p, q| {
+                                    p.available += q;
+                                    p.restocked += q;
+                                })?;
+                                ReleaseOutcome::Restocked(units)
+                            }
+                            ReservationState::Released => ReleaseOutcome::Released(0),
+                        };
+                        r.state = ReservationState::Released;
+                        save_reservation(txn, &saga_id, &r)?;
+                        outcome
+                    }
+                };
+                barrier::record(txn, &saga_id, OP_RELEASE, &outcome)?;
+                Ok(outcome)
+            })
+            .await
+    }
+
+    async fn commit(&self, saga_id: String) -> Result<CommitOutcome, StorageError> {
+        self.db
+            .write(move |txn| {
+                if let Some(first) = barrier::outcome(txn, &saga_id, OP_COMMIT)? {
+                    return Ok(first);
+                }
+                let outcome = match load_reservation(txn, &saga_id)? {
+                    None => CommitOutcome::NothingReserved,
+                    Some(r) if r.state != ReservationState::Reserved => CommitOutcome::Released,
+                    Some(mut r) => {
+                        move_units(txn, &r.lines, |p, q| {
+                            p.reserved -= q;
+                            p.sold += q;
+                        })?;
+                        r.state = ReservationState::Committed;
+                        save_reservation(txn, &saga_id, &r)?;
+                        CommitOutcome::Committed(r.lines.iter().map(|l| l.quantity).sum())
+                    }
+                };
+                barrier::record(txn, &saga_id, OP_COMMIT, &outcome)?;
+                Ok(outcome)
+            })
+            .await
+    }
+}

@@ -1,0 +1,1 @@
+//! loyalty-svc (being written)

@@ -1,0 +1,71 @@
+//! Settings every server shares, as one typed struct.
+//!
+//! Layers, lowest first: built-in defaults, `MICROSHOP_*` environment
+//! variables, command-line flags (clap resolves env and flags in that order).
+//! Service-specific settings live in each service's own config struct, which
+//! flattens [`ServerArgs`] so there is one parse and one place to look.
+
+use std::{path::PathBuf, time::Duration};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// Settings shared by every server of the mesh.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Directory holding the embedded stores (one redb file per service).
+    #[arg(long, env = "MICROSHOP_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Log format.
+    #[arg(long, env = "MICROSHOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Upper bound on the time one request may take, in milliseconds (a
+    /// shorter client deadline wins).
+    #[arg(long, env = "MICROSHOP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "MICROSHOP_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Requests served at once by one server; beyond it requests are shed
+    /// with RESOURCE_EXHAUSTED rather than queued without bound.
+    #[arg(long, env = "MICROSHOP_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for ServerArgs {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Text,
+            request_timeout_ms: 30_000,
+            max_message_bytes: 256 * 1024,
+            max_concurrent_requests: 4096,
+        }
+    }
+}
+
+impl ServerArgs {
+    /// Default settings with the given data directory (what tests use).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The per-request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}

@@ -1,0 +1,18 @@
+//! Server bootstrap shared by every microshop service.
+//!
+//! A service crate brings its gRPC routes and a storage probe; this crate
+//! wraps them in the same health, reflection, limits, shutdown and logging,
+//! so every port of the mesh behaves alike for operators and Kubernetes.
+
+pub mod config;
+pub mod errors;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod validate;
+
+pub use config::{LogFormat, ServerArgs};
+pub use errors::{DOMAIN, Reason, internal_status, rich_status};
+pub use server::{ServeError, StorageProbe, health_reporter, serve};
+pub use tonic_health::server::HealthReporter;
+pub use shutdown::shutdown_signal;

@@ -1,0 +1,146 @@
+//! Serving one gRPC service the way every microshop port behaves: health
+//! (`grpc.health.v1`, driven by a storage probe), reflection v1 and v1alpha,
+//! a per-request timeout, a global concurrency bound that sheds load with
+//! RESOURCE_EXHAUSTED instead of queueing, and graceful shutdown.
+
+use std::{future::Future, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
+use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+
+use crate::config::ServerArgs;
+
+/// How often storage health is probed.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serving failed to start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not be built from the descriptors.
+    #[error("cannot build the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("grpc transport failed")]
+    Transport(#[from] tonic::transport::Error),
+    /// The service's storage could not be opened.
+    #[error("cannot open storage")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The service could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Checks whether a service can do its work (its storage answers).
+pub trait StorageProbe: Send + Sync + 'static {
+    /// `Ok` when usable; `Err` says why not, for the log.
+    fn probe(&self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then stops
+/// accepting, lets in-flight calls finish and returns.
+///
+/// `service_name` is the fully-qualified gRPC name (e.g.
+/// `microshop.inventory.v1.InventoryService`); health reports it and the
+/// empty name together, SERVING while `probe` succeeds. `health` lets a
+/// service report more entries (the orchestrator reports each participant).
+pub async fn serve<P: StorageProbe>(
+    listener: TcpListener,
+    service_name: &'static str,
+    routes: Routes,
+    probe: P,
+    health: HealthReporter,
+    args: &ServerArgs,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(microshop_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(microshop_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let routes = routes
+        .add_service(HealthServer::new(HealthService::from_health_reporter(
+            health.clone(),
+        )))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let prober = tokio::spawn(probe_loop(probe, health.clone(), service_name, stop_rx));
+
+    let local = listener.local_addr().ok();
+    tracing::info!(service = service_name, addr = ?local, "serving");
+
+    let result = tonic::transport::Server::builder()
+        .timeout(args.request_timeout())
+        .layer(
+            ServiceBuilder::new()
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    args.max_concurrent_requests,
+                ))
+                .into_inner(),
+        )
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            shutdown.await;
+            tracing::info!(service = service_name, "draining in-flight calls");
+        })
+        .await;
+
+    let _ = stop_tx.send(true);
+    let _ = prober.await;
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status(service_name, ServingStatus::NotServing)
+        .await;
+    tracing::info!(service = service_name, "stopped");
+    result.map_err(ServeError::from)
+}
+
+async fn probe_loop<P: StorageProbe>(
+    probe: P,
+    health: HealthReporter,
+    service_name: &'static str,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last: Option<bool> = None;
+    loop {
+        let result = probe.probe().await;
+        let ok = result.is_ok();
+        if last != Some(ok) {
+            let status = if ok {
+                tracing::info!(service = service_name, "storage usable: SERVING");
+                ServingStatus::Serving
+            } else {
+                tracing::warn!(
+                    service = service_name,
+                    reason = result.err().unwrap_or_default(),
+                    "storage unusable: NOT_SERVING"
+                );
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health.set_service_status(service_name, status).await;
+            last = Some(ok);
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+    }
+}
+
+/// A new health reporter for [`serve`].
+pub fn health_reporter() -> HealthReporter {
+    HealthReporter::new()
+}

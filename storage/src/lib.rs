@@ -1,0 +1,71 @@
+//! Storage plumbing shared by every microshop service.
+//!
+//! - [`StorageError`]: the one error every storage trait returns, whatever
+//!   the backend, so services map it to a status in one place.
+//! - [`embedded`]: the redb engine. All writes of a service go through one
+//!   writer thread that commits queued jobs together (group commit): each
+//!   job keeps its own atomicity, and one fsync covers many requests.
+//! - [`barrier`]: the participant barrier of ARCHITECTURE §6 as functions
+//!   over a write transaction, so the record and the business effect commit
+//!   together.
+
+pub mod barrier;
+pub mod embedded;
+
+use std::borrow::Cow;
+
+/// Why a storage operation failed. No business outcomes here: those are
+/// values returned by the store methods.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The store cannot be reached or is shutting down; retrying may work.
+    #[error("storage unavailable: {0}")]
+    Unavailable(Cow<'static, str>),
+    /// The store answered but failed (I/O error, full disk, bad state).
+    #[error("storage failed: {0}")]
+    Backend(String),
+    /// Stored data could not be decoded: a bug or corruption.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StorageError {
+    /// Whether a retry may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+macro_rules! backend_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(err: $t) -> Self {
+                Self::Backend(err.to_string())
+            }
+        }
+    )*};
+}
+backend_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<serde_json::Error> for StorageError {
+    fn from(err: serde_json::Error) -> Self {
+        Self::Corrupt(err.to_string())
+    }
+}
+
+/// Encodes a record for storage.
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    serde_json::to_vec(value).map_err(|e| StorageError::Backend(format!("cannot encode: {e}")))
+}
+
+/// Decodes a stored record.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
