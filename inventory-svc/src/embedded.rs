@@ -13,7 +13,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::{
     domain::{
-        CommitOutcome, Product, ProductUpdate, ReleaseOutcome, ReservationState, Reservation,
+        CommitOutcome, Product, ProductUpdate, ReleaseOutcome, Reservation, ReservationState,
         ReserveOutcome, ReservedLine, StockLine, merge_lines,
     },
     store::{CatalogStore, ReservationStore},
@@ -143,7 +143,10 @@ fn reserve_in(
 }
 
 impl CatalogStore for EmbeddedInventory {
-    async fn put_product(&self, update: ProductUpdate) -> Result<Result<Product, i64>, StorageError> {
+    async fn put_product(
+        &self,
+        update: ProductUpdate,
+    ) -> Result<Result<Product, i64>, StorageError> {
         self.db
             .write(move |txn| {
                 let product = match load_product(txn, &update.sku)? {

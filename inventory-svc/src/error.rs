@@ -77,9 +77,7 @@ impl From<InventoryError> for Status {
             InventoryError::StockBelowReserved { sku, reserved } => rich_status(
                 Code::FailedPrecondition,
                 Reason::StockBelowReserved,
-                format!(
-                    "sku {sku:?} has {reserved} units reserved; stock must be at least that"
-                ),
+                format!("sku {sku:?} has {reserved} units reserved; stock must be at least that"),
                 [("sku", sku), ("reserved", reserved.to_string())],
                 None,
             ),

@@ -1,7 +1,9 @@
 //! The InventoryService gRPC handlers: validate, call the store, convert.
 
 use microshop_proto::inventory::v1::{self as pb, inventory_service_server::InventoryService};
-use microshop_runtime::validate::{MAX_AMOUNT, MAX_LINES, MAX_NAME_BYTES, MAX_QUANTITY, Violations};
+use microshop_runtime::validate::{
+    MAX_AMOUNT, MAX_LINES, MAX_NAME_BYTES, MAX_QUANTITY, Violations,
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -58,7 +60,12 @@ impl<S: CatalogStore + ReservationStore> InventoryService for Inventory<S> {
         v.non_negative("stock", update.stock, MAX_AMOUNT);
         check(v)?;
         let sku = update.sku.clone();
-        match self.store.put_product(update).await.map_err(InventoryError::from)? {
+        match self
+            .store
+            .put_product(update)
+            .await
+            .map_err(InventoryError::from)?
+        {
             Ok(product) => Ok(Response::new(product.into())),
             Err(reserved) => Err(InventoryError::StockBelowReserved { sku, reserved }.into()),
         }

@@ -1,1 +1,88 @@
-//! loyalty-svc (being written)
+//! loyalty-svc: loyalty members and their point balances. Checkout sagas
+//! deduct the points a customer redeems (refunded if the saga compensates),
+//! and paid orders earn points; every saga RPC goes through the participant
+//! barrier, so retries, null compensations and late actions stay exact.
+
+pub mod conversions;
+pub mod domain;
+pub mod embedded;
+pub mod error;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+
+use microshop_proto::loyalty::v1::loyalty_service_server::LoyaltyServiceServer;
+use microshop_runtime::{ServeError, ServerArgs, StorageProbe};
+use microshop_storage::embedded::Durable;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+use crate::domain::DEFAULT_EARN_AMOUNT_PER_POINT;
+
+pub use embedded::EmbeddedLoyalty;
+pub use service::Loyalty;
+
+/// The fully-qualified gRPC service name (health reports it).
+pub const SERVICE_NAME: &str = "microshop.loyalty.v1.LoyaltyService";
+
+/// Settings of loyalty-svc.
+#[derive(Clone, Debug)]
+pub struct LoyaltyConfig {
+    /// Shared server settings.
+    pub server: ServerArgs,
+    /// Whether commits are fsync'd (always, but for benchmark baselines).
+    pub durable: Durable,
+    /// Amount paid (smallest currency unit) that earns one point; must be
+    /// greater than zero.
+    pub earn_amount_per_point: i64,
+}
+
+impl LoyaltyConfig {
+    /// Defaults with the given server settings.
+    pub fn new(server: ServerArgs) -> Self {
+        Self {
+            server,
+            durable: Durable::Yes,
+            earn_amount_per_point: DEFAULT_EARN_AMOUNT_PER_POINT,
+        }
+    }
+}
+
+/// Opens the store and serves loyalty-svc on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    config: LoyaltyConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    if config.earn_amount_per_point <= 0 {
+        return Err(ServeError::Setup(format!(
+            "the earn rate must be greater than zero (got {} per point)",
+            config.earn_amount_per_point
+        )));
+    }
+    let store = EmbeddedLoyalty::open(&config.server.data_dir, config.durable)
+        .map_err(|e| ServeError::Storage(Box::new(e)))?;
+    let service =
+        Loyalty::new(store.clone()).with_earn_amount_per_point(config.earn_amount_per_point);
+    let server = LoyaltyServiceServer::new(service)
+        .max_decoding_message_size(config.server.max_message_bytes);
+    microshop_runtime::serve(
+        listener,
+        SERVICE_NAME,
+        Routes::new(server),
+        Probe(store),
+        microshop_runtime::health_reporter(),
+        &config.server,
+        shutdown,
+    )
+    .await
+}
+
+struct Probe(EmbeddedLoyalty);
+
+impl StorageProbe for Probe {
+    async fn probe(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}

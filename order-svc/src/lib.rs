@@ -1,1 +1,83 @@
-//! order-svc (being written)
+//! order-svc: prices carts, stores orders with every pricing field and their
+//! status history, and keeps coupons with their use counts.
+//!
+//! It is the last participant of a checkout saga: CreateOrder runs after the
+//! stock is reserved and the points deducted, prices the order server-side
+//! ([`pricing`]) and consumes one coupon use in the same transaction, so
+//! concurrent orders can never exceed a coupon's limit. CancelOrder, its
+//! compensation, needs only the saga id and gives the coupon use back.
+
+pub mod conversions;
+pub mod domain;
+pub mod embedded;
+pub mod error;
+pub mod pricing;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+
+use microshop_proto::order::v1::order_service_server::OrderServiceServer;
+use microshop_runtime::{ServeError, ServerArgs, StorageProbe};
+use microshop_storage::embedded::Durable;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+pub use embedded::EmbeddedOrders;
+pub use pricing::PricingRules;
+pub use service::Orders;
+
+/// The fully-qualified gRPC service name (health reports it).
+pub const SERVICE_NAME: &str = "microshop.order.v1.OrderService";
+
+/// Settings of order-svc.
+#[derive(Clone, Debug)]
+pub struct OrderConfig {
+    /// Shared server settings.
+    pub server: ServerArgs,
+    /// Whether commits are fsync'd (always, but for benchmark baselines).
+    pub durable: Durable,
+    /// Tax, shipping and point rules.
+    pub pricing: PricingRules,
+}
+
+impl OrderConfig {
+    /// Defaults (seed pricing rules) with the given server settings.
+    pub fn new(server: ServerArgs) -> Self {
+        Self {
+            server,
+            durable: Durable::Yes,
+            pricing: PricingRules::default(),
+        }
+    }
+}
+
+/// Opens the store and serves order-svc on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    config: OrderConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let store = EmbeddedOrders::open(&config.server.data_dir, config.durable)
+        .map_err(|e| ServeError::Storage(Box::new(e)))?;
+    let server = OrderServiceServer::new(Orders::new(store.clone(), config.pricing))
+        .max_decoding_message_size(config.server.max_message_bytes);
+    microshop_runtime::serve(
+        listener,
+        SERVICE_NAME,
+        Routes::new(server),
+        Probe(store),
+        microshop_runtime::health_reporter(),
+        &config.server,
+        shutdown,
+    )
+    .await
+}
+
+struct Probe(EmbeddedOrders);
+
+impl StorageProbe for Probe {
+    async fn probe(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}

@@ -39,7 +39,11 @@ pub struct ServerArgs {
 
     /// Requests served at once by one server; beyond it requests are shed
     /// with RESOURCE_EXHAUSTED rather than queued without bound.
-    #[arg(long, env = "MICROSHOP_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
+    #[arg(
+        long,
+        env = "MICROSHOP_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 4096
+    )]
     pub max_concurrent_requests: usize,
 }
 

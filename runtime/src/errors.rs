@@ -136,11 +136,36 @@ pub fn rich_status(
     metadata: impl IntoIterator<Item = (&'static str, String)>,
     retry_after: Option<Duration>,
 ) -> Status {
-    let metadata: HashMap<String, String> = metadata
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    let mut details = ErrorDetails::with_error_info(reason.as_str(), DOMAIN, metadata);
+    status_with_details(
+        code,
+        reason.as_str(),
+        message,
+        metadata.into_iter().map(|(k, v)| (k.to_owned(), v)),
+        &[],
+        retry_after,
+    )
+}
+
+/// A status from parts, for errors relayed from another service (the
+/// orchestrator answers a participant's rejection, plus its saga id).
+pub fn status_with_details(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: impl IntoIterator<Item = (String, String)>,
+    violations: &[(String, String)],
+    retry_after: Option<Duration>,
+) -> Status {
+    let metadata: HashMap<String, String> = metadata.into_iter().collect();
+    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, metadata);
+    if !violations.is_empty() {
+        details.set_bad_request(
+            violations
+                .iter()
+                .map(|(f, d)| FieldViolation::new(f.clone(), d.clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
     if retry_after.is_some() {
         details.set_retry_info(retry_after);
     }

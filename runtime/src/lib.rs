@@ -14,5 +14,5 @@ pub mod validate;
 pub use config::{LogFormat, ServerArgs};
 pub use errors::{DOMAIN, Reason, internal_status, rich_status};
 pub use server::{ServeError, StorageProbe, health_reporter, serve};
-pub use tonic_health::server::HealthReporter;
 pub use shutdown::shutdown_signal;
+pub use tonic_health::server::HealthReporter;

@@ -99,7 +99,9 @@ pub async fn serve<P: StorageProbe>(
 
     let _ = stop_tx.send(true);
     let _ = prober.await;
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     health
         .set_service_status(service_name, ServingStatus::NotServing)
         .await;

@@ -45,8 +45,21 @@ pub struct EmbeddedDb {
 
 struct Inner {
     db: Arc<Database>,
-    jobs: mpsc::Sender<Job>,
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<thread::JoinHandle<()>>,
     path: PathBuf,
+}
+
+impl Drop for Inner {
+    /// Closes the queue and waits for the writer to finish its batch and
+    /// let go of the file, so a service restarted in the same process (or
+    /// a test reopening the directory) finds the file unlocked.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedDb {
@@ -66,9 +79,8 @@ impl EmbeddedDb {
         durable: Durable,
         init: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
     ) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StorageError::Backend(format!("cannot create {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(format!("{name}.redb"));
         let db = Database::builder()
             .set_cache_size(16 * 1024 * 1024)
@@ -80,12 +92,17 @@ impl EmbeddedDb {
         let db = Arc::new(db);
         let (jobs, rx) = mpsc::channel::<Job>();
         let writer_db = Arc::clone(&db);
-        thread::Builder::new()
+        let writer = thread::Builder::new()
             .name(format!("{name}-writer"))
-            .spawn(move || writer(&writer_db, &rx, durable))
+            .spawn(move || writer(writer_db, &rx, durable))
             .map_err(|e| StorageError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
-            inner: Arc::new(Inner { db, jobs, path }),
+            inner: Arc::new(Inner {
+                db,
+                jobs: Some(jobs),
+                writer: Some(writer),
+                path,
+            }),
         })
     }
 
@@ -113,6 +130,8 @@ impl EmbeddedDb {
         });
         self.inner
             .jobs
+            .as_ref()
+            .ok_or_else(|| StorageError::Unavailable("the store is shut down".into()))?
             .send(boxed)
             .map_err(|_| StorageError::Unavailable("the store is shut down".into()))?;
         rx.await
@@ -139,7 +158,8 @@ impl EmbeddedDb {
     }
 }
 
-fn writer(db: &Database, rx: &mpsc::Receiver<Job>, durable: Durable) {
+fn writer(db: Arc<Database>, rx: &mpsc::Receiver<Job>, durable: Durable) {
+    let db = &*db;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -175,7 +195,9 @@ fn run_batch(db: &Database, batch: Vec<Job>, durable: Durable) {
     }
     let result = if poisoned {
         let _ = txn.abort();
-        Err(StorageError::Backend("another write of the same batch failed".into()))
+        Err(StorageError::Backend(
+            "another write of the same batch failed".into(),
+        ))
     } else {
         txn.commit().map_err(StorageError::from)
     };

@@ -1,0 +1,648 @@
+//! The saga driver: runs each saga forward, step by step, and backward
+//! through compensations when a step is rejected, writing the log before
+//! and after every participant call.
+//!
+//! One task drives a saga at a time in this process (the `active` map);
+//! callers waiting for the same saga (duplicates of one idempotency key,
+//! admin calls) subscribe to its outcome instead of driving it again. The
+//! task is detached from the request that started it, so a client that
+//! gives up never leaves a saga half-driven. Recovery and payment expiry
+//! are background loops over the log.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use microshop_storage::StorageError;
+use tokio::{
+    sync::watch,
+    time::{Instant, sleep, timeout},
+};
+use tonic::Code;
+
+use crate::{
+    failpoint::Failpoint,
+    log::{Begin, PaymentDeadline, SagaLog},
+    model::{
+        SagaError, SagaInput, SagaRecord, SagaState, SagaType, StepRecord, StepStatus, now_ms,
+    },
+    participants::{CallError, Participants},
+    steps::{self, StepOutput},
+};
+
+/// Budgets and periods of the driver.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Attempts of one forward step before the saga is FAILED.
+    pub step_attempts: usize,
+    /// Time one forward step may take across its attempts.
+    pub step_budget: Duration,
+    /// Attempts of one compensation before the saga is FAILED.
+    pub compensation_attempts: usize,
+    /// First retry delay (doubles, with jitter).
+    pub backoff_min: Duration,
+    /// Largest retry delay.
+    pub backoff_max: Duration,
+    /// Timeout of one participant call.
+    pub call_timeout: Duration,
+    /// Unpaid orders are cancelled this long after creation.
+    pub payment_ttl: Duration,
+    /// How often unfinished sagas are looked for.
+    pub recovery_interval: Duration,
+    /// How often payment deadlines are checked.
+    pub expiry_interval: Duration,
+    /// Longest a call waits for its saga when the client set no deadline.
+    pub max_wait: Duration,
+    /// Crash point for recovery tests.
+    pub failpoint: Option<Failpoint>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            step_attempts: 8,
+            step_budget: Duration::from_secs(10),
+            compensation_attempts: 12,
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(3),
+            payment_ttl: Duration::from_secs(600),
+            recovery_interval: Duration::from_secs(5),
+            expiry_interval: Duration::from_secs(1),
+            max_wait: Duration::from_secs(25),
+            failpoint: None,
+        }
+    }
+}
+
+/// The outcome published to waiters: the saga as it ended, or why driving
+/// stopped (the log was unreachable; recovery resumes it later).
+pub type Outcome = Result<SagaRecord, String>;
+
+struct Active {
+    done: watch::Receiver<Option<Outcome>>,
+    abort: Arc<AtomicBool>,
+}
+
+/// The saga engine.
+pub struct Engine<L> {
+    log: L,
+    participants: Participants,
+    config: EngineConfig,
+    active: Mutex<HashMap<String, Active>>,
+}
+
+impl<L> std::fmt::Debug for Engine<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// Why a step loop stopped short of success.
+enum StepEnd {
+    /// Done (succeeded or skipped).
+    Done,
+    /// The saga changed state (compensating, failed).
+    StateChanged,
+}
+
+impl<L: SagaLog> Engine<L> {
+    /// A new engine over `log` and `participants`.
+    pub fn new(log: L, participants: Participants, config: EngineConfig) -> Arc<Self> {
+        Arc::new(Self {
+            log,
+            participants,
+            config,
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The log.
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Starts a saga for `key` or finds the one holding it.
+    pub async fn begin(
+        &self,
+        saga_type: SagaType,
+        key: String,
+        input: SagaInput,
+    ) -> Result<Begin, StorageError> {
+        let now = now_ms();
+        let steps = steps::definition(saga_type)
+            .iter()
+            .map(|d| StepRecord::new(d.name, d.description))
+            .collect();
+        let mut record = SagaRecord {
+            saga_id: uuid::Uuid::now_v7().to_string(),
+            saga_type,
+            state: SagaState::Running,
+            idempotency_key: key,
+            input,
+            steps,
+            outputs: Default::default(),
+            history: Vec::new(),
+            error: None,
+            failure_reason: String::new(),
+            failed_from: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            seq: 0,
+        };
+        record.transition(SagaState::Running, "saga started");
+        self.log.begin(record).await
+    }
+
+    /// Makes sure a task drives `saga_id` and returns a receiver of its
+    /// outcome. A terminal saga is not driven again.
+    pub fn drive(self: &Arc<Self>, saga_id: &str) -> watch::Receiver<Option<Outcome>> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = active.get(saga_id) {
+            return a.done.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        let abort = Arc::new(AtomicBool::new(false));
+        active.insert(
+            saga_id.to_owned(),
+            Active {
+                done: rx.clone(),
+                abort: Arc::clone(&abort),
+            },
+        );
+        drop(active);
+        let engine = Arc::clone(self);
+        let id = saga_id.to_owned();
+        tokio::spawn(async move {
+            // Reload inside the task: a driver that just finished saved its
+            // final state before leaving the map, so this read sees it.
+            let outcome = match engine.log.get(id.clone()).await {
+                Ok(Some(record)) => engine.run(record, &abort).await.map_err(|e| e.to_string()),
+                Ok(None) => Err(format!("no saga {id}")),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = &outcome {
+                tracing::warn!(saga_id = %id, error = %e, "saga driving stopped; recovery will resume it");
+            }
+            engine
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            let _ = tx.send(Some(outcome));
+        });
+        rx
+    }
+
+    /// Asks the task driving `saga_id` to compensate; false if none is.
+    pub fn request_abort(&self, saga_id: &str) -> bool {
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active.get(saga_id).is_some_and(|a| {
+            a.abort.store(true, Ordering::SeqCst);
+            true
+        })
+    }
+
+    /// Waits up to `wait` for an outcome; `None` if the saga is still going.
+    pub async fn wait(mut rx: watch::Receiver<Option<Outcome>>, wait: Duration) -> Option<Outcome> {
+        match timeout(wait, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(v)) => v.clone(),
+            Ok(Err(_)) => Some(Err("saga driver stopped".into())),
+            Err(_) => None,
+        }
+    }
+
+    async fn save(
+        &self,
+        record: &mut SagaRecord,
+        deadline: PaymentDeadline,
+    ) -> Result<(), StorageError> {
+        record.updated_at_ms = now_ms();
+        self.log.save(record.clone(), deadline).await
+    }
+
+    async fn run(
+        &self,
+        mut record: SagaRecord,
+        abort: &AtomicBool,
+    ) -> Result<SagaRecord, StorageError> {
+        loop {
+            match record.state {
+                SagaState::Running => {
+                    if abort.load(Ordering::SeqCst) {
+                        self.start_compensating(
+                            &mut record,
+                            aborted_error(),
+                            "aborted by an operator",
+                        )
+                        .await?;
+                        continue;
+                    }
+                    match next_forward(&record) {
+                        Some(i) => {
+                            self.forward_step(&mut record, i, abort).await?;
+                        }
+                        None => {
+                            record.transition(SagaState::Completed, "every step succeeded");
+                            let deadline = self.deadline_on_completion(&record);
+                            self.save(&mut record, deadline).await?;
+                        }
+                    }
+                }
+                SagaState::Compensating => match next_compensation(&record) {
+                    Some(i) => self.compensation_step(&mut record, i).await?,
+                    None => {
+                        let deadline = self.deadline_on_compensated(&record);
+                        if let Some(step) = irreversible_step(&record) {
+                            record.failure_reason = format!(
+                                "step {step} succeeded and cannot be undone; resolve by hand"
+                            );
+                            record.failed_from = Some(SagaState::Compensating);
+                            record.transition(SagaState::Failed, record.failure_reason.clone());
+                        } else {
+                            record.transition(
+                                SagaState::Compensated,
+                                "every attempted step compensated",
+                            );
+                        }
+                        self.save(&mut record, deadline).await?;
+                    }
+                },
+                SagaState::Completed | SagaState::Compensated | SagaState::Failed => {
+                    return Ok(record);
+                }
+            }
+        }
+    }
+
+    fn deadline_on_completion(&self, record: &SagaRecord) -> PaymentDeadline {
+        let Some(order_id) = record.outputs.order_id.clone() else {
+            return PaymentDeadline::Keep;
+        };
+        match record.saga_type {
+            SagaType::PlaceOrder => PaymentDeadline::Set {
+                order_id,
+                due_ms: record.created_at_ms.saturating_add(
+                    i64::try_from(self.config.payment_ttl.as_millis()).unwrap_or(i64::MAX),
+                ),
+            },
+            SagaType::ConfirmPayment | SagaType::CancelOrder => PaymentDeadline::Clear { order_id },
+        }
+    }
+
+    fn deadline_on_compensated(&self, record: &SagaRecord) -> PaymentDeadline {
+        match (&record.saga_type, &record.input) {
+            // An expiry that found the order paid (or shipped) stops waiting.
+            (SagaType::CancelOrder, SagaInput::Cancel { order_id, .. }) => PaymentDeadline::Clear {
+                order_id: order_id.clone(),
+            },
+            _ => PaymentDeadline::Keep,
+        }
+    }
+
+    async fn start_compensating(
+        &self,
+        record: &mut SagaRecord,
+        error: SagaError,
+        note: &str,
+    ) -> Result<(), StorageError> {
+        record.error.get_or_insert(error);
+        record.transition(SagaState::Compensating, note);
+        self.save(record, PaymentDeadline::Keep).await
+    }
+
+    fn backoff(&self, attempts: usize) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.config.backoff_min)
+            .with_max_delay(self.config.backoff_max)
+            .with_max_times(attempts.saturating_sub(1))
+            .with_jitter()
+            .build()
+    }
+
+    async fn forward_step(
+        &self,
+        record: &mut SagaRecord,
+        index: usize,
+        abort: &AtomicBool,
+    ) -> Result<StepEnd, StorageError> {
+        let def = steps::definition(record.saga_type)[index];
+        if steps::skipped(record, index) {
+            let step = &mut record.steps[index].action;
+            step.status = StepStatus::Skipped;
+            step.finished_at_ms = Some(now_ms());
+            self.save(record, PaymentDeadline::Keep).await?;
+            return Ok(StepEnd::Done);
+        }
+        let started = Instant::now();
+        let mut delays = self.backoff(self.config.step_attempts);
+        let fp = self.config.failpoint.as_ref();
+        loop {
+            {
+                let step = &mut record.steps[index].action;
+                step.status = StepStatus::Running;
+                step.attempts += 1;
+                step.started_at_ms.get_or_insert_with(now_ms);
+            }
+            self.save(record, PaymentDeadline::Keep).await?;
+            Failpoint::hit(fp, "intent", def.name).await;
+            let result = steps::act(&self.participants, record, def.name).await;
+            Failpoint::hit(fp, "rpc", def.name).await;
+            match result {
+                Ok(output) => {
+                    steps::apply(&mut record.outputs, output_or_nothing(output));
+                    let step = &mut record.steps[index].action;
+                    step.status = StepStatus::Succeeded;
+                    step.finished_at_ms = Some(now_ms());
+                    self.save(record, PaymentDeadline::Keep).await?;
+                    Failpoint::hit(fp, "result", def.name).await;
+                    return Ok(StepEnd::Done);
+                }
+                Err(CallError::Rejected(status)) => {
+                    let step = &mut record.steps[index].action;
+                    step.status = StepStatus::Failed;
+                    step.last_error = describe(&status);
+                    step.finished_at_ms = Some(now_ms());
+                    let note = format!("{} rejected: {}", def.name, status.message());
+                    self.start_compensating(record, saga_error(&status), &note)
+                        .await?;
+                    Failpoint::hit(fp, "result", def.name).await;
+                    return Ok(StepEnd::StateChanged);
+                }
+                Err(CallError::Transient(status)) => {
+                    record.steps[index].action.last_error = describe(&status);
+                    tracing::debug!(saga_id = %record.saga_id, step = def.name, error = %status.message(), "transient failure");
+                    if abort.load(Ordering::SeqCst) {
+                        record.steps[index].action.status = StepStatus::Failed;
+                        self.start_compensating(record, aborted_error(), "aborted by an operator")
+                            .await?;
+                        return Ok(StepEnd::StateChanged);
+                    }
+                    match delays.next() {
+                        Some(delay) if started.elapsed() + delay < self.config.step_budget => {
+                            sleep(delay).await;
+                        }
+                        _ => {
+                            let step = &mut record.steps[index].action;
+                            step.status = StepStatus::Failed;
+                            step.finished_at_ms = Some(now_ms());
+                            record.failure_reason = format!(
+                                "{} did not succeed within its retry budget ({} attempts): {}; \
+                                 RetrySaga once the participant is back, or AbortSaga",
+                                def.name,
+                                step.attempts,
+                                status.message()
+                            );
+                            record.failed_from = Some(SagaState::Running);
+                            record.transition(SagaState::Failed, record.failure_reason.clone());
+                            self.save(record, PaymentDeadline::Keep).await?;
+                            tracing::warn!(saga_id = %record.saga_id, step = def.name, "saga FAILED: step out of budget");
+                            return Ok(StepEnd::StateChanged);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn compensation_step(
+        &self,
+        record: &mut SagaRecord,
+        index: usize,
+    ) -> Result<(), StorageError> {
+        let def = steps::definition(record.saga_type)[index];
+        let Some(name) = def.compensation else {
+            return Ok(());
+        };
+        let mut delays = self.backoff(self.config.compensation_attempts);
+        let fp = self.config.failpoint.as_ref();
+        loop {
+            {
+                let comp = record.steps[index].compensation.get_or_insert_with(|| {
+                    crate::model::RunRecord {
+                        name: name.to_owned(),
+                        ..Default::default()
+                    }
+                });
+                comp.status = StepStatus::Running;
+                comp.attempts += 1;
+                comp.started_at_ms.get_or_insert_with(now_ms);
+            }
+            self.save(record, PaymentDeadline::Keep).await?;
+            Failpoint::hit(fp, "intent", name).await;
+            let result = steps::compensate(&self.participants, record, name).await;
+            Failpoint::hit(fp, "rpc", name).await;
+            let comp = record.steps[index]
+                .compensation
+                .as_mut()
+                .expect("compensation record was just created");
+            match result {
+                Ok(()) => {
+                    comp.status = StepStatus::Succeeded;
+                    comp.finished_at_ms = Some(now_ms());
+                    self.save(record, PaymentDeadline::Keep).await?;
+                    Failpoint::hit(fp, "result", name).await;
+                    return Ok(());
+                }
+                Err(err) => {
+                    let (status, transient) = match &err {
+                        CallError::Transient(s) => (s, true),
+                        CallError::Rejected(s) => (s, false),
+                    };
+                    comp.last_error = describe(status);
+                    let delay = if transient { delays.next() } else { None };
+                    match delay {
+                        Some(delay) => sleep(delay).await,
+                        None => {
+                            comp.status = StepStatus::Failed;
+                            comp.finished_at_ms = Some(now_ms());
+                            record.failure_reason = format!(
+                                "compensation {name} failed after {} attempts: {}; \
+                                 RetrySaga once the participant is back",
+                                comp.attempts,
+                                status.message()
+                            );
+                            record.failed_from = Some(SagaState::Compensating);
+                            record.transition(SagaState::Failed, record.failure_reason.clone());
+                            self.save(record, PaymentDeadline::Keep).await?;
+                            tracing::error!(saga_id = %record.saga_id, compensation = name, "saga FAILED: compensation out of budget");
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resumes every unfinished saga of the log (at start and periodically).
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, StorageError> {
+        let ids = self.log.unfinished().await?;
+        let mut started = 0;
+        for id in ids {
+            let already = self
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&id);
+            if !already {
+                drop(self.drive(&id));
+                started += 1;
+            }
+        }
+        if started > 0 {
+            tracing::info!(sagas = started, "recovery resumed unfinished sagas");
+        }
+        Ok(started)
+    }
+
+    /// Starts cancel sagas for orders unpaid past their deadline.
+    pub async fn expire_unpaid(self: &Arc<Self>) -> Result<usize, StorageError> {
+        let due = self.log.due_payments(now_ms(), 256).await?;
+        let mut started = 0;
+        for order_id in due {
+            let key = format!("expire:{order_id}");
+            let input = SagaInput::Cancel {
+                order_id: order_id.clone(),
+                reason: "payment expired".into(),
+                only_if_unpaid: true,
+            };
+            match self.begin(SagaType::CancelOrder, key, input).await? {
+                Begin::Created(record) => {
+                    tracing::info!(order_id = %order_id, saga_id = %record.saga_id, "payment expired: cancelling");
+                    drop(self.drive(&record.saga_id));
+                    started += 1;
+                }
+                Begin::Existing(mut record) if record.state.is_terminal() => {
+                    // Ended without clearing (e.g. FAILED): stop re-checking.
+                    self.save(&mut record, PaymentDeadline::Clear { order_id })
+                        .await?;
+                }
+                Begin::Existing(record) => drop(self.drive(&record.saga_id)),
+            }
+        }
+        Ok(started)
+    }
+
+    /// Runs recovery and expiry until `stop` flips.
+    pub async fn background(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut recovery = tokio::time::interval(self.config.recovery_interval);
+        let mut expiry = tokio::time::interval(self.config.expiry_interval);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = recovery.tick() => {
+                    if let Err(e) = self.recover().await {
+                        tracing::warn!(error = %e, "recovery pass failed");
+                    }
+                }
+                _ = expiry.tick() => {
+                    if let Err(e) = self.expire_unpaid().await {
+                        tracing::warn!(error = %e, "payment expiry pass failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn output_or_nothing(output: StepOutput) -> StepOutput {
+    output
+}
+
+/// The first forward step not yet done.
+fn next_forward(record: &SagaRecord) -> Option<usize> {
+    record
+        .steps
+        .iter()
+        .position(|s| !matches!(s.action.status, StepStatus::Succeeded | StepStatus::Skipped))
+}
+
+/// The last attempted step with a compensation not yet done.
+fn next_compensation(record: &SagaRecord) -> Option<usize> {
+    let defs = steps::definition(record.saga_type);
+    (0..record.steps.len()).rev().find(|&i| {
+        let s = &record.steps[i];
+        defs[i].compensation.is_some()
+            && s.action.attempts > 0
+            && s.compensation
+                .as_ref()
+                .is_none_or(|c| c.status != StepStatus::Succeeded)
+    })
+}
+
+/// An effectful step that succeeded and has no compensation.
+fn irreversible_step(record: &SagaRecord) -> Option<&'static str> {
+    let defs = steps::definition(record.saga_type);
+    defs.iter().zip(&record.steps).find_map(|(d, s)| {
+        (d.effectful && d.compensation.is_none() && s.action.status == StepStatus::Succeeded)
+            .then_some(d.name)
+    })
+}
+
+fn describe(status: &tonic::Status) -> String {
+    let reason = microshop_runtime::errors::reason_of(status)
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default();
+    format!("{:?}{reason}: {}", status.code(), status.message())
+}
+
+/// Keeps a participant's rejection to answer retries with the same error.
+fn saga_error(status: &tonic::Status) -> SagaError {
+    use tonic_types_ext::details;
+    let (reason, metadata, violations) = details(status);
+    SagaError {
+        code: status.code() as i32,
+        reason,
+        message: status.message().to_owned(),
+        metadata,
+        violations,
+    }
+}
+
+fn aborted_error() -> SagaError {
+    SagaError {
+        code: Code::Aborted as i32,
+        reason: "SAGA_ABORTED".into(),
+        message: "the saga was aborted by an operator".into(),
+        metadata: Default::default(),
+        violations: Vec::new(),
+    }
+}
+
+mod tonic_types_ext {
+    use std::collections::BTreeMap;
+
+    use tonic_types::StatusExt;
+
+    /// Reason, ErrorInfo metadata and BadRequest violations of a status.
+    pub fn details(
+        status: &tonic::Status,
+    ) -> (String, BTreeMap<String, String>, Vec<(String, String)>) {
+        let d = status.get_error_details();
+        let (reason, metadata) = d.error_info().map_or_else(
+            || (String::new(), BTreeMap::new()),
+            |i| (i.reason.clone(), i.metadata.clone().into_iter().collect()),
+        );
+        let violations = d
+            .bad_request()
+            .map(|b| {
+                b.field_violations
+                    .iter()
+                    .map(|v| (v.field.clone(), v.description.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (reason, metadata, violations)
+    }
+}

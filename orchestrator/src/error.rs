@@ -1,0 +1,186 @@
+//! The orchestrator's errors and their one mapping to `tonic::Status`.
+//!
+//! A business rejection from a participant is answered as the participant
+//! gave it (code, reason, details), with the saga id and final state added
+//! to the ErrorInfo metadata, so a client can look the saga up.
+
+use std::time::Duration;
+
+use microshop_runtime::{
+    Reason,
+    errors::{invalid_request, rich_status, status_with_details, storage_status},
+};
+use microshop_storage::StorageError;
+use tonic::{Code, Status};
+
+use crate::{
+    conversions::state_name,
+    model::{SagaError, SagaState},
+};
+
+/// Everything an orchestrator RPC can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// Bad fields: (field, why).
+    #[error("invalid request")]
+    Invalid(Vec<(String, String)>),
+    /// No such saga.
+    #[error("unknown saga {0}")]
+    UnknownSaga(String),
+    /// The key was used with another payload.
+    #[error("idempotency key {key} reused")]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The saga holding it.
+        saga_id: String,
+    },
+    /// The admin operation does not fit the saga's state.
+    #[error("saga {saga_id} is {state:?}")]
+    NotRetryable {
+        /// The saga.
+        saga_id: String,
+        /// Its state.
+        state: SagaState,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// The saga ended compensated with a participant's rejection.
+    #[error("saga {saga_id} was rejected")]
+    Rejected {
+        /// The saga.
+        saga_id: String,
+        /// The rejection.
+        error: SagaError,
+    },
+    /// The saga is FAILED and waits for an operator.
+    #[error("saga {saga_id} failed")]
+    SagaFailed {
+        /// The saga.
+        saga_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The saga did not end within the caller's deadline.
+    #[error("saga {saga_id} still running")]
+    StillRunning {
+        /// The saga.
+        saga_id: String,
+        /// Its state.
+        state: SagaState,
+    },
+    /// Driving stopped (the log became unreachable).
+    #[error("saga {saga_id} interrupted: {why}")]
+    Interrupted {
+        /// The saga.
+        saga_id: String,
+        /// Why.
+        why: String,
+    },
+    /// The saga log failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<OrchestratorError> for Status {
+    fn from(err: OrchestratorError) -> Self {
+        match err {
+            OrchestratorError::Invalid(violations) => invalid_request(&violations),
+            OrchestratorError::UnknownSaga(saga_id) => rich_status(
+                Code::NotFound,
+                Reason::UnknownSaga,
+                format!("unknown saga {saga_id:?}; list sagas with ListSagas"),
+                [("sagaId", saga_id)],
+                None,
+            ),
+            OrchestratorError::KeyReused { key, saga_id } => rich_status(
+                Code::AlreadyExists,
+                Reason::IdempotencyKeyReused,
+                format!(
+                    "idempotency key {key:?} was already used for a different request; \
+                     use a new key for a new order"
+                ),
+                [("idempotencyKey", key), ("sagaId", saga_id)],
+                None,
+            ),
+            OrchestratorError::NotRetryable {
+                saga_id,
+                state,
+                operation,
+            } => rich_status(
+                Code::FailedPrecondition,
+                Reason::SagaNotRetryable,
+                format!(
+                    "saga {saga_id} is {}; {operation} applies to FAILED or unfinished sagas only",
+                    state_name(state)
+                ),
+                [
+                    ("sagaId", saga_id),
+                    ("sagaState", state_name(state).to_owned()),
+                ],
+                None,
+            ),
+            OrchestratorError::Rejected { saga_id, error } => {
+                let SagaError {
+                    code,
+                    reason,
+                    message,
+                    metadata,
+                    violations,
+                } = error;
+                let mut metadata: Vec<(String, String)> = metadata.into_iter().collect();
+                metadata.push(("sagaId".into(), saga_id));
+                metadata.push((
+                    "sagaState".into(),
+                    state_name(SagaState::Compensated).to_owned(),
+                ));
+                status_with_details(
+                    Code::from_i32(code),
+                    &reason,
+                    message,
+                    metadata,
+                    &violations,
+                    None,
+                )
+            }
+            OrchestratorError::SagaFailed { saga_id, reason } => rich_status(
+                Code::Unavailable,
+                Reason::DependencyUnavailable,
+                format!("checkout could not finish and is held for an operator: {reason}"),
+                [
+                    ("sagaId", saga_id),
+                    ("sagaState", state_name(SagaState::Failed).to_owned()),
+                ],
+                Some(Duration::from_secs(1)),
+            ),
+            OrchestratorError::StillRunning { saga_id, state } => rich_status(
+                Code::Unavailable,
+                Reason::DependencyUnavailable,
+                format!(
+                    "saga {saga_id} is still {} (a participant is slow or down); \
+                     retry with the same idempotency key for its outcome",
+                    state_name(state)
+                ),
+                [
+                    ("sagaId", saga_id),
+                    ("sagaState", state_name(state).to_owned()),
+                ],
+                Some(Duration::from_millis(500)),
+            ),
+            OrchestratorError::Interrupted { saga_id, why } => {
+                tracing::warn!(%saga_id, %why, "saga interrupted");
+                rich_status(
+                    Code::Unavailable,
+                    Reason::DependencyUnavailable,
+                    format!(
+                        "saga {saga_id} was interrupted and will be resumed; \
+                         retry with the same idempotency key"
+                    ),
+                    [("sagaId", saga_id)],
+                    Some(Duration::from_secs(1)),
+                )
+            }
+            OrchestratorError::Storage(e) => storage_status(&e),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The saga orchestrator: drives every checkout through reserve-stock,
+//! deduct-points and create-order, confirm-payment and cancel through their
+//! steps, persisting each saga before and after every participant call, so
+//! a crash anywhere resumes where it stopped and a rejected step is undone
+//! by compensations in reverse order.
+
+pub mod api;
+pub mod conversions;
+pub mod embedded;
+pub mod engine;
+pub mod error;
+pub mod failpoint;
+pub mod log;
+pub mod model;
+pub mod participants;
+pub mod steps;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use microshop_proto::orchestrator::v1::{
+    checkout_service_server::CheckoutServiceServer,
+    saga_admin_service_server::SagaAdminServiceServer,
+};
+use microshop_runtime::{HealthReporter, ServeError, ServerArgs, StorageProbe};
+use microshop_storage::embedded::Durable;
+use tokio::{net::TcpListener, sync::watch};
+use tonic::service::Routes;
+use tonic_health::{ServingStatus, pb::health_client::HealthClient};
+
+pub use api::Api;
+pub use embedded::EmbeddedSagaLog;
+pub use engine::{Engine, EngineConfig};
+pub use participants::{ParticipantUrls, Participants};
+
+/// The fully-qualified name of the checkout service (health reports it).
+pub const SERVICE_NAME: &str = "microshop.orchestrator.v1.CheckoutService";
+
+/// Settings of the orchestrator.
+#[derive(Clone, Debug)]
+pub struct OrchestratorConfig {
+    /// Shared server settings.
+    pub server: ServerArgs,
+    /// Where the participants are.
+    pub participants: ParticipantUrls,
+    /// Driver budgets.
+    pub engine: EngineConfig,
+    /// Whether commits are fsync'd (always, but for benchmark baselines).
+    pub durable: Durable,
+}
+
+impl OrchestratorConfig {
+    /// Defaults with the given server settings and participants.
+    pub fn new(server: ServerArgs, participants: ParticipantUrls) -> Self {
+        Self {
+            server,
+            participants,
+            engine: EngineConfig::default(),
+            durable: Durable::Yes,
+        }
+    }
+}
+
+/// Opens the saga log, resumes unfinished sagas and serves the checkout and
+/// admin APIs on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    config: OrchestratorConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let log = EmbeddedSagaLog::open(&config.server.data_dir, config.durable)
+        .map_err(|e| ServeError::Storage(Box::new(e)))?;
+    let participants = Participants::connect_lazy(&config.participants, config.engine.call_timeout)
+        .map_err(|e| ServeError::Setup(format!("bad participant url: {e}")))?;
+    let engine = Engine::new(log.clone(), participants, config.engine.clone());
+    let health = microshop_runtime::health_reporter();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let background = tokio::spawn(Arc::clone(&engine).background(stop_rx.clone()));
+    let monitor = tokio::spawn(watch_participants(
+        config.participants.clone(),
+        health.clone(),
+        stop_rx,
+    ));
+
+    let api = Api::new(engine);
+    let max = config.server.max_message_bytes;
+    let routes =
+        Routes::new(CheckoutServiceServer::new(api.clone()).max_decoding_message_size(max))
+            .add_service(SagaAdminServiceServer::new(api).max_decoding_message_size(max));
+    let result = microshop_runtime::serve(
+        listener,
+        SERVICE_NAME,
+        routes,
+        Probe(log),
+        health,
+        &config.server,
+        shutdown,
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = background.await;
+    let _ = monitor.await;
+    result
+}
+
+struct Probe(EmbeddedSagaLog);
+
+impl StorageProbe for Probe {
+    async fn probe(&self) -> Result<(), String> {
+        use crate::log::SagaLog;
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+/// Reports each participant's health under its service name on the
+/// orchestrator's own health service, so `grpc.health.v1.Health/Check`
+/// with e.g. `microshop.loyalty.v1.LoyaltyService` says which is down.
+async fn watch_participants(
+    urls: ParticipantUrls,
+    health: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let targets = [
+        (inventory_name(), urls.inventory),
+        (loyalty_name(), urls.loyalty),
+        (order_name(), urls.order),
+    ];
+    let mut clients = Vec::new();
+    for (name, url) in targets {
+        match tonic::transport::Endpoint::from_shared(url.clone()) {
+            Ok(ep) => clients.push((
+                name,
+                url,
+                HealthClient::new(ep.connect_timeout(Duration::from_secs(1)).connect_lazy()),
+                None::<bool>,
+            )),
+            Err(e) => tracing::error!(%url, error = %e, "bad participant url"),
+        }
+    }
+    loop {
+        for (name, url, client, last) in &mut clients {
+            let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            });
+            request.set_timeout(Duration::from_secs(1));
+            let up = matches!(
+                client.check(request).await,
+                Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            );
+            if *last != Some(up) {
+                if up {
+                    tracing::info!(participant = %name, %url, "participant reachable");
+                } else {
+                    tracing::warn!(participant = %name, %url, "participant unreachable or not serving; sagas will retry");
+                }
+                let status = if up {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                health.set_service_status(name.as_str(), status).await;
+                *last = Some(up);
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+fn inventory_name() -> String {
+    "microshop.inventory.v1.InventoryService".into()
+}
+fn loyalty_name() -> String {
+    "microshop.loyalty.v1.LoyaltyService".into()
+}
+fn order_name() -> String {
+    "microshop.order.v1.OrderService".into()
+}

@@ -1,0 +1,97 @@
+//! The saga log: the orchestrator's only durable state.
+//!
+//! The trait is shaped by what the driver needs atomically: `begin` claims an
+//! idempotency key and creates the saga in one write (a unique key, so
+//! concurrent duplicates get one saga), and `save` writes a saga's new
+//! state together with its indexes and payment deadline, so a crash never
+//! leaves them disagreeing.
+
+use std::future::Future;
+
+use microshop_storage::StorageError;
+
+use crate::model::{SagaRecord, SagaState};
+
+/// How a save changes the order's payment deadline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PaymentDeadline {
+    /// No change.
+    Keep,
+    /// The order must be paid by `due_ms` or it is cancelled.
+    Set {
+        /// The order.
+        order_id: String,
+        /// Unix millis.
+        due_ms: i64,
+    },
+    /// The order no longer waits for payment (paid or cancelled).
+    Clear {
+        /// The order.
+        order_id: String,
+    },
+}
+
+/// What `begin` found.
+#[derive(Clone, Debug)]
+pub enum Begin {
+    /// The key was new: this saga was created.
+    Created(SagaRecord),
+    /// The key was taken: the saga that holds it.
+    Existing(SagaRecord),
+}
+
+/// A page of sagas, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct SagaPage {
+    /// The sagas.
+    pub sagas: Vec<SagaRecord>,
+    /// The cursor of the next page, if any.
+    pub next: Option<u64>,
+}
+
+/// Durable saga storage.
+pub trait SagaLog: Clone + Send + Sync + 'static {
+    /// Creates `record` unless its idempotency key is taken; assigns `seq`.
+    fn begin(&self, record: SagaRecord)
+    -> impl Future<Output = Result<Begin, StorageError>> + Send;
+
+    /// Writes a saga's new state and its payment-deadline change at once.
+    fn save(
+        &self,
+        record: SagaRecord,
+        deadline: PaymentDeadline,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// One saga.
+    fn get(
+        &self,
+        saga_id: String,
+    ) -> impl Future<Output = Result<Option<SagaRecord>, StorageError>> + Send;
+
+    /// The saga holding an idempotency key.
+    fn get_by_key(
+        &self,
+        key: String,
+    ) -> impl Future<Output = Result<Option<SagaRecord>, StorageError>> + Send;
+
+    /// Sagas newest first, optionally of one state, from cursor `before`.
+    fn list(
+        &self,
+        state: Option<SagaState>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<SagaPage, StorageError>> + Send;
+
+    /// Ids of sagas that are RUNNING or COMPENSATING (for recovery).
+    fn unfinished(&self) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
+
+    /// Orders whose payment deadline passed by `now_ms`, at most `limit`.
+    fn due_payments(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
+
+    /// Checks the store answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StorageError>> + Send;
+}

@@ -1,0 +1,291 @@
+//! The saga log's records: what a saga is, what each step did, and why it
+//! ended as it did. Kept free of wire types; `conversions` maps them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The kind of saga.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SagaType {
+    /// quote, reserve-stock, deduct-points, create-order.
+    PlaceOrder,
+    /// load-order, mark-paid, commit-stock, earn-points.
+    ConfirmPayment,
+    /// load-order, cancel-order, release-stock, refund-points.
+    CancelOrder,
+}
+
+/// The state of a saga (ARCHITECTURE §3, §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SagaState {
+    /// Running forward.
+    Running,
+    /// Every step succeeded.
+    Completed,
+    /// Running compensations backward.
+    Compensating,
+    /// Every attempted step compensated.
+    Compensated,
+    /// Out of budget: an operator must retry or abort.
+    Failed,
+}
+
+impl SagaState {
+    /// Whether the saga has ended (FAILED counts: it waits for an operator).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Compensated | Self::Failed)
+    }
+
+    /// A stable small number for index keys.
+    pub fn index(self) -> u8 {
+        match self {
+            Self::Running => 1,
+            Self::Completed => 2,
+            Self::Compensating => 3,
+            Self::Compensated => 4,
+            Self::Failed => 5,
+        }
+    }
+}
+
+/// Where a step's action or compensation is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepStatus {
+    /// Not started.
+    #[default]
+    Pending,
+    /// Intent recorded, result not yet.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Rejected, or out of retries.
+    Failed,
+    /// Not needed.
+    Skipped,
+}
+
+/// One run of an RPC (an action or a compensation).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Operation name.
+    pub name: String,
+    /// Status.
+    pub status: StepStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Last error.
+    pub last_error: String,
+    /// First attempt start.
+    pub started_at_ms: Option<i64>,
+    /// End.
+    pub finished_at_ms: Option<i64>,
+}
+
+impl RunRecord {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A step: its action and, once needed, its compensation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// The action.
+    pub action: RunRecord,
+    /// The compensation, once started.
+    pub compensation: Option<RunRecord>,
+}
+
+impl StepRecord {
+    /// A pending step.
+    pub fn new(name: &str, description: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            action: RunRecord::new(name),
+            compensation: None,
+        }
+    }
+}
+
+/// One state transition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// State entered.
+    pub state: SagaState,
+    /// When.
+    pub at_ms: i64,
+    /// Why.
+    pub note: String,
+}
+
+/// A business error a saga ended with, kept to answer retries identically.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaError {
+    /// gRPC code number.
+    pub code: i32,
+    /// Contract reason.
+    pub reason: String,
+    /// Human message.
+    pub message: String,
+    /// ErrorInfo metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// BadRequest field violations.
+    pub violations: Vec<(String, String)>,
+}
+
+/// A cart line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartLine {
+    /// SKU.
+    pub sku: String,
+    /// Units.
+    pub quantity: i64,
+}
+
+/// A shipping address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    /// Recipient.
+    pub name: String,
+    /// Address.
+    pub address: String,
+    /// Phone.
+    pub phone: String,
+}
+
+/// A line priced by the catalog (from the reservation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricedLine {
+    /// SKU.
+    pub sku: String,
+    /// Catalog name.
+    pub name: String,
+    /// Units.
+    pub quantity: i64,
+    /// Catalog unit price.
+    pub unit_price: i64,
+}
+
+/// What started the saga; compared on idempotent retries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SagaInput {
+    /// PlaceOrder.
+    Place {
+        /// Customer.
+        customer_id: String,
+        /// Cart.
+        items: Vec<CartLine>,
+        /// Coupon, empty for none.
+        coupon_code: String,
+        /// Points to redeem.
+        points_to_redeem: i64,
+        /// Shipping.
+        shipping: Address,
+    },
+    /// ConfirmPayment.
+    Confirm {
+        /// Order.
+        order_id: String,
+        /// Payment reference.
+        payment_ref: String,
+    },
+    /// CancelOrder (or payment expiry).
+    Cancel {
+        /// Order.
+        order_id: String,
+        /// Why.
+        reason: String,
+        /// Only if still unpaid (payment expiry).
+        only_if_unpaid: bool,
+    },
+}
+
+/// What earlier steps learned, for later steps and for the answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaOutputs {
+    /// Lines priced by the reservation.
+    pub lines: Vec<PricedLine>,
+    /// The order created or acted on.
+    pub order_id: Option<String>,
+    /// The checkout saga of the order (confirm and cancel sagas).
+    pub order_saga_id: Option<String>,
+    /// The order's customer (confirm and cancel sagas).
+    pub order_customer_id: Option<String>,
+    /// The order's total (for earning points).
+    pub order_total: i64,
+    /// The last order snapshot a step returned (hex of its protobuf), so
+    /// answers and idempotent replays need no extra call.
+    pub order_snapshot: Option<String>,
+}
+
+/// A saga as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaRecord {
+    /// Id.
+    pub saga_id: String,
+    /// Kind.
+    pub saga_type: SagaType,
+    /// State.
+    pub state: SagaState,
+    /// The idempotency key (derived for confirm and cancel sagas).
+    pub idempotency_key: String,
+    /// What started it.
+    pub input: SagaInput,
+    /// Steps in order.
+    pub steps: Vec<StepRecord>,
+    /// Outputs of steps so far.
+    pub outputs: SagaOutputs,
+    /// Transitions, oldest first.
+    pub history: Vec<Transition>,
+    /// The business error that made it compensate.
+    pub error: Option<SagaError>,
+    /// Why it is FAILED.
+    pub failure_reason: String,
+    /// The state it failed from (to resume on RetrySaga).
+    pub failed_from: Option<SagaState>,
+    /// Creation time.
+    pub created_at_ms: i64,
+    /// Last change.
+    pub updated_at_ms: i64,
+    /// Creation order (for listing newest first).
+    pub seq: u64,
+}
+
+impl SagaRecord {
+    /// Moves to `state`, appending to the history.
+    pub fn transition(&mut self, state: SagaState, note: impl Into<String>) {
+        let at_ms = now_ms();
+        self.state = state;
+        self.updated_at_ms = at_ms;
+        self.history.push(Transition {
+            state,
+            at_ms,
+            note: note.into(),
+        });
+    }
+
+    /// The customer, whatever the kind.
+    pub fn customer_id(&self) -> &str {
+        match &self.input {
+            SagaInput::Place { customer_id, .. } => customer_id,
+            _ => self.outputs.order_customer_id.as_deref().unwrap_or(""),
+        }
+    }
+}

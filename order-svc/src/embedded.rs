@@ -1,0 +1,477 @@
+//! The order stores on the embedded redb engine.
+//!
+//! Tables: orders by id, coupons by code, a per-customer index keyed
+//! `(customer_id, u64::MAX - seq)` so a forward range scan lists a
+//! customer's orders newest first, and a meta table holding the last `seq`
+//! handed out (monotonic, so it is also the opaque page token). CreateOrder
+//! and CancelOrder record their barrier outcome in the same write job as
+//! their effect; every job checks everything before its first write.
+
+use std::{
+    path::Path,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use microshop_storage::{
+    StorageError,
+    barrier::{self, ActionGate},
+    decode,
+    embedded::{Durable, EmbeddedDb},
+    encode,
+};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    domain::{
+        CancelOutcome, Coupon, CouponUpdate, CreateOutcome, NewOrder, Order, OrderPage,
+        OrderStatus, PayOutcome, ShipOutcome, StatusChange,
+    },
+    pricing::{OverRedemption, PricingRules, price},
+    store::{CouponStore, OrderQueries, OrderStore},
+};
+
+const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+const COUPONS: TableDefinition<&str, &[u8]> = TableDefinition::new("coupons");
+const CUSTOMER_ORDERS: TableDefinition<(&str, u64), &str> = TableDefinition::new("customer_orders");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Key in [`META`] of the last order sequence number handed out.
+const ORDER_SEQ: &str = "order_seq";
+
+const OP_CREATE: &str = "create";
+const OP_CANCEL: &str = "cancel";
+
+/// What CreateOrder recorded in the barrier (replayed to repeats).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum CreateRecord {
+    Created { order_id: String },
+    CouponInvalid { code: String },
+    CouponExhausted { code: String },
+    OverRedemption { requested: i64, max_points: i64 },
+}
+
+/// What CancelOrder recorded in the barrier.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum CancelRecord {
+    Cancelled { order_id: String },
+    NothingCreated,
+}
+
+/// Orders and coupons on redb (`order.redb` in the data directory).
+#[derive(Clone, Debug)]
+pub struct EmbeddedOrders {
+    db: EmbeddedDb,
+}
+
+impl EmbeddedOrders {
+    /// Opens or creates the store under `dir`.
+    pub fn open(dir: &Path, durable: Durable) -> Result<Self, StorageError> {
+        let db = EmbeddedDb::open(dir, "order", durable, |txn| {
+            txn.open_table(ORDERS)?;
+            txn.open_table(COUPONS)?;
+            txn.open_table(CUSTOMER_ORDERS)?;
+            txn.open_table(META)?;
+            barrier::init(txn)
+        })?;
+        Ok(Self { db })
+    }
+
+    /// Checks the store answers.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.db.ping().await
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn load_order(txn: &WriteTransaction, order_id: &str) -> Result<Option<Order>, StorageError> {
+    let table = txn.open_table(ORDERS)?;
+    let found = table.get(order_id)?;
+    found.map(|v| decode(v.value())).transpose()
+}
+
+/// Loads an order a barrier record names: missing means corruption.
+fn load_recorded_order(txn: &WriteTransaction, order_id: &str) -> Result<Order, StorageError> {
+    load_order(txn, order_id)?.ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "barrier names order {order_id}, which is not stored"
+        ))
+    })
+}
+
+fn save_order(txn: &WriteTransaction, order: &Order) -> Result<(), StorageError> {
+    let bytes = encode(order)?;
+    txn.open_table(ORDERS)?
+        .insert(order.order_id.as_str(), bytes.as_slice())?;
+    Ok(())
+}
+
+fn load_coupon(txn: &WriteTransaction, code: &str) -> Result<Option<Coupon>, StorageError> {
+    let table = txn.open_table(COUPONS)?;
+    let found = table.get(code)?;
+    found.map(|v| decode(v.value())).transpose()
+}
+
+fn save_coupon(txn: &WriteTransaction, coupon: &Coupon) -> Result<(), StorageError> {
+    let bytes = encode(coupon)?;
+    txn.open_table(COUPONS)?
+        .insert(coupon.code.as_str(), bytes.as_slice())?;
+    Ok(())
+}
+
+/// Hands out the next order sequence number (1, 2, ...).
+fn next_seq(txn: &WriteTransaction) -> Result<u64, StorageError> {
+    let mut meta = txn.open_table(META)?;
+    let last = meta.get(ORDER_SEQ)?.map_or(0, |v| v.value());
+    let seq = last + 1;
+    meta.insert(ORDER_SEQ, seq)?;
+    Ok(seq)
+}
+
+/// Checks the coupon and prices the order, then stores it; writes nothing
+/// unless every check passed.
+fn create_in(
+    txn: &WriteTransaction,
+    new: NewOrder,
+    rules: &PricingRules,
+) -> Result<CreateRecord, StorageError> {
+    let coupon = match &new.coupon_code {
+        None => None,
+        Some(code) => match load_coupon(txn, code)? {
+            None => return Ok(CreateRecord::CouponInvalid { code: code.clone() }),
+            Some(c) if c.times_used >= c.usage_limit => {
+                return Ok(CreateRecord::CouponExhausted { code: code.clone() });
+            }
+            Some(c) => Some(c),
+        },
+    };
+    let pricing = match price(rules, &new.lines, coupon.as_ref(), new.redeemed_points) {
+        Ok(p) => p,
+        Err(OverRedemption { max_points }) => {
+            return Ok(CreateRecord::OverRedemption {
+                requested: new.redeemed_points,
+                max_points,
+            });
+        }
+    };
+    if let Some(mut c) = coupon {
+        c.times_used += 1;
+        save_coupon(txn, &c)?;
+    }
+    let seq = next_seq(txn)?;
+    let now = now_ms();
+    let NewOrder {
+        saga_id,
+        customer_id,
+        lines,
+        coupon_code,
+        redeemed_points: _, // priced: `pricing.redeemed_points`
+        shipping,
+    } = new;
+    let order = Order {
+        order_id: uuid::Uuid::now_v7().to_string(),
+        customer_id,
+        lines,
+        items_price: pricing.items_price,
+        tax_price: pricing.tax_price,
+        shipping_price: pricing.shipping_price,
+        discount_price: pricing.discount_price,
+        coupon_code,
+        redeemed_points: pricing.redeemed_points,
+        points_discount_price: pricing.points_discount_price,
+        total_price: pricing.total_price,
+        status: OrderStatus::PendingPayment,
+        status_history: vec![StatusChange {
+            status: OrderStatus::PendingPayment,
+            at_ms: now,
+            note: "order created".to_owned(),
+        }],
+        created_at_ms: now,
+        paid_at_ms: None,
+        saga_id,
+        shipping,
+        payment_ref: String::new(),
+        cancelled_at_ms: None,
+    };
+    save_order(txn, &order)?;
+    txn.open_table(CUSTOMER_ORDERS)?.insert(
+        (order.customer_id.as_str(), u64::MAX - seq),
+        order.order_id.as_str(),
+    )?;
+    Ok(CreateRecord::Created {
+        order_id: order.order_id,
+    })
+}
+
+/// The outcome a create record stands for, with the order as it is now.
+fn create_outcome(
+    txn: &WriteTransaction,
+    record: CreateRecord,
+) -> Result<CreateOutcome, StorageError> {
+    Ok(match record {
+        CreateRecord::Created { order_id } => {
+            CreateOutcome::Created(Box::new(load_recorded_order(txn, &order_id)?))
+        }
+        CreateRecord::CouponInvalid { code } => CreateOutcome::CouponInvalid(code),
+        CreateRecord::CouponExhausted { code } => CreateOutcome::CouponExhausted(code),
+        CreateRecord::OverRedemption {
+            requested,
+            max_points,
+        } => CreateOutcome::OverRedemption {
+            requested,
+            max_points,
+        },
+    })
+}
+
+/// Gives one use of `code` back (a cancelled order no longer uses it).
+fn give_coupon_back(txn: &WriteTransaction, code: &str) -> Result<(), StorageError> {
+    if let Some(mut coupon) = load_coupon(txn, code)?
+        && coupon.times_used > 0
+    {
+        coupon.times_used -= 1;
+        save_coupon(txn, &coupon)?;
+    }
+    Ok(())
+}
+
+fn cancel_in(
+    txn: &WriteTransaction,
+    saga_id: &str,
+    given: Option<String>,
+    reason: String,
+    only_if_unpaid: bool,
+) -> Result<CancelOutcome, StorageError> {
+    if let Some(first) = barrier::outcome::<CancelRecord>(txn, saga_id, OP_CANCEL)? {
+        return match first {
+            CancelRecord::NothingCreated => Ok(CancelOutcome::NothingCreated),
+            CancelRecord::Cancelled { order_id } => match given {
+                Some(given) if given != order_id => Ok(CancelOutcome::WrongOrder { given }),
+                _ => Ok(CancelOutcome::Cancelled(load_recorded_order(
+                    txn, &order_id,
+                )?)),
+            },
+        };
+    }
+    let created = barrier::outcome::<CreateRecord>(txn, saga_id, OP_CREATE)?;
+    let Some(CreateRecord::Created { order_id }) = created else {
+        // The action never ran, or was rejected: null compensation. The
+        // record also refuses a CreateOrder arriving later (anti-hanging).
+        barrier::record(txn, saga_id, OP_CANCEL, &CancelRecord::NothingCreated)?;
+        return Ok(CancelOutcome::NothingCreated);
+    };
+    if let Some(given) = given
+        && given != order_id
+    {
+        return Ok(CancelOutcome::WrongOrder { given });
+    }
+    let mut order = load_recorded_order(txn, &order_id)?;
+    match order.status {
+        OrderStatus::Shipped => return Ok(CancelOutcome::NotCancellable(order)),
+        // A payment expiry racing a payment: the payment wins.
+        OrderStatus::Paid if only_if_unpaid => return Ok(CancelOutcome::NotCancellable(order)),
+        OrderStatus::Cancelled => {}
+        OrderStatus::PendingPayment | OrderStatus::Paid => {
+            let now = now_ms();
+            order.enter(OrderStatus::Cancelled, now, reason);
+            order.cancelled_at_ms = Some(now);
+            if let Some(code) = &order.coupon_code {
+                give_coupon_back(txn, code)?;
+            }
+            save_order(txn, &order)?;
+        }
+    }
+    barrier::record(
+        txn,
+        saga_id,
+        OP_CANCEL,
+        &CancelRecord::Cancelled { order_id },
+    )?;
+    Ok(CancelOutcome::Cancelled(order))
+}
+
+impl CouponStore for EmbeddedOrders {
+    async fn put_coupon(&self, update: CouponUpdate) -> Result<Coupon, StorageError> {
+        self.db
+            .write(move |txn| {
+                let times_used = load_coupon(txn, &update.code)?.map_or(0, |c| c.times_used);
+                let CouponUpdate {
+                    code,
+                    kind,
+                    value,
+                    usage_limit,
+                } = update;
+                let coupon = Coupon {
+                    code,
+                    kind,
+                    value,
+                    usage_limit,
+                    times_used,
+                };
+                save_coupon(txn, &coupon)?;
+                Ok(coupon)
+            })
+            .await
+    }
+
+    async fn get_coupon(&self, code: String) -> Result<Option<Coupon>, StorageError> {
+        self.db
+            .read(move |txn| {
+                let table = txn.open_table(COUPONS)?;
+                let found = table.get(code.as_str())?;
+                found.map(|v| decode(v.value())).transpose()
+            })
+            .await
+    }
+}
+
+impl OrderStore for EmbeddedOrders {
+    async fn create_order(
+        &self,
+        order: NewOrder,
+        rules: PricingRules,
+    ) -> Result<Option<CreateOutcome>, StorageError> {
+        self.db
+            .write(move |txn| {
+                let saga_id = order.saga_id.clone();
+                match barrier::action_gate(txn, &saga_id, OP_CREATE, OP_CANCEL)? {
+                    ActionGate::Replay(first) => return create_outcome(txn, first).map(Some),
+                    ActionGate::Compensated => return Ok(None),
+                    ActionGate::Proceed => {}
+                }
+                let record = create_in(txn, order, &rules)?;
+                barrier::record(txn, &saga_id, OP_CREATE, &record)?;
+                create_outcome(txn, record).map(Some)
+            })
+            .await
+    }
+
+    async fn cancel_order(
+        &self,
+        saga_id: String,
+        order_id: Option<String>,
+        reason: String,
+        only_if_unpaid: bool,
+    ) -> Result<CancelOutcome, StorageError> {
+        self.db
+            .write(move |txn| cancel_in(txn, &saga_id, order_id, reason, only_if_unpaid))
+            .await
+    }
+
+    async fn mark_paid(
+        &self,
+        saga_id: String,
+        order_id: String,
+        payment_ref: String,
+    ) -> Result<PayOutcome, StorageError> {
+        self.db
+            .write(move |txn| {
+                let Some(mut order) = load_order(txn, &order_id)? else {
+                    return Ok(PayOutcome::UnknownOrder);
+                };
+                if order.saga_id != saga_id {
+                    return Ok(PayOutcome::WrongSaga);
+                }
+                match order.status {
+                    OrderStatus::PendingPayment => {
+                        let now = now_ms();
+                        order.enter(
+                            OrderStatus::Paid,
+                            now,
+                            format!("payment {payment_ref} received"),
+                        );
+                        order.paid_at_ms = Some(now);
+                        order.payment_ref = payment_ref;
+                        save_order(txn, &order)?;
+                    }
+                    OrderStatus::Paid | OrderStatus::Shipped => {}
+                    OrderStatus::Cancelled => return Ok(PayOutcome::NotPayable(order)),
+                }
+                Ok(PayOutcome::Paid(order))
+            })
+            .await
+    }
+
+    async fn mark_shipped(&self, order_id: String) -> Result<ShipOutcome, StorageError> {
+        self.db
+            .write(move |txn| {
+                let Some(mut order) = load_order(txn, &order_id)? else {
+                    return Ok(ShipOutcome::UnknownOrder);
+                };
+                match order.status {
+                    OrderStatus::Paid => {
+                        order.enter(OrderStatus::Shipped, now_ms(), "handed to the carrier");
+                        save_order(txn, &order)?;
+                    }
+                    OrderStatus::Shipped => {}
+                    OrderStatus::PendingPayment | OrderStatus::Cancelled => {
+                        return Ok(ShipOutcome::NotShippable(order));
+                    }
+                }
+                Ok(ShipOutcome::Shipped(order))
+            })
+            .await
+    }
+}
+
+impl OrderQueries for EmbeddedOrders {
+    async fn get_order(&self, order_id: String) -> Result<Option<Order>, StorageError> {
+        self.db
+            .read(move |txn| {
+                let table = txn.open_table(ORDERS)?;
+                let found = table.get(order_id.as_str())?;
+                found.map(|v| decode(v.value())).transpose()
+            })
+            .await
+    }
+
+    async fn list_orders(
+        &self,
+        customer_id: String,
+        page_size: usize,
+        after: Option<u64>,
+    ) -> Result<OrderPage, StorageError> {
+        self.db
+            .read(move |txn| {
+                let index = txn.open_table(CUSTOMER_ORDERS)?;
+                let orders = txn.open_table(ORDERS)?;
+                // Keys hold u64::MAX - seq: the entry after `seq` is the next key.
+                let start = after.map_or(0, |seq| (u64::MAX - seq).saturating_add(1));
+                let customer = customer_id.as_str();
+                let mut page = Vec::with_capacity(page_size);
+                let mut last_seq = None;
+                let mut next_after = None;
+                for entry in index.range((customer, start)..=(customer, u64::MAX))? {
+                    let (key, order_id) = entry?;
+                    if page.len() == page_size {
+                        next_after = last_seq;
+                        break;
+                    }
+                    let (_, reversed) = key.value();
+                    last_seq = Some(u64::MAX - reversed);
+                    let found = orders.get(order_id.value())?;
+                    let order: Order =
+                        found
+                            .map(|v| decode(v.value()))
+                            .transpose()?
+                            .ok_or_else(|| {
+                                StorageError::Corrupt(format!(
+                                    "customer index names order {}, which is not stored",
+                                    order_id.value()
+                                ))
+                            })?;
+                    page.push(order);
+                }
+                Ok(OrderPage {
+                    orders: page,
+                    next_after,
+                })
+            })
+            .await
+    }
+}
