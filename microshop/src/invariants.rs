@@ -12,12 +12,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use microshop_proto::{
-    inventory::v1::{self as inv, inventory_service_client::InventoryServiceClient},
-    loyalty::v1::{self as loy, loyalty_service_client::LoyaltyServiceClient},
+    inventory::v1 as inv,
+    loyalty::v1 as loy,
     orchestrator::v1::{self as orch, saga_admin_service_client::SagaAdminServiceClient},
     order::v1::{self as ord, order_service_client::OrderServiceClient},
 };
 use tonic::transport::Channel;
+
+use crate::mesh::MeshClients;
 
 /// What the scenario created, so the checker knows what to read.
 #[derive(Clone, Debug, Default)]
@@ -28,19 +30,6 @@ pub struct Universe {
     pub customers: HashSet<String>,
     /// Coupon codes.
     pub coupons: HashSet<String>,
-}
-
-/// Clients of the four services.
-#[derive(Clone, Debug)]
-pub struct Clients {
-    /// inventory-svc.
-    pub inventory: InventoryServiceClient<Channel>,
-    /// loyalty-svc.
-    pub loyalty: LoyaltyServiceClient<Channel>,
-    /// order-svc.
-    pub order: OrderServiceClient<Channel>,
-    /// The orchestrator's admin API.
-    pub admin: SagaAdminServiceClient<Channel>,
 }
 
 /// What a passing check looked at.
@@ -80,7 +69,7 @@ fn read_err(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> Violation 
 }
 
 /// Reads every service and checks §8. Call once nothing is in flight.
-pub async fn check(clients: &Clients, universe: &Universe) -> Result<Summary, Violation> {
+pub async fn check(clients: &MeshClients, universe: &Universe) -> Result<Summary, Violation> {
     let mut c = clients.clone();
     let mut summary = Summary::default();
 

@@ -1,1 +1,289 @@
-fn main() {}
+//! `microshop`: the one binary of the mesh. A thin CLI over the library
+//! crates: it parses layered configuration (defaults, `MICROSHOP_*`
+//! environment, flags) into typed structs and hands them to each service's
+//! `run`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use microshop::mesh::{Mesh, MeshAddrs, MeshConfig};
+use microshop_runtime::{ServerArgs, shutdown_signal, telemetry::init_logging};
+use microshop_storage::embedded::Durable;
+use orchestrator::{EngineConfig, OrchestratorConfig, ParticipantUrls, failpoint::Failpoint};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "microshop",
+    version,
+    about = "A saga-orchestrated checkout mesh over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole mesh in one process (orchestrator 50051, inventory
+    /// 50052, loyalty 50053, order 50054).
+    Up(UpArgs),
+    /// Run one service, as Kubernetes does.
+    Serve(ServeArgs),
+    /// Run the old shop's failure cases against a fresh in-process mesh and
+    /// check every invariant; exits 0 only if all hold.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Orchestrator address.
+    #[arg(
+        long,
+        env = "MICROSHOP_ORCHESTRATOR_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    orchestrator_listen: SocketAddr,
+    /// inventory-svc address.
+    #[arg(
+        long,
+        env = "MICROSHOP_INVENTORY_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    inventory_listen: SocketAddr,
+    /// loyalty-svc address.
+    #[arg(
+        long,
+        env = "MICROSHOP_LOYALTY_LISTEN",
+        default_value = "127.0.0.1:50053"
+    )]
+    loyalty_listen: SocketAddr,
+    /// order-svc address.
+    #[arg(
+        long,
+        env = "MICROSHOP_ORDER_LISTEN",
+        default_value = "127.0.0.1:50054"
+    )]
+    order_listen: SocketAddr,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[command(flatten)]
+    loyalty: LoyaltyArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Service {
+    Orchestrator,
+    Inventory,
+    Loyalty,
+    Order,
+}
+
+impl Service {
+    fn default_port(self) -> u16 {
+        match self {
+            Self::Orchestrator => 50051,
+            Self::Inventory => 50052,
+            Self::Loyalty => 50053,
+            Self::Order => 50054,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Which service.
+    #[arg(value_enum)]
+    service: Service,
+    /// Address to listen on (default 0.0.0.0 on the service's port).
+    #[arg(long, env = "MICROSHOP_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// inventory-svc URL (orchestrator only).
+    #[arg(
+        long,
+        env = "MICROSHOP_INVENTORY_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    inventory_url: String,
+    /// loyalty-svc URL (orchestrator only).
+    #[arg(
+        long,
+        env = "MICROSHOP_LOYALTY_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    loyalty_url: String,
+    /// order-svc URL (orchestrator only).
+    #[arg(
+        long,
+        env = "MICROSHOP_ORDER_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    order_url: String,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[command(flatten)]
+    loyalty: LoyaltyArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Keep the demo's data here instead of a temporary directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// Saga driver settings.
+#[derive(Clone, Debug, Args)]
+struct EngineArgs {
+    /// Unpaid orders are cancelled this many seconds after creation.
+    #[arg(long, env = "MICROSHOP_PAYMENT_TTL_SECS", default_value_t = 600)]
+    payment_ttl_secs: u64,
+    /// Attempts of one saga step before the saga is FAILED.
+    #[arg(long, env = "MICROSHOP_STEP_ATTEMPTS", default_value_t = 8)]
+    step_attempts: usize,
+    /// Time budget of one saga step across its attempts, in milliseconds.
+    #[arg(long, env = "MICROSHOP_STEP_BUDGET_MS", default_value_t = 10_000)]
+    step_budget_ms: u64,
+    /// Attempts of one compensation before the saga is FAILED.
+    #[arg(long, env = "MICROSHOP_COMPENSATION_ATTEMPTS", default_value_t = 12)]
+    compensation_attempts: usize,
+    /// Timeout of one participant call, in milliseconds.
+    #[arg(long, env = "MICROSHOP_CALL_TIMEOUT_MS", default_value_t = 3_000)]
+    call_timeout_ms: u64,
+    /// How often unfinished sagas are resumed, in milliseconds.
+    #[arg(long, env = "MICROSHOP_RECOVERY_INTERVAL_MS", default_value_t = 5_000)]
+    recovery_interval_ms: u64,
+    /// How often payment deadlines are checked, in milliseconds.
+    #[arg(long, env = "MICROSHOP_EXPIRY_INTERVAL_MS", default_value_t = 1_000)]
+    expiry_interval_ms: u64,
+    /// Crash point for recovery tests: PHASE:OP[=hold|abort], PHASE one of
+    /// intent, rpc, result (e.g. `result:reserve-stock`).
+    #[arg(long, env = "MICROSHOP_FAILPOINT", hide = true)]
+    failpoint: Option<Failpoint>,
+}
+
+impl EngineArgs {
+    fn config(&self) -> EngineConfig {
+        EngineConfig {
+            step_attempts: self.step_attempts.max(1),
+            step_budget: Duration::from_millis(self.step_budget_ms),
+            compensation_attempts: self.compensation_attempts.max(1),
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
+            payment_ttl: Duration::from_secs(self.payment_ttl_secs),
+            recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
+            expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(10)),
+            failpoint: self.failpoint.clone(),
+            ..EngineConfig::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+struct LoyaltyArgs {
+    /// Points earned per this much paid (smallest currency unit).
+    #[arg(
+        long,
+        env = "MICROSHOP_EARN_AMOUNT_PER_POINT",
+        default_value_t = 100_000
+    )]
+    earn_amount_per_point: i64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up(args).await,
+            Command::Serve(args) => serve(args).await,
+            Command::Demo(args) => {
+                microshop_runtime::telemetry::init_logging_at(
+                    microshop_runtime::LogFormat::Text,
+                    "warn",
+                );
+                let ok = microshop::demo::run(args.data_dir).await?;
+                if !ok {
+                    anyhow::bail!("the demo found an invariant violation");
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    init_logging(args.server.log_format);
+    let config = MeshConfig {
+        server: args.server,
+        listen: MeshAddrs {
+            orchestrator: args.orchestrator_listen,
+            inventory: args.inventory_listen,
+            loyalty: args.loyalty_listen,
+            order: args.order_listen,
+        },
+        engine: args.engine.config(),
+        durable: Durable::Yes,
+        earn_amount_per_point: args.loyalty.earn_amount_per_point,
+    };
+    let data_dir = config.server.data_dir.clone();
+    let mesh = Mesh::start(config).await?;
+    let a = &mesh.addrs;
+    tracing::info!(
+        orchestrator = %a.orchestrator,
+        inventory = %a.inventory,
+        loyalty = %a.loyalty,
+        order = %a.order,
+        data_dir = %data_dir.display(),
+        "microshop mesh is up; Ctrl-C to stop"
+    );
+    mesh.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.server.log_format);
+    let addr = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], args.service.default_port())));
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let shutdown = shutdown_signal();
+    match args.service {
+        Service::Inventory => {
+            inventory_svc::run(
+                listener,
+                inventory_svc::InventoryConfig::new(args.server),
+                shutdown,
+            )
+            .await?;
+        }
+        Service::Loyalty => {
+            let mut config = loyalty_svc::LoyaltyConfig::new(args.server);
+            config.earn_amount_per_point = args.loyalty.earn_amount_per_point;
+            loyalty_svc::run(listener, config, shutdown).await?;
+        }
+        Service::Order => {
+            order_svc::run(listener, order_svc::OrderConfig::new(args.server), shutdown).await?;
+        }
+        Service::Orchestrator => {
+            let urls = ParticipantUrls {
+                inventory: args.inventory_url,
+                loyalty: args.loyalty_url,
+                order: args.order_url,
+            };
+            let mut config = OrchestratorConfig::new(args.server, urls);
+            config.engine = args.engine.config();
+            orchestrator::run(listener, config, shutdown).await?;
+        }
+    }
+    Ok(())
+}

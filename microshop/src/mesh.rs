@@ -6,11 +6,21 @@ use std::{net::SocketAddr, time::Duration};
 
 use inventory_svc::InventoryConfig;
 use loyalty_svc::LoyaltyConfig;
+use microshop_proto::{
+    inventory::v1::inventory_service_client::InventoryServiceClient,
+    loyalty::v1::loyalty_service_client::LoyaltyServiceClient,
+    orchestrator::v1::{
+        checkout_service_client::CheckoutServiceClient,
+        saga_admin_service_client::SagaAdminServiceClient,
+    },
+    order::v1::order_service_client::OrderServiceClient,
+};
 use microshop_runtime::{ServeError, ServerArgs};
 use microshop_storage::embedded::Durable;
 use orchestrator::{EngineConfig, OrchestratorConfig, ParticipantUrls};
 use order_svc::OrderConfig;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tonic::transport::Channel;
 
 /// Where each service of an in-process mesh listens.
 #[derive(Clone, Debug)]
@@ -199,6 +209,44 @@ impl Mesh {
     /// Stops every service and waits for them (in-flight calls finish).
     pub async fn shutdown(self) -> Result<(), MeshError> {
         self.run_until(async {}).await
+    }
+}
+
+/// Clients of every service of a mesh.
+#[derive(Clone, Debug)]
+pub struct MeshClients {
+    /// CheckoutService.
+    pub checkout: CheckoutServiceClient<Channel>,
+    /// SagaAdminService.
+    pub admin: SagaAdminServiceClient<Channel>,
+    /// inventory-svc.
+    pub inventory: InventoryServiceClient<Channel>,
+    /// loyalty-svc.
+    pub loyalty: LoyaltyServiceClient<Channel>,
+    /// order-svc.
+    pub order: OrderServiceClient<Channel>,
+}
+
+impl MeshClients {
+    /// Connects to every service, waiting up to `within` for each.
+    pub async fn connect(
+        addrs: &MeshAddrs,
+        within: Duration,
+    ) -> Result<Self, tonic::transport::Error> {
+        let orch = connect(&format!("http://{}", addrs.orchestrator), within).await?;
+        Ok(Self {
+            checkout: CheckoutServiceClient::new(orch.clone()),
+            admin: SagaAdminServiceClient::new(orch),
+            inventory: InventoryServiceClient::new(
+                connect(&format!("http://{}", addrs.inventory), within).await?,
+            ),
+            loyalty: LoyaltyServiceClient::new(
+                connect(&format!("http://{}", addrs.loyalty), within).await?,
+            ),
+            order: OrderServiceClient::new(
+                connect(&format!("http://{}", addrs.order), within).await?,
+            ),
+        })
     }
 }
 

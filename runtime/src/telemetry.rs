@@ -1,5 +1,6 @@
 //! Log set-up: human-readable by default, one JSON object per line with
-//! `--log-format json`. Filtered by `RUST_LOG` (default `info`).
+//! `--log-format json`. Filtered by `RUST_LOG` (default `info`). Logs go
+//! to stderr, so a command's own output (the demo's report) stays clean.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -8,7 +9,13 @@ use crate::config::LogFormat;
 /// Installs the global subscriber once; later calls (tests, `up` starting
 /// several services) are no-ops.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_at(format, "info");
+}
+
+/// Like [`init_logging`] with another default level (when `RUST_LOG` is unset).
+pub fn init_logging_at(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
