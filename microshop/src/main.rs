@@ -152,6 +152,12 @@ struct EngineArgs {
     /// Attempts of one compensation before the saga is FAILED.
     #[arg(long, env = "MICROSHOP_COMPENSATION_ATTEMPTS", default_value_t = 12)]
     compensation_attempts: usize,
+    /// First retry delay, in milliseconds (doubles with jitter).
+    #[arg(long, env = "MICROSHOP_BACKOFF_MIN_MS", default_value_t = 20)]
+    backoff_min_ms: u64,
+    /// Largest retry delay, in milliseconds.
+    #[arg(long, env = "MICROSHOP_BACKOFF_MAX_MS", default_value_t = 2_000)]
+    backoff_max_ms: u64,
     /// Timeout of one participant call, in milliseconds.
     #[arg(long, env = "MICROSHOP_CALL_TIMEOUT_MS", default_value_t = 3_000)]
     call_timeout_ms: u64,
@@ -173,6 +179,8 @@ impl EngineArgs {
             step_attempts: self.step_attempts.max(1),
             step_budget: Duration::from_millis(self.step_budget_ms),
             compensation_attempts: self.compensation_attempts.max(1),
+            backoff_min: Duration::from_millis(self.backoff_min_ms.max(1)),
+            backoff_max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_min_ms.max(1))),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             payment_ttl: Duration::from_secs(self.payment_ttl_secs),
             recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
