@@ -233,27 +233,27 @@ async fn scenarios(c: &MeshClients) -> anyhow::Result<bool> {
         alice_reason == Some(microshop_runtime::Reason::CouponExhausted),
         "alice's order was refused COUPON_EXHAUSTED at create-order, after reserve-stock and deduct-points",
     );
-    if let Err(status) = &alice {
-        if let Some(saga_id) = microshop_runtime::errors::metadata_of(status, "sagaId") {
-            let saga = c
-                .admin
-                .clone()
-                .get_saga(orch::GetSagaRequest { saga_id })
-                .await?
-                .into_inner()
-                .saga
-                .unwrap_or_default();
-            println!(
-                "   alice's saga {} ended {}:",
-                short(&saga.saga_id),
-                state_name(saga.state)
-            );
-            print_steps(&saga, "     ");
-            expect.that(
-                saga.state == orch::SagaState::Compensated as i32,
-                "alice's saga ended COMPENSATED",
-            );
-        }
+    if let Err(status) = &alice
+        && let Some(saga_id) = microshop_runtime::errors::metadata_of(status, "sagaId")
+    {
+        let saga = c
+            .admin
+            .clone()
+            .get_saga(orch::GetSagaRequest { saga_id })
+            .await?
+            .into_inner()
+            .saga
+            .unwrap_or_default();
+        println!(
+            "   alice's saga {} ended {}:",
+            short(&saga.saga_id),
+            state_name(saga.state)
+        );
+        print_steps(&saga, "     ");
+        expect.that(
+            saga.state == orch::SagaState::Compensated as i32,
+            "alice's saga ended COMPENSATED",
+        );
     }
     let mug = product(c, "MUG").await?;
     let alice_points = balance(c, "alice").await?;

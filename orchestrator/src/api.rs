@@ -205,7 +205,7 @@ fn settle(record: SagaRecord) -> Result<(SagaRecord, Option<ord::Order>), Orches
         SagaState::Compensated => match record.error.clone() {
             Some(error) => Err(OrchestratorError::Rejected {
                 saga_id: record.saga_id,
-                error,
+                error: Box::new(error),
             }),
             None => Err(OrchestratorError::SagaFailed {
                 saga_id: record.saga_id,

@@ -51,7 +51,7 @@ pub enum OrchestratorError {
         /// The saga.
         saga_id: String,
         /// The rejection.
-        error: SagaError,
+        error: Box<SagaError>,
     },
     /// The saga is FAILED and waits for an operator.
     #[error("saga {saga_id} failed")]
@@ -127,7 +127,7 @@ impl From<OrchestratorError> for Status {
                     message,
                     metadata,
                     violations,
-                } = error;
+                } = *error;
                 let mut metadata: Vec<(String, String)> = metadata.into_iter().collect();
                 metadata.push(("sagaId".into(), saga_id));
                 metadata.push((
