@@ -1,0 +1,1457 @@
+//! Crash tests over the real binary: every service runs as its own
+//! `microshop serve <service>` process on a loopback port with its own data
+//! directory, and is killed with SIGKILL at the orchestrator's failpoints
+//! (`--failpoint PHASE:OP`, which prints `FAILPOINT PHASE:OP reached` and
+//! holds) or in the middle of a saga. After a restart on the same port and
+//! data directory, every saga must end COMPLETED or COMPENSATED with its
+//! effects applied exactly once, a retry with the same idempotency key must
+//! answer the same outcome, and the invariants of ARCHITECTURE §8 must hold.
+//!
+//! Nothing waits on a sleep for state: every wait is bounded polling (of
+//! health, GetSaga, or a service's stderr).
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    io::{BufRead, BufReader, Read},
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use microshop::{
+    invariants::{self, Universe, all_sagas},
+    mesh::{MeshAddrs, MeshClients},
+};
+use microshop_proto::{
+    inventory::v1::{self as inv, inventory_service_client::InventoryServiceClient},
+    loyalty::v1::{self as loy, loyalty_service_client::LoyaltyServiceClient},
+    orchestrator::v1::{
+        self as orch, checkout_service_client::CheckoutServiceClient,
+        saga_admin_service_client::SagaAdminServiceClient,
+    },
+    order::v1::{self as ord, order_service_client::OrderServiceClient},
+};
+use microshop_runtime::{Reason, errors::reason_of};
+use tempfile::TempDir;
+use tokio::{
+    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+    task::JoinHandle,
+    time::{Instant, sleep, timeout, timeout_at},
+};
+use tonic::{Code, Status};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_microshop");
+
+/// How long a service may take to answer health SERVING after its start.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+/// How long a failpoint may take to be reached.
+const FAILPOINT_WITHIN: Duration = Duration::from_secs(30);
+/// How long a resumed saga may take to end.
+const SETTLE_WITHIN: Duration = Duration::from_secs(30);
+/// Interval of every bounded poll.
+const POLL: Duration = Duration::from_millis(20);
+/// Stderr lines kept for the failure report.
+const TAIL_LINES: usize = 3_000;
+
+/// Unit price of the test products: items 1,000,000 + tax 100,000 +
+/// shipping 50,000 = 1,150,000 payable per unit.
+const PRICE: i64 = 1_000_000;
+/// Points redeemed by every order that redeems (100,000 off).
+const REDEEM: i64 = 100;
+/// Points granted to every customer.
+const GRANT: i64 = 500;
+
+/// Tight budgets for the crash matrices: nothing is transiently failing
+/// there, so these only bound how long a bug could keep a saga going.
+const MATRIX_ENGINE: &[&str] = &[
+    "--step-attempts",
+    "20",
+    "--step-budget-ms",
+    "2000",
+    "--compensation-attempts",
+    "20",
+    "--backoff-min-ms",
+    "10",
+    "--backoff-max-ms",
+    "100",
+    "--call-timeout-ms",
+    "2000",
+    "--recovery-interval-ms",
+    "200",
+];
+
+/// Budgets that outlast a participant restart: a step keeps retrying for
+/// 15 s (a PlaceOrder client waits 20 s), compensations nearly forever.
+const OUTAGE_ENGINE: &[&str] = &[
+    "--step-attempts",
+    "1000",
+    "--step-budget-ms",
+    "15000",
+    "--compensation-attempts",
+    "1000",
+    "--backoff-min-ms",
+    "20",
+    "--backoff-max-ms",
+    "200",
+    "--call-timeout-ms",
+    "2000",
+    "--recovery-interval-ms",
+    "200",
+];
+
+// ---------------------------------------------------------------------------
+// Process harness
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Svc {
+    Orchestrator,
+    Inventory,
+    Loyalty,
+    Order,
+}
+
+impl Svc {
+    /// Participants first, so the orchestrator's recovery finds them up.
+    const START_ORDER: [Self; 4] = [
+        Self::Inventory,
+        Self::Loyalty,
+        Self::Order,
+        Self::Orchestrator,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Orchestrator => "orchestrator",
+            Self::Inventory => "inventory",
+            Self::Loyalty => "loyalty",
+            Self::Order => "order",
+        }
+    }
+
+    fn addr(self, addrs: &MeshAddrs) -> SocketAddr {
+        match self {
+            Self::Orchestrator => addrs.orchestrator,
+            Self::Inventory => addrs.inventory,
+            Self::Loyalty => addrs.loyalty,
+            Self::Order => addrs.order,
+        }
+    }
+}
+
+/// One running `microshop serve` process. Dropping it kills and reaps it.
+struct Proc {
+    child: Child,
+    /// Its stderr, line by line (forwarded by a reader thread).
+    lines: UnboundedReceiver<String>,
+}
+
+impl Proc {
+    /// SIGKILL (what `Child::kill` sends on unix), then reap.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Four services as separate processes over one temporary directory.
+/// Dropping it kills every process; on a panic it prints their stderr.
+struct Cluster {
+    procs: BTreeMap<Svc, Proc>,
+    addrs: MeshAddrs,
+    engine: Vec<String>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    dir: TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for proc in self.procs.values_mut() {
+            proc.kill();
+        }
+        self.procs.clear();
+        if std::thread::panicking() {
+            let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+            eprintln!(
+                "---- last {} output lines of the services (data in {}) ----",
+                tail.len(),
+                self.dir.path().display()
+            );
+            for line in tail.iter() {
+                eprintln!("{line}");
+            }
+            eprintln!("---- end of service output ----");
+        }
+    }
+}
+
+/// Free loopback addresses: bound to port 0, read, released.
+fn free_addrs() -> MeshAddrs {
+    let listeners: Vec<TcpListener> = (0..4)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
+        .collect();
+    let addr = |i: usize| listeners[i].local_addr().expect("bound address");
+    MeshAddrs {
+        orchestrator: addr(0),
+        inventory: addr(1),
+        loyalty: addr(2),
+        order: addr(3),
+    }
+}
+
+/// Whether the gRPC health service at `addr` answers SERVING.
+async fn serving(addr: SocketAddr) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint
+        .connect_timeout(Duration::from_millis(250))
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Reads `stream` line by line on a thread until it closes: each line goes
+/// to the shared tail (for failure reports) and, if given, to `tx`.
+fn forward(
+    stream: impl Read + Send + 'static,
+    tag: String,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    tx: Option<UnboundedSender<String>>,
+) {
+    std::thread::Builder::new()
+        .name(tag.clone())
+        .spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                let line = strip_ansi(&line);
+                {
+                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    if tail.len() >= TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(format!("[{tag}] {line}"));
+                }
+                if let Some(tx) = &tx {
+                    // The test may have stopped listening: keep draining.
+                    let _ = tx.send(line);
+                }
+            }
+        })
+        .expect("spawn a pipe reader thread");
+}
+
+impl Cluster {
+    /// Starts the four services on free ports (new ports if one is taken
+    /// between picking and binding) and waits until each is SERVING.
+    async fn start(engine: &[&str]) -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut cluster = Self {
+                procs: BTreeMap::new(),
+                addrs: free_addrs(),
+                engine: engine.iter().map(|s| (*s).to_owned()).collect(),
+                tail: Arc::new(Mutex::new(VecDeque::new())),
+                dir: tempfile::tempdir().expect("temporary directory"),
+            };
+            let mut started = Ok(());
+            for svc in Svc::START_ORDER {
+                cluster.spawn(svc, None);
+                started = cluster.try_ready(svc).await;
+                if started.is_err() {
+                    break;
+                }
+            }
+            match started {
+                Ok(()) => return cluster,
+                Err(why) => {
+                    eprintln!("mesh did not start ({why}); retrying on other ports");
+                    last = why;
+                }
+            }
+        }
+        panic!("the mesh did not start in 3 attempts: {last}");
+    }
+
+    fn data_dir(&self, svc: Svc) -> PathBuf {
+        self.dir.path().join(svc.name())
+    }
+
+    /// Spawns `svc` (which must not be running), stderr piped to a reader
+    /// thread that keeps a tail and forwards each line to the test.
+    fn spawn(&mut self, svc: Svc, failpoint: Option<&str>) {
+        assert!(!self.procs.contains_key(&svc), "{svc:?} is already running");
+        let url = |s: Svc| format!("http://{}", s.addr(&self.addrs));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg(svc.name())
+            .arg("--listen")
+            .arg(svc.addr(&self.addrs).to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir(svc))
+            .arg("--inventory-url")
+            .arg(url(Svc::Inventory))
+            .arg("--loyalty-url")
+            .arg(url(Svc::Loyalty))
+            .arg("--order-url")
+            .arg(url(Svc::Order));
+        if svc == Svc::Orchestrator {
+            cmd.args(&self.engine);
+        }
+        if let Some(point) = failpoint {
+            cmd.arg("--failpoint").arg(point);
+        }
+        // Only what this test sets: no MICROSHOP_* from the environment.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("MICROSHOP_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {BIN}: {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = unbounded_channel();
+        let tag = match failpoint {
+            Some(point) => format!("{} pid {} fp {point}", svc.name(), child.id()),
+            None => format!("{} pid {}", svc.name(), child.id()),
+        };
+        // The failpoint announcement is on stderr; the tracing logs are on
+        // stdout (runtime's fmt layer writes there): keep both for reports.
+        forward(
+            stderr,
+            format!("{tag} stderr"),
+            Arc::clone(&self.tail),
+            Some(tx),
+        );
+        forward(
+            stdout,
+            format!("{tag} stdout"),
+            Arc::clone(&self.tail),
+            None,
+        );
+        self.procs.insert(svc, Proc { child, lines });
+    }
+
+    /// Polls `svc`'s health until SERVING; an error if it exits first or
+    /// is not serving within [`READY_WITHIN`].
+    async fn try_ready(&mut self, svc: Svc) -> Result<(), String> {
+        let deadline = Instant::now() + READY_WITHIN;
+        let addr = svc.addr(&self.addrs);
+        loop {
+            let proc = self
+                .procs
+                .get_mut(&svc)
+                .ok_or_else(|| format!("{svc:?} is not running"))?;
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                return Err(format!("{svc:?} at {addr} exited with {status}"));
+            }
+            if serving(addr).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{svc:?} at {addr} not SERVING within {READY_WITHIN:?}"
+                ));
+            }
+            sleep(POLL).await;
+        }
+    }
+
+    async fn ready(&mut self, svc: Svc) {
+        if let Err(why) = self.try_ready(svc).await {
+            panic!("{why}");
+        }
+    }
+
+    /// SIGKILLs `svc` and reaps it.
+    fn kill(&mut self, svc: Svc) {
+        let mut proc = self
+            .procs
+            .remove(&svc)
+            .unwrap_or_else(|| panic!("{svc:?} is not running"));
+        proc.kill();
+    }
+
+    /// Starts `svc` again on its port and data directory; waits for SERVING.
+    async fn start_svc(&mut self, svc: Svc, failpoint: Option<&str>) {
+        self.spawn(svc, failpoint);
+        self.ready(svc).await;
+    }
+
+    /// SIGKILLs `svc` (if running) and starts it again.
+    async fn restart(&mut self, svc: Svc, failpoint: Option<&str>) {
+        if self.procs.contains_key(&svc) {
+            self.kill(svc);
+        }
+        self.start_svc(svc, failpoint).await;
+    }
+
+    /// Waits for a stderr line of `svc` containing `needle`.
+    async fn wait_line(&mut self, svc: Svc, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let proc = self
+            .procs
+            .get_mut(&svc)
+            .unwrap_or_else(|| panic!("{svc:?} is not running"));
+        loop {
+            match timeout_at(deadline, proc.lines.recv()).await {
+                Ok(Some(line)) if line.contains(needle) => return line,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("{svc:?} closed its stderr before printing {needle:?}"),
+                Err(_) => panic!("{svc:?} did not print {needle:?} within {within:?}"),
+            }
+        }
+    }
+
+    /// Fresh clients (a restarted service gets a fresh connection). They
+    /// connect lazily, so a service that is down fails only its own calls.
+    fn clients(&self) -> MeshClients {
+        let channel = |svc: Svc| {
+            tonic::transport::Endpoint::from_shared(format!("http://{}", svc.addr(&self.addrs)))
+                .expect("a valid url")
+                .connect_timeout(Duration::from_secs(1))
+                .connect_lazy()
+        };
+        let orchestrator = channel(Svc::Orchestrator);
+        MeshClients {
+            checkout: CheckoutServiceClient::new(orchestrator.clone()),
+            admin: SagaAdminServiceClient::new(orchestrator),
+            inventory: InventoryServiceClient::new(channel(Svc::Inventory)),
+            loyalty: LoyaltyServiceClient::new(channel(Svc::Loyalty)),
+            order: OrderServiceClient::new(channel(Svc::Order)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Requests and reads
+// ---------------------------------------------------------------------------
+
+fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline);
+    request
+}
+
+fn place(
+    key: &str,
+    customer: &str,
+    sku: &str,
+    coupon: &str,
+    points: i64,
+) -> orch::PlaceOrderRequest {
+    orch::PlaceOrderRequest {
+        idempotency_key: key.into(),
+        customer_id: customer.into(),
+        items: vec![orch::LineItem {
+            sku: sku.into(),
+            quantity: 1,
+        }],
+        coupon_code: coupon.into(),
+        points_to_redeem: points,
+        shipping: Some(orch::ShippingAddress {
+            name: customer.into(),
+            address: "1 Crash Street, Hanoi".into(),
+            phone: "+84 900 000 000".into(),
+        }),
+    }
+}
+
+async fn put_product(c: &MeshClients, u: &mut Universe, sku: &str, stock: i64) {
+    c.inventory
+        .clone()
+        .put_product(inv::PutProductRequest {
+            sku: sku.into(),
+            name: format!("product {sku}"),
+            unit_price: PRICE,
+            stock,
+        })
+        .await
+        .expect("PutProduct");
+    u.skus.insert(sku.into(), stock);
+}
+
+async fn put_coupon(c: &MeshClients, u: &mut Universe, code: &str, limit: i64) {
+    c.order
+        .clone()
+        .put_coupon(ord::PutCouponRequest {
+            code: code.into(),
+            kind: ord::CouponKind::Fixed.into(),
+            value: 50_000,
+            usage_limit: limit,
+        })
+        .await
+        .expect("PutCoupon");
+    u.coupons.insert(code.into());
+}
+
+async fn grant(c: &MeshClients, u: &mut Universe, customer: &str) {
+    c.loyalty
+        .clone()
+        .grant_points(loy::GrantPointsRequest {
+            customer_id: customer.into(),
+            points: GRANT,
+        })
+        .await
+        .expect("GrantPoints");
+    u.customers.insert(customer.into());
+}
+
+async fn product(c: &MeshClients, sku: &str) -> inv::GetProductResponse {
+    c.inventory
+        .clone()
+        .get_product(inv::GetProductRequest { sku: sku.into() })
+        .await
+        .expect("GetProduct")
+        .into_inner()
+}
+
+async fn balance(c: &MeshClients, customer: &str) -> loy::GetBalanceResponse {
+    c.loyalty
+        .clone()
+        .get_balance(loy::GetBalanceRequest {
+            customer_id: customer.into(),
+        })
+        .await
+        .expect("GetBalance")
+        .into_inner()
+}
+
+async fn coupon(c: &MeshClients, code: &str) -> ord::GetCouponResponse {
+    c.order
+        .clone()
+        .get_coupon(ord::GetCouponRequest { code: code.into() })
+        .await
+        .expect("GetCoupon")
+        .into_inner()
+}
+
+async fn orders_of(c: &MeshClients, customer: &str) -> Vec<ord::Order> {
+    c.order
+        .clone()
+        .list_orders(ord::ListOrdersRequest {
+            customer_id: customer.into(),
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await
+        .expect("ListOrders")
+        .into_inner()
+        .orders
+}
+
+async fn order(c: &MeshClients, order_id: &str) -> ord::Order {
+    c.order
+        .clone()
+        .get_order(ord::GetOrderRequest {
+            order_id: order_id.into(),
+        })
+        .await
+        .expect("GetOrder")
+        .into_inner()
+        .order
+        .expect("GetOrder returns the order")
+}
+
+async fn place_ok(c: &MeshClients, req: orch::PlaceOrderRequest) -> orch::PlaceOrderResponse {
+    let key = req.idempotency_key.clone();
+    c.checkout
+        .clone()
+        .place_order(with_deadline(req, Duration::from_secs(20)))
+        .await
+        .unwrap_or_else(|s| panic!("PlaceOrder {key}: {s:?}"))
+        .into_inner()
+}
+
+async fn check_invariants(c: &MeshClients, u: &Universe, when: &str) {
+    if let Err(v) = invariants::check(c, u).await {
+        panic!("after {when}: {v}");
+    }
+}
+
+/// The saga holding idempotency key `key`, if logged.
+async fn saga_by_key(c: &MeshClients, key: &str) -> Option<orch::Saga> {
+    let sagas = all_sagas(&mut c.admin.clone()).await.expect("ListSagas");
+    sagas.into_iter().find(|s| s.idempotency_key == key)
+}
+
+fn state_name(state: i32) -> &'static str {
+    orch::SagaState::try_from(state).map_or("?", |s| s.as_str_name())
+}
+
+fn describe(saga: &orch::Saga) -> String {
+    let steps: Vec<String> = saga
+        .steps
+        .iter()
+        .map(|s| {
+            let run = |r: Option<&orch::StepRun>| {
+                r.map_or_else(
+                    || "-".to_owned(),
+                    |r| {
+                        format!(
+                            "{}x{} {}",
+                            orch::StepStatus::try_from(r.status).map_or("?", |s| s.as_str_name()),
+                            r.attempts,
+                            r.last_error
+                        )
+                    },
+                )
+            };
+            format!(
+                "{}: {} / comp {}",
+                s.name,
+                run(s.action.as_ref()),
+                run(s.compensation.as_ref())
+            )
+        })
+        .collect();
+    format!(
+        "saga {} {} key {} reason {:?} steps [{}]",
+        saga.saga_id,
+        state_name(saga.state),
+        saga.idempotency_key,
+        saga.failure_reason,
+        steps.join("; ")
+    )
+}
+
+/// Polls GetSaga until the saga is COMPLETED or COMPENSATED; panics if it
+/// goes FAILED or does not end within [`SETTLE_WITHIN`].
+async fn wait_settled(c: &MeshClients, saga_id: &str) -> orch::Saga {
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    let mut last = None;
+    loop {
+        let got = c
+            .admin
+            .clone()
+            .get_saga(orch::GetSagaRequest {
+                saga_id: saga_id.into(),
+            })
+            .await;
+        if let Ok(resp) = got {
+            let saga = resp.into_inner().saga.expect("GetSaga returns the saga");
+            match orch::SagaState::try_from(saga.state) {
+                Ok(orch::SagaState::Completed | orch::SagaState::Compensated) => return saga,
+                Ok(orch::SagaState::Failed) => {
+                    panic!("the saga went FAILED after recovery: {}", describe(&saga))
+                }
+                _ => last = Some(saga),
+            }
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "saga {saga_id} did not end within {SETTLE_WITHIN:?}: {}",
+                last.as_ref().map_or_else(|| "never read".into(), describe)
+            );
+        }
+        sleep(POLL).await;
+    }
+}
+
+/// Polls until the saga under `key` exists and `step`'s action (or its
+/// compensation) has been attempted at least `n` times.
+async fn wait_attempts(c: &MeshClients, key: &str, step: &str, compensation: bool, n: u32) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = None;
+    loop {
+        if let Ok(sagas) = all_sagas(&mut c.admin.clone()).await
+            && let Some(saga) = sagas.into_iter().find(|s| s.idempotency_key == key)
+        {
+            let run = saga.steps.iter().find(|s| s.name == step).and_then(|s| {
+                if compensation {
+                    s.compensation.as_ref()
+                } else {
+                    s.action.as_ref()
+                }
+            });
+            if run.is_some_and(|r| r.attempts >= n) {
+                return;
+            }
+            last = Some(saga);
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "{step} (compensation: {compensation}) of {key} not attempted {n} times: {}",
+                last.as_ref().map_or_else(|| "no saga".into(), describe)
+            );
+        }
+        sleep(POLL).await;
+    }
+}
+
+fn action<'a>(saga: &'a orch::Saga, step: &str) -> &'a orch::StepRun {
+    saga.steps
+        .iter()
+        .find(|s| s.name == step)
+        .and_then(|s| s.action.as_ref())
+        .unwrap_or_else(|| panic!("no step {step}: {}", describe(saga)))
+}
+
+fn compensation<'a>(saga: &'a orch::Saga, step: &str) -> Option<&'a orch::StepRun> {
+    saga.steps
+        .iter()
+        .find(|s| s.name == step)
+        .and_then(|s| s.compensation.as_ref())
+}
+
+/// A call that runs a saga.
+#[derive(Clone, Debug)]
+enum Call {
+    Place(orch::PlaceOrderRequest),
+    Confirm { order_id: String },
+    Cancel { order_id: String },
+}
+
+impl Call {
+    /// The idempotency key of its saga.
+    fn key(&self) -> String {
+        match self {
+            Self::Place(r) => r.idempotency_key.clone(),
+            Self::Confirm { order_id } => format!("confirm:{order_id}"),
+            Self::Cancel { order_id } => format!("cancel:{order_id}"),
+        }
+    }
+
+    /// Sends it once (deadline 20 s); the error, if any.
+    async fn send(self, c: MeshClients) -> Result<(), Status> {
+        let deadline = Duration::from_secs(20);
+        match self {
+            Self::Place(r) => c
+                .checkout
+                .clone()
+                .place_order(with_deadline(r, deadline))
+                .await
+                .map(drop),
+            Self::Confirm { order_id } => c
+                .checkout
+                .clone()
+                .confirm_payment(with_deadline(
+                    orch::ConfirmPaymentRequest {
+                        order_id,
+                        payment_ref: "crash-pay".into(),
+                    },
+                    deadline,
+                ))
+                .await
+                .map(drop),
+            Self::Cancel { order_id } => c
+                .checkout
+                .clone()
+                .cancel_order(with_deadline(
+                    orch::CancelOrderRequest {
+                        order_id,
+                        reason: "crash test".into(),
+                    },
+                    deadline,
+                ))
+                .await
+                .map(drop),
+        }
+    }
+
+    fn spawn(self, c: MeshClients) -> JoinHandle<Result<(), Status>> {
+        tokio::spawn(self.send(c))
+    }
+}
+
+/// Restarts the orchestrator with `--failpoint point`, sends `call`, waits
+/// for the failpoint, SIGKILLs the orchestrator, restarts it without the
+/// failpoint (same port and data) and waits for the saga to end. Returns
+/// the ended saga and clients connected to the new orchestrator.
+async fn crash_at(cluster: &mut Cluster, point: &str, call: Call) -> (orch::Saga, MeshClients) {
+    cluster.restart(Svc::Orchestrator, Some(point)).await;
+    let key = call.key();
+    let pending = call.spawn(cluster.clients());
+    cluster
+        .wait_line(
+            Svc::Orchestrator,
+            &format!("FAILPOINT {point} reached"),
+            FAILPOINT_WITHIN,
+        )
+        .await;
+    cluster.kill(Svc::Orchestrator);
+    // The call was held at the failpoint: killing the server ends it.
+    match timeout(Duration::from_secs(10), pending).await {
+        Ok(Ok(Ok(()))) => panic!("{key}: the call succeeded although the saga was held at {point}"),
+        Ok(Ok(Err(_))) => {}
+        Ok(Err(e)) => panic!("{key}: the call task failed: {e}"),
+        Err(_) => panic!("{key}: the call did not end after the orchestrator was killed"),
+    }
+    cluster.start_svc(Svc::Orchestrator, None).await;
+    let c = cluster.clients();
+    let saga = saga_by_key(&c, &key)
+        .await
+        .unwrap_or_else(|| panic!("{key}: no saga logged before the crash at {point}"));
+    let saga = wait_settled(&c, &saga.saga_id).await;
+    (saga, c)
+}
+
+const PLACE_STEPS: [&str; 4] = ["quote", "reserve-stock", "deduct-points", "create-order"];
+const PHASES: [&str; 3] = ["intent", "rpc", "result"];
+
+/// Attempts the crashed operation must show: an intent or rpc crash lost
+/// the result, so the operation ran once more; a result crash did not.
+fn attempts_after(phase: &str) -> u32 {
+    if phase == "result" { 1 } else { 2 }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Orchestrator crash matrix over the checkout saga
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orchestrator_crash_matrix() {
+    let started = std::time::Instant::now();
+    let mut cluster = Cluster::start(MATRIX_ENGINE).await;
+    let mut c = cluster.clients();
+    let mut u = Universe::default();
+    let sku = "CRASH-WIDGET";
+    let code = "CRASH-LASTONE";
+    put_product(&c, &mut u, sku, 1_000).await;
+    put_coupon(&c, &mut u, code, 1).await;
+    // The coupon's only use goes to this order, so any later create-order
+    // with it is rejected (COUPON_EXHAUSTED) and the saga compensates.
+    u.customers.insert("crash-seed".into());
+    place_ok(&c, place("crash-seed", "crash-seed", sku, code, 0)).await;
+    assert_eq!(coupon(&c, code).await.times_used, 1);
+
+    // Forward path: crash at every boundary of every step; the saga resumes
+    // where it stopped and completes, each effect applied once.
+    for step in PLACE_STEPS {
+        for phase in PHASES {
+            let point = format!("{phase}:{step}");
+            let who = format!("fwd-{phase}-{step}");
+            grant(&c, &mut u, &who).await;
+            let stock_before = product(&c, sku).await;
+            let req = place(&who, &who, sku, "", REDEEM);
+            let (saga, c2) = crash_at(&mut cluster, &point, Call::Place(req.clone())).await;
+            c = c2;
+            assert_eq!(
+                saga.state,
+                orch::SagaState::Completed as i32,
+                "{point}: {}",
+                describe(&saga)
+            );
+            assert!(!saga.order_id.is_empty(), "{point}: no order id");
+            // Resumed where it stopped: earlier steps were not run again.
+            for s in PLACE_STEPS {
+                let run = action(&saga, s);
+                assert_eq!(
+                    run.status,
+                    orch::StepStatus::Succeeded as i32,
+                    "{point}: {}",
+                    describe(&saga)
+                );
+                let want = if s == step { attempts_after(phase) } else { 1 };
+                assert_eq!(run.attempts, want, "{point}: {s}: {}", describe(&saga));
+                assert!(
+                    compensation(&saga, s).is_none(),
+                    "{point}: {s} compensated: {}",
+                    describe(&saga)
+                );
+            }
+            // A retry with the same key answers the same order, twice.
+            for _ in 0..2 {
+                let again = place_ok(&c, req.clone()).await;
+                assert_eq!(again.saga_id, saga.saga_id, "{point}");
+                assert_eq!(again.order_id, saga.order_id, "{point}");
+                assert_eq!(again.state, orch::SagaState::Completed as i32, "{point}");
+                let o = again.order.expect("PlaceOrder returns the order");
+                assert_eq!(o.redeemed_points, REDEEM, "{point}");
+            }
+            // Effects exactly once.
+            let orders = orders_of(&c, &who).await;
+            assert_eq!(orders.len(), 1, "{point}: orders {orders:?}");
+            assert_eq!(orders[0].order_id, saga.order_id, "{point}");
+            let b = balance(&c, &who).await;
+            assert_eq!(
+                (b.points, b.deducted, b.refunded),
+                (GRANT - REDEEM, REDEEM, 0),
+                "{point}: {b:?}"
+            );
+            let p = product(&c, sku).await;
+            assert_eq!(p.reserved, stock_before.reserved + 1, "{point}: {p:?}");
+            assert_eq!(p.available, stock_before.available - 1, "{point}: {p:?}");
+            check_invariants(&c, &u, &point).await;
+            eprintln!("forward {point}: ok at {:?}", started.elapsed());
+        }
+    }
+
+    // Compensation path: create-order is rejected (coupon exhausted), so
+    // cancel-order, refund-points and release-stock run; crash at every
+    // boundary of the rejected step and of each compensation. The saga must
+    // end COMPENSATED with nothing held.
+    for comp in [
+        "create-order",
+        "cancel-order",
+        "refund-points",
+        "release-stock",
+    ] {
+        for phase in PHASES {
+            let point = format!("{phase}:{comp}");
+            let who = format!("comp-{phase}-{comp}");
+            grant(&c, &mut u, &who).await;
+            let stock_before = product(&c, sku).await;
+            let req = place(&who, &who, sku, code, REDEEM);
+            let (saga, c2) = crash_at(&mut cluster, &point, Call::Place(req.clone())).await;
+            c = c2;
+            assert_eq!(
+                saga.state,
+                orch::SagaState::Compensated as i32,
+                "{point}: {}",
+                describe(&saga)
+            );
+            assert_eq!(
+                saga.error.as_ref().map(|e| e.reason.as_str()),
+                Some("COUPON_EXHAUSTED"),
+                "{point}: {}",
+                describe(&saga)
+            );
+            for (step, undo) in [
+                ("reserve-stock", "release-stock"),
+                ("deduct-points", "refund-points"),
+                ("create-order", "cancel-order"),
+            ] {
+                let run = compensation(&saga, step)
+                    .unwrap_or_else(|| panic!("{point}: {undo} never ran: {}", describe(&saga)));
+                assert_eq!(
+                    run.status,
+                    orch::StepStatus::Succeeded as i32,
+                    "{point}: {}",
+                    describe(&saga)
+                );
+                let want = if undo == comp {
+                    attempts_after(phase)
+                } else {
+                    1
+                };
+                assert_eq!(run.attempts, want, "{point}: {undo}: {}", describe(&saga));
+            }
+            let rejected = action(&saga, "create-order");
+            assert_eq!(
+                rejected.status,
+                orch::StepStatus::Failed as i32,
+                "{point}: {}",
+                describe(&saga)
+            );
+            let want = if comp == "create-order" {
+                attempts_after(phase)
+            } else {
+                1
+            };
+            assert_eq!(rejected.attempts, want, "{point}: {}", describe(&saga));
+            // A retry answers the same rejection, every time.
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let err = c
+                    .checkout
+                    .clone()
+                    .place_order(with_deadline(req.clone(), Duration::from_secs(20)))
+                    .await
+                    .expect_err("a compensated checkout answers its rejection");
+                assert_eq!(err.code(), Code::FailedPrecondition, "{point}: {err:?}");
+                assert_eq!(reason_of(&err), Some(Reason::CouponExhausted), "{point}");
+                seen.push((err.code(), err.message().to_owned()));
+            }
+            assert_eq!(seen[0], seen[1], "{point}: retries answered differently");
+            // Nothing held: stock, points and the coupon are as before.
+            assert!(
+                orders_of(&c, &who).await.is_empty(),
+                "{point}: an order exists"
+            );
+            let b = balance(&c, &who).await;
+            assert_eq!(
+                (b.points, b.deducted, b.refunded),
+                (GRANT, REDEEM, REDEEM),
+                "{point}: {b:?}"
+            );
+            let p = product(&c, sku).await;
+            assert_eq!(
+                (p.available, p.reserved, p.sold),
+                (
+                    stock_before.available,
+                    stock_before.reserved,
+                    stock_before.sold
+                ),
+                "{point}: {p:?}"
+            );
+            assert_eq!(coupon(&c, code).await.times_used, 1, "{point}");
+            check_invariants(&c, &u, &point).await;
+            eprintln!("compensation {point}: ok at {:?}", started.elapsed());
+        }
+    }
+    eprintln!(
+        "orchestrator crash matrix: 24 crashes in {:?}",
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. Confirm-payment and cancel sagas
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirm_and_cancel_resume_after_crash() {
+    let started = std::time::Instant::now();
+    let mut cluster = Cluster::start(MATRIX_ENGINE).await;
+    let mut c = cluster.clients();
+    let mut u = Universe::default();
+    let sku = "CRASH-GADGET";
+    let code = "CRASH-TWICE";
+    put_product(&c, &mut u, sku, 100).await;
+    put_coupon(&c, &mut u, code, 100).await;
+
+    // Confirm payment, crashed at every write boundary of its effectful
+    // steps (commit-stock is the one the contract names).
+    let confirm_points = [
+        "rpc:commit-stock",
+        "intent:commit-stock",
+        "result:commit-stock",
+        "rpc:mark-paid",
+        "rpc:earn-points",
+    ];
+    for point in confirm_points {
+        let who = format!("confirm-{}", point.replace(':', "-"));
+        grant(&c, &mut u, &who).await;
+        let placed = place_ok(&c, place(&who, &who, sku, code, REDEEM)).await;
+        let before = product(&c, sku).await;
+        let b0 = balance(&c, &who).await;
+        let order_id = placed.order_id.clone();
+        let call = Call::Confirm {
+            order_id: order_id.clone(),
+        };
+        let (saga, c2) = crash_at(&mut cluster, point, call.clone()).await;
+        c = c2;
+        assert_eq!(
+            saga.state,
+            orch::SagaState::Completed as i32,
+            "{point}: {}",
+            describe(&saga)
+        );
+        let (phase, op) = point.split_once(':').expect("PHASE:OP");
+        for s in ["load-order", "mark-paid", "commit-stock", "earn-points"] {
+            let want = if s == op { attempts_after(phase) } else { 1 };
+            assert_eq!(
+                action(&saga, s).attempts,
+                want,
+                "{point}: {}",
+                describe(&saga)
+            );
+        }
+        // The retry answers the same paid order.
+        for _ in 0..2 {
+            call.clone()
+                .send(c.clone())
+                .await
+                .unwrap_or_else(|s| panic!("{point}: retry: {s:?}"));
+        }
+        let o = order(&c, &order_id).await;
+        assert_eq!(o.status, ord::OrderStatus::Paid as i32, "{point}: {o:?}");
+        // Stock moved from reserved to sold exactly once.
+        let p = product(&c, sku).await;
+        assert_eq!(
+            (p.available, p.reserved, p.sold),
+            (before.available, before.reserved - 1, before.sold + 1),
+            "{point}: {p:?}"
+        );
+        // Points earned exactly once (one point per 100,000 paid).
+        let b = balance(&c, &who).await;
+        assert_eq!(
+            b.earned,
+            b0.earned + o.total_price / 100_000,
+            "{point}: {b:?}"
+        );
+        assert_eq!(
+            b.points,
+            b0.points + o.total_price / 100_000,
+            "{point}: {b:?}"
+        );
+        check_invariants(&c, &u, point).await;
+        eprintln!("confirm {point}: ok at {:?}", started.elapsed());
+    }
+
+    // Cancel an unpaid order, crashed at its effectful steps (release-stock
+    // is the one the contract names).
+    let cancel_points = [
+        "rpc:release-stock",
+        "intent:release-stock",
+        "result:release-stock",
+        "rpc:cancel-order",
+        "rpc:refund-points",
+    ];
+    for point in cancel_points {
+        let who = format!("cancel-{}", point.replace(':', "-"));
+        grant(&c, &mut u, &who).await;
+        let placed = place_ok(&c, place(&who, &who, sku, code, REDEEM)).await;
+        let before = product(&c, sku).await;
+        let uses = coupon(&c, code).await.times_used;
+        let order_id = placed.order_id.clone();
+        let call = Call::Cancel {
+            order_id: order_id.clone(),
+        };
+        let (saga, c2) = crash_at(&mut cluster, point, call.clone()).await;
+        c = c2;
+        assert_eq!(
+            saga.state,
+            orch::SagaState::Completed as i32,
+            "{point}: {}",
+            describe(&saga)
+        );
+        let (phase, op) = point.split_once(':').expect("PHASE:OP");
+        for s in [
+            "load-order",
+            "cancel-order",
+            "release-stock",
+            "refund-points",
+        ] {
+            let want = if s == op { attempts_after(phase) } else { 1 };
+            assert_eq!(
+                action(&saga, s).attempts,
+                want,
+                "{point}: {}",
+                describe(&saga)
+            );
+        }
+        for _ in 0..2 {
+            call.clone()
+                .send(c.clone())
+                .await
+                .unwrap_or_else(|s| panic!("{point}: retry: {s:?}"));
+        }
+        let o = order(&c, &order_id).await;
+        assert_eq!(
+            o.status,
+            ord::OrderStatus::Cancelled as i32,
+            "{point}: {o:?}"
+        );
+        // The reservation released exactly once, points refunded once, the
+        // coupon use given back once.
+        let p = product(&c, sku).await;
+        assert_eq!(
+            (p.available, p.reserved, p.sold),
+            (before.available + 1, before.reserved - 1, before.sold),
+            "{point}: {p:?}"
+        );
+        let b = balance(&c, &who).await;
+        assert_eq!(
+            (b.points, b.deducted, b.refunded),
+            (GRANT, REDEEM, REDEEM),
+            "{point}: {b:?}"
+        );
+        assert_eq!(coupon(&c, code).await.times_used, uses - 1, "{point}");
+        check_invariants(&c, &u, point).await;
+        eprintln!("cancel {point}: ok at {:?}", started.elapsed());
+    }
+    eprintln!("confirm and cancel crashes in {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 3. A participant SIGKILLed mid-saga
+// ---------------------------------------------------------------------------
+
+/// SIGKILLs `down`, sends PlaceOrder, waits until `step` has been tried at
+/// least twice against the dead participant, restarts it on its port and
+/// data: the PlaceOrder (still waiting) must succeed.
+async fn outage_before_call(
+    cluster: &mut Cluster,
+    u: &mut Universe,
+    c: &MeshClients,
+    down: Svc,
+    step: &str,
+    sku: &str,
+) {
+    let who = format!("outage-{}", down.name());
+    grant(c, u, &who).await;
+    let before = product(c, sku).await;
+    cluster.kill(down);
+    let req = place(&who, &who, sku, "", REDEEM);
+    let pending = Call::Place(req.clone()).spawn(c.clone());
+    wait_attempts(c, &who, step, false, 2).await;
+    assert!(
+        !pending.is_finished(),
+        "{who}: PlaceOrder ended while {down:?} was down"
+    );
+    cluster.start_svc(down, None).await;
+    let c = cluster.clients();
+    match timeout(Duration::from_secs(25), pending).await {
+        Ok(Ok(Ok(()))) => {}
+        other => panic!("{who}: PlaceOrder after {down:?} came back: {other:?}"),
+    }
+    let saga = saga_by_key(&c, &who).await.expect("saga logged");
+    assert_eq!(
+        saga.state,
+        orch::SagaState::Completed as i32,
+        "{}",
+        describe(&saga)
+    );
+    assert!(action(&saga, step).attempts >= 2, "{}", describe(&saga));
+    let again = place_ok(&c, req).await;
+    assert_eq!(again.order_id, saga.order_id);
+    assert_eq!(orders_of(&c, &who).await.len(), 1);
+    let b = balance(&c, &who).await;
+    assert_eq!(
+        (b.points, b.deducted, b.refunded),
+        (GRANT - REDEEM, REDEEM, 0),
+        "{b:?}"
+    );
+    let p = product(&c, sku).await;
+    assert_eq!(p.reserved, before.reserved + 1, "{p:?}");
+    check_invariants(&c, u, &format!("{down:?} outage at {step}")).await;
+}
+
+/// Parks a checkout at `park` (a failpoint), SIGKILLs `down` and the
+/// orchestrator, restarts the orchestrator: recovery retries `step` (an
+/// action, or a compensation) against the dead participant; once it was
+/// tried twice the participant comes back and the saga must end `expect`.
+#[allow(clippy::too_many_arguments)]
+async fn outage_mid_saga(
+    cluster: &mut Cluster,
+    u: &mut Universe,
+    park: &str,
+    down: Svc,
+    step: &str,
+    is_compensation: bool,
+    req: orch::PlaceOrderRequest,
+    expect: orch::SagaState,
+) -> (orch::Saga, MeshClients) {
+    let key = req.idempotency_key.clone();
+    u.customers.insert(req.customer_id.clone());
+    cluster.restart(Svc::Orchestrator, Some(park)).await;
+    let pending = Call::Place(req.clone()).spawn(cluster.clients());
+    cluster
+        .wait_line(
+            Svc::Orchestrator,
+            &format!("FAILPOINT {park} reached"),
+            FAILPOINT_WITHIN,
+        )
+        .await;
+    cluster.kill(down);
+    cluster.kill(Svc::Orchestrator);
+    let _ = timeout(Duration::from_secs(10), pending).await;
+    cluster.start_svc(Svc::Orchestrator, None).await;
+    let c = cluster.clients();
+    wait_attempts(&c, &key, step, is_compensation, 2).await;
+    cluster.start_svc(down, None).await;
+    let c = cluster.clients();
+    let saga = saga_by_key(&c, &key).await.expect("saga logged");
+    let saga = wait_settled(&c, &saga.saga_id).await;
+    assert_eq!(saga.state, expect as i32, "{}", describe(&saga));
+    (saga, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn participant_killed_mid_saga() {
+    let started = std::time::Instant::now();
+    let mut cluster = Cluster::start(OUTAGE_ENGINE).await;
+    let mut c = cluster.clients();
+    let mut u = Universe::default();
+    let sku = "CRASH-GIZMO";
+    put_product(&c, &mut u, sku, 100).await;
+
+    // Down before the call: the first step that needs it retries until it
+    // is back (quote reads inventory and order-svc first).
+    for (down, step) in [
+        (Svc::Loyalty, "deduct-points"),
+        (Svc::Inventory, "quote"),
+        (Svc::Order, "quote"),
+    ] {
+        outage_before_call(&mut cluster, &mut u, &c, down, step, sku).await;
+        c = cluster.clients();
+        eprintln!("{down:?} down at {step}: ok at {:?}", started.elapsed());
+    }
+
+    // Down mid-saga: the checkout parked after an earlier step, the
+    // orchestrator restarted, recovery retries the step until it is back.
+    for (park, down, step) in [
+        ("result:quote", Svc::Inventory, "reserve-stock"),
+        ("result:deduct-points", Svc::Order, "create-order"),
+    ] {
+        let who = format!("midsaga-{step}");
+        grant(&c, &mut u, &who).await;
+        let req = place(&who, &who, sku, "", REDEEM);
+        let (saga, c2) = outage_mid_saga(
+            &mut cluster,
+            &mut u,
+            park,
+            down,
+            step,
+            false,
+            req.clone(),
+            orch::SagaState::Completed,
+        )
+        .await;
+        c = c2;
+        assert!(action(&saga, step).attempts >= 2, "{}", describe(&saga));
+        assert_eq!(place_ok(&c, req).await.order_id, saga.order_id);
+        assert_eq!(orders_of(&c, &who).await.len(), 1);
+        let b = balance(&c, &who).await;
+        assert_eq!((b.deducted, b.refunded), (REDEEM, 0), "{b:?}");
+        check_invariants(&c, &u, &format!("{down:?} down at {step}")).await;
+        eprintln!(
+            "{down:?} down mid-saga at {step}: ok at {:?}",
+            started.elapsed()
+        );
+    }
+
+    // Down during compensation: refund-points retries until loyalty is back.
+    let code = "CRASH-GONE";
+    put_coupon(&c, &mut u, code, 1).await;
+    u.customers.insert("outage-seed".into());
+    place_ok(&c, place("outage-seed", "outage-seed", sku, code, 0)).await;
+    let who = "midsaga-refund";
+    grant(&c, &mut u, who).await;
+    let before = product(&c, sku).await;
+    let req = place(who, who, sku, code, REDEEM);
+    let (saga, c2) = outage_mid_saga(
+        &mut cluster,
+        &mut u,
+        "result:cancel-order",
+        Svc::Loyalty,
+        "deduct-points",
+        true,
+        req,
+        orch::SagaState::Compensated,
+    )
+    .await;
+    c = c2;
+    let refund = compensation(&saga, "deduct-points").expect("refund-points ran");
+    assert!(refund.attempts >= 2, "{}", describe(&saga));
+    let b = balance(&c, who).await;
+    assert_eq!(
+        (b.points, b.deducted, b.refunded),
+        (GRANT, REDEEM, REDEEM),
+        "{b:?}"
+    );
+    let p = product(&c, sku).await;
+    assert_eq!(
+        (p.available, p.reserved),
+        (before.available, before.reserved),
+        "{p:?}"
+    );
+    check_invariants(&c, &u, "loyalty down at refund-points").await;
+    eprintln!("participant outages in {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 4. Durability: SIGKILL everything, restart, nothing lost
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    orders: Vec<ord::Order>,
+    product: inv::GetProductResponse,
+    balance: loy::GetBalanceResponse,
+    coupon: ord::GetCouponResponse,
+    sagas: Vec<orch::Saga>,
+}
+
+async fn snapshot(c: &MeshClients, customer: &str, sku: &str, code: &str) -> Snapshot {
+    Snapshot {
+        orders: orders_of(c, customer).await,
+        product: product(c, sku).await,
+        balance: balance(c, customer).await,
+        coupon: coupon(c, code).await,
+        sagas: all_sagas(&mut c.admin.clone()).await.expect("ListSagas"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn everything_survives_sigkill() {
+    let started = std::time::Instant::now();
+    let mut cluster = Cluster::start(MATRIX_ENGINE).await;
+    let c = cluster.clients();
+    let mut u = Universe::default();
+    let (sku, code, who) = ("CRASH-DURABLE", "CRASH-KEEP", "durable-customer");
+    put_product(&c, &mut u, sku, 10).await;
+    put_coupon(&c, &mut u, code, 5).await;
+    grant(&c, &mut u, who).await;
+
+    let pending = place_ok(&c, place("durable-1", who, sku, code, REDEEM)).await;
+    let paid = place_ok(&c, place("durable-2", who, sku, "", REDEEM)).await;
+    c.checkout
+        .clone()
+        .confirm_payment(orch::ConfirmPaymentRequest {
+            order_id: paid.order_id.clone(),
+            payment_ref: "durable-pay".into(),
+        })
+        .await
+        .expect("ConfirmPayment");
+    check_invariants(&c, &u, "the orders").await;
+    let before = snapshot(&c, who, sku, code).await;
+    assert_eq!(before.orders.len(), 2);
+    assert_eq!(before.sagas.len(), 3);
+    assert_eq!(
+        (
+            before.product.available,
+            before.product.reserved,
+            before.product.sold
+        ),
+        (8, 1, 1)
+    );
+    assert_eq!(before.coupon.times_used, 1);
+    drop(c);
+
+    for svc in Svc::START_ORDER {
+        cluster.kill(svc);
+    }
+    for svc in Svc::START_ORDER {
+        cluster.start_svc(svc, None).await;
+    }
+    let c = cluster.clients();
+    let after = snapshot(&c, who, sku, code).await;
+    assert_eq!(before, after, "state changed across SIGKILL and restart");
+
+    // The same key still answers the same order; the mesh still works.
+    let again = place_ok(&c, place("durable-1", who, sku, code, REDEEM)).await;
+    assert_eq!(again.order_id, pending.order_id);
+    assert_eq!(again.saga_id, pending.saga_id);
+    let third = place_ok(&c, place("durable-3", who, sku, "", 0)).await;
+    assert!(!third.order_id.is_empty());
+    check_invariants(&c, &u, "the restart").await;
+    eprintln!("durability in {:?}", started.elapsed());
+}
