@@ -44,7 +44,8 @@ fi
 
 step "demo"
 cargo build --quiet -p microshop
-./target/debug/microshop demo
+bin="${CARGO_TARGET_DIR:-$root/target}/debug/microshop"
+"$bin" demo
 
 step "smoke: microshop up, grpcurl on every port"
-GRPCURL="$tools/grpcurl" scripts/smoke.sh ./target/debug/microshop
+GRPCURL="$tools/grpcurl" scripts/smoke.sh "$bin"

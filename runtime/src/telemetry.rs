@@ -2,6 +2,8 @@
 //! `--log-format json`. Filtered by `RUST_LOG` (default `info`). Logs go
 //! to stderr, so a command's own output (the demo's report) stays clean.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::LogFormat;
@@ -17,14 +19,24 @@ pub fn init_logging_at(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let registry = tracing_subscriber::registry().with(filter);
+    // Colours only for a person at a terminal, never in files or pipes.
+    let ansi = std::io::stderr().is_terminal();
     let result = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
             )
             .try_init(),
     };
