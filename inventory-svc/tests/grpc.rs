@@ -3,9 +3,8 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use inventory_svc::{InventoryConfig, run};
@@ -16,87 +15,44 @@ use microshop_proto::inventory::v1::{
     ReservedLine, StockItem, inventory_service_client::InventoryServiceClient,
 };
 use microshop_runtime::{
-    Reason, ServeError, ServerArgs,
+    Reason, ServerArgs,
     errors::{metadata_of, reason_of},
+    testing::TestServer,
 };
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, task::JoinSet};
+use tokio::task::JoinSet;
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 
 type Client = InventoryServiceClient<Channel>;
 
-/// Start attempts (a restarted server may meet the previous one's store
-/// still closing).
-const START_ATTEMPTS: u32 = 20;
-/// Connection attempts per start.
-const CONNECT_ATTEMPTS: u32 = 100;
-
-/// A running server and what stops it.
+/// A running server and a client of it.
 struct Server {
     client: Client,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ServeError>>,
+    inner: TestServer,
 }
 
 impl Server {
     /// Serves `dir` on a fresh loopback port and connects to it.
     async fn start(dir: &Path) -> Self {
-        for _ in 0..START_ATTEMPTS {
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind a loopback port");
-            let addr = listener.local_addr().expect("local address");
-            let (stop, stopped) = oneshot::channel::<()>();
-            let config = InventoryConfig::new(ServerArgs::with_data_dir(dir));
-            let task = tokio::spawn(run(listener, config, async {
-                let _ = stopped.await;
-            }));
-            if let Some(client) = connect(addr, &task).await {
-                return Self { client, stop, task };
-            }
-            // The server stopped before serving: say why, then try again.
-            let result = task.await.expect("server task panicked");
-            eprintln!("server at {addr} did not start: {result:?}");
+        let inner = TestServer::start(|listener, shutdown| {
+            run(
+                listener,
+                InventoryConfig::new(ServerArgs::with_data_dir(dir)),
+                shutdown,
+            )
+        })
+        .await;
+        Self {
+            client: InventoryServiceClient::new(inner.channel.clone()),
+            inner,
         }
-        panic!("the server did not start after {START_ATTEMPTS} attempts");
     }
 
     /// Stops the server gracefully and waits for it to finish.
     async fn stop(self) {
-        let Self { client, stop, task } = self;
-        drop(client);
-        stop.send(()).expect("server still running");
-        task.await
-            .expect("server task panicked")
-            .expect("server stopped cleanly");
+        drop(self.client);
+        self.inner.stop().await;
     }
-}
-
-/// Polls until the server answers a read, with bounded retries; `None` if
-/// the server task ends first.
-async fn connect(addr: SocketAddr, task: &JoinHandle<Result<(), ServeError>>) -> Option<Client> {
-    for attempt in 0..CONNECT_ATTEMPTS {
-        if task.is_finished() {
-            return None;
-        }
-        if let Ok(mut client) = InventoryServiceClient::connect(format!("http://{addr}")).await {
-            // Any business answer (the probe SKU does not exist) means the
-            // server and its store are up.
-            let probe = client
-                .get_product(GetProductRequest {
-                    sku: "readiness-probe".into(),
-                })
-                .await;
-            match probe {
-                Ok(_) => return Some(client),
-                Err(status) if status.code() == Code::NotFound => return Some(client),
-                Err(_) => {}
-            }
-        }
-        // Back off between failed attempts only.
-        tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt + 1).min(20))).await;
-    }
-    panic!("no answer from {addr} after {CONNECT_ATTEMPTS} attempts");
 }
 
 // ---------------------------------------------------------------------------

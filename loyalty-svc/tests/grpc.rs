@@ -1,7 +1,7 @@
 //! loyalty-svc end to end: the real server (`run`) on a loopback port, a
 //! fresh data directory per test, and the generated gRPC client.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::path::Path;
 
 use loyalty_svc::{LoyaltyConfig, domain::Account, run};
 use microshop_proto::loyalty::v1::{
@@ -10,82 +10,42 @@ use microshop_proto::loyalty::v1::{
     RefundPointsResponse, loyalty_service_client::LoyaltyServiceClient,
 };
 use microshop_runtime::{
-    Reason, ServeError, ServerArgs,
+    Reason, ServerArgs,
     errors::{metadata_of, reason_of},
+    testing::TestServer,
 };
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
 
 type Client = LoyaltyServiceClient<Channel>;
 
-/// Start attempts (a restarted server may meet the previous one's store
-/// still closing).
-const START_ATTEMPTS: u32 = 20;
-/// Connection attempts per start.
-const CONNECT_ATTEMPTS: u32 = 100;
-
-/// A running server and what stops it.
+/// A running server and a client of it.
 struct Server {
     client: Client,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ServeError>>,
+    inner: TestServer,
 }
 
 impl Server {
     /// Serves `dir` on a fresh loopback port and connects to it.
     async fn start(dir: &Path) -> Self {
-        for _ in 0..START_ATTEMPTS {
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind a loopback port");
-            let addr = listener.local_addr().expect("local address");
-            let (stop, stopped) = oneshot::channel::<()>();
-            let config = LoyaltyConfig::new(ServerArgs::with_data_dir(dir));
-            let task = tokio::spawn(run(listener, config, async {
-                let _ = stopped.await;
-            }));
-            if let Some(client) = connect(addr, &task).await {
-                return Self { client, stop, task };
-            }
-            // The server stopped before serving: say why, then try again.
-            let result = task.await.expect("server task panicked");
-            eprintln!("server at {addr} did not start: {result:?}");
+        let inner = TestServer::start(|listener, shutdown| {
+            run(
+                listener,
+                LoyaltyConfig::new(ServerArgs::with_data_dir(dir)),
+                shutdown,
+            )
+        })
+        .await;
+        Self {
+            client: LoyaltyServiceClient::new(inner.channel.clone()),
+            inner,
         }
-        panic!("the server did not start after {START_ATTEMPTS} attempts");
     }
 
     /// Stops the server gracefully and waits for it to finish.
     async fn stop(self) {
-        let Self { client, stop, task } = self;
-        drop(client);
-        stop.send(()).expect("server still running");
-        task.await
-            .expect("server task panicked")
-            .expect("server stopped cleanly");
+        drop(self.client);
+        self.inner.stop().await;
     }
-}
-
-/// Polls until the server answers a read, with bounded retries; `None` if
-/// the server task ends first.
-async fn connect(addr: SocketAddr, task: &JoinHandle<Result<(), ServeError>>) -> Option<Client> {
-    for attempt in 0..CONNECT_ATTEMPTS {
-        if task.is_finished() {
-            return None;
-        }
-        if let Ok(mut client) = LoyaltyServiceClient::connect(format!("http://{addr}")).await {
-            let probe = client
-                .get_balance(GetBalanceRequest {
-                    customer_id: "readiness-probe".into(),
-                })
-                .await;
-            if probe.is_ok() {
-                return Some(client);
-            }
-        }
-        // Back off between failed attempts only.
-        tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt + 1).min(20))).await;
-    }
-    panic!("no answer from {addr} after {CONNECT_ATTEMPTS} attempts");
 }
 
 async fn balance(client: &mut Client, customer_id: &str) -> GetBalanceResponse {

@@ -9,6 +9,8 @@ pub mod errors;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validate;
 
 pub use config::{LogFormat, ServerArgs};

@@ -1,0 +1,103 @@
+//! A served service for integration tests (feature `testing`): binds a
+//! fresh loopback port, runs a service's `run` with a oneshot shutdown, and
+//! waits until its health answers SERVING, by bounded polling only.
+//!
+//! Every participant's tests start servers the same way, so the way lives
+//! here once.
+
+use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
+
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::ServeError;
+
+/// The shutdown future handed to a service's `run`.
+pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Starts: a server that stops before serving is started again (once its
+/// reason is printed), at most this many times.
+const START_ATTEMPTS: u32 = 20;
+/// Readiness polls per start.
+const READY_ATTEMPTS: u32 = 200;
+
+/// A running server and what stops it.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A connected channel to it.
+    pub channel: Channel,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl TestServer {
+    /// Serves with `run(listener, shutdown)` on a fresh loopback port and
+    /// returns once the server reports SERVING.
+    pub async fn start<F, Fut>(mut run: F) -> Self
+    where
+        F: FnMut(TcpListener, Shutdown) -> Fut,
+        Fut: Future<Output = Result<(), ServeError>> + Send + 'static,
+    {
+        for _ in 0..START_ATTEMPTS {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind a loopback port");
+            let addr = listener.local_addr().expect("local address");
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(run(
+                listener,
+                Box::pin(async {
+                    let _ = stopped.await;
+                }),
+            ));
+            if let Some(channel) = ready(addr, &task).await {
+                return Self {
+                    addr,
+                    channel,
+                    stop,
+                    task,
+                };
+            }
+            let result = task.await.expect("server task panicked");
+            eprintln!("server at {addr} did not start: {result:?}");
+        }
+        panic!("the server did not start after {START_ATTEMPTS} attempts");
+    }
+
+    /// Stops the server gracefully and waits for it to finish.
+    pub async fn stop(self) {
+        drop(self.channel);
+        self.stop.send(()).expect("server still running");
+        self.task
+            .await
+            .expect("server task panicked")
+            .expect("server stopped cleanly");
+    }
+}
+
+/// Polls health until SERVING; `None` if the server task ends first.
+async fn ready(addr: SocketAddr, task: &JoinHandle<Result<(), ServeError>>) -> Option<Channel> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).expect("a valid url");
+    for attempt in 0..READY_ATTEMPTS {
+        if task.is_finished() {
+            return None;
+        }
+        if let Ok(channel) = endpoint.connect().await {
+            let status = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|r| r.into_inner().status);
+            if status.is_ok_and(|s| s == ServingStatus::Serving as i32) {
+                return Some(channel);
+            }
+        }
+        // Back off between failed polls only.
+        tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt + 1).min(20))).await;
+    }
+    panic!("{addr} never reported SERVING");
+}
