@@ -50,10 +50,12 @@ impl<S: AccountStore + PointsLedgerStore> LoyaltyService for Loyalty<S> {
         &self,
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let caller = microshop_runtime::auth::caller(&request);
         let pb::GetBalanceRequest { customer_id } = request.into_inner();
         let mut v = Violations::new();
         v.id("customer_id", &customer_id);
         check(v)?;
+        microshop_runtime::auth::check_subject(caller.as_ref(), &customer_id)?;
         let account = self
             .store
             .account(customer_id.clone())

@@ -4,6 +4,7 @@
 //! ([`demo`]). The binary is a thin CLI over these; tests and the
 //! benchmark use them directly.
 
+pub mod bench;
 pub mod demo;
 pub mod invariants;
 pub mod mesh;

@@ -34,6 +34,9 @@ enum Command {
     /// Run the old shop's failure cases against a fresh in-process mesh and
     /// check every invariant; exits 0 only if all hold.
     Demo(DemoArgs),
+    /// Measure saga throughput and latency against the bare-RPC floor
+    /// (release build: `cargo run --release -p microshop -- bench`).
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +125,14 @@ struct ServeArgs {
         default_value = "http://127.0.0.1:50054"
     )]
     order_url: String,
+    /// Serve without authentication (local use and scripts only): without
+    /// it, `serve` refuses to start unless a token key is configured.
+    #[arg(
+        long,
+        env = "MICROSHOP_INSECURE_NO_AUTH",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    insecure_no_auth: bool,
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
@@ -135,6 +146,12 @@ struct DemoArgs {
     /// Keep the demo's data here instead of a temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    options: microshop::bench::BenchOptions,
 }
 
 /// Saga driver settings.
@@ -217,18 +234,40 @@ fn main() -> anyhow::Result<()> {
                     microshop_runtime::LogFormat::Text,
                     "warn",
                 );
+                warn_no_auth("demo");
                 let ok = microshop::demo::run(args.data_dir).await?;
                 if !ok {
                     anyhow::bail!("the demo found an invariant violation");
                 }
                 Ok(())
             }
+            Command::Bench(args) => {
+                microshop_runtime::telemetry::init_logging_at(
+                    microshop_runtime::LogFormat::Text,
+                    "warn",
+                );
+                microshop::bench::run(args.options).await.map(drop)
+            }
         }
     })
 }
 
+/// The loud warning of a mesh running without authentication.
+fn warn_no_auth(command: &str) {
+    let line = format!(
+        "WARNING: microshop {command} runs WITHOUT AUTHENTICATION: anyone who can reach \
+         its ports can place, read and cancel any order and call admin RPCs. \
+         For local use only; see the README's Security section."
+    );
+    tracing::warn!("{line}");
+    eprintln!("{line}");
+}
+
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     init_logging(args.server.log_format);
+    if !args.server.auth.enabled() {
+        warn_no_auth("up");
+    }
     let config = MeshConfig {
         server: args.server,
         listen: MeshAddrs {
@@ -258,6 +297,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.server.log_format);
+    if !args.server.auth.enabled() {
+        if !args.insecure_no_auth {
+            anyhow::bail!(
+                "refusing to serve without authentication: set \
+                 MICROSHOP_AUTH_HS256_SECRET_FILE or MICROSHOP_AUTH_RS256_PUBLIC_KEY_FILE \
+                 (with MICROSHOP_AUTH_ISSUER and MICROSHOP_AUTH_AUDIENCE), or pass \
+                 --insecure-no-auth (MICROSHOP_INSECURE_NO_AUTH=1) for local use"
+            );
+        }
+        warn_no_auth("serve");
+    }
     let addr = args
         .listen
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], args.service.default_port())));

@@ -59,6 +59,21 @@ fn load(txn: &WriteTransaction, saga_id: &str) -> Result<Option<SagaRecord>, Sto
     found.map(|v| decode(v.value())).transpose()
 }
 
+/// The stored state of a saga, without decoding the rest of its record
+/// (`save` needs only that to move the state index; serde skips the other
+/// fields without building them).
+fn load_state(txn: &WriteTransaction, saga_id: &str) -> Result<Option<SagaState>, StorageError> {
+    #[derive(serde::Deserialize)]
+    struct StateOnly {
+        state: SagaState,
+    }
+    let table = txn.open_table(SAGAS)?;
+    let found = table.get(saga_id)?;
+    found
+        .map(|v| decode::<StateOnly>(v.value()).map(|s| s.state))
+        .transpose()
+}
+
 fn write_record(
     txn: &WriteTransaction,
     record: &SagaRecord,
@@ -142,10 +157,10 @@ impl SagaLog for EmbeddedSagaLog {
     ) -> Result<(), StorageError> {
         self.db
             .write(move |txn| {
-                let old = load(txn, &record.saga_id)?.ok_or_else(|| {
+                let old = load_state(txn, &record.saga_id)?.ok_or_else(|| {
                     StorageError::Corrupt(format!("save of unknown saga {}", record.saga_id))
                 })?;
-                write_record(txn, &record, Some(old.state))?;
+                write_record(txn, &record, Some(old))?;
                 apply_deadline(txn, &deadline)
             })
             .await

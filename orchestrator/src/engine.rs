@@ -33,7 +33,7 @@ use crate::{
         SagaError, SagaInput, SagaRecord, SagaState, SagaType, StepRecord, StepStatus, now_ms,
     },
     participants::{CallError, Participants},
-    steps::{self, StepOutput},
+    steps,
 };
 
 /// Budgets and periods of the driver.
@@ -96,6 +96,9 @@ pub struct Engine<L> {
     participants: Participants,
     config: EngineConfig,
     active: Mutex<HashMap<String, Active>>,
+    /// One payment or cancellation saga at a time per order (see
+    /// [`Engine::order_turn`]).
+    order_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl<L> std::fmt::Debug for Engine<L> {
@@ -120,6 +123,7 @@ impl<L: SagaLog> Engine<L> {
             participants,
             config,
             active: Mutex::new(HashMap::new()),
+            order_turns: Mutex::new(HashMap::new()),
         })
     }
 
@@ -131,6 +135,11 @@ impl<L: SagaLog> Engine<L> {
     /// The configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The participants' clients.
+    pub fn participants(&self) -> &Participants {
+        &self.participants
     }
 
     /// Starts a saga for `key` or finds the one holding it.
@@ -188,7 +197,34 @@ impl<L: SagaLog> Engine<L> {
             // Reload inside the task: a driver that just finished saved its
             // final state before leaving the map, so this read sees it.
             let outcome = match engine.log.get(id.clone()).await {
-                Ok(Some(record)) => engine.run(record, &abort).await.map_err(|e| e.to_string()),
+                Ok(Some(record)) => {
+                    let order_id = record_order_id(&record);
+                    let turn = order_id.as_deref().map(|o| engine.order_turn(o));
+                    let held = match &turn {
+                        Some(turn) => Some(turn.lock().await),
+                        None => None,
+                    };
+                    // Reload: the saga may have been changed by an operator
+                    // while this task waited for its turn.
+                    let record = if held.is_some() {
+                        engine
+                            .log
+                            .get(id.clone())
+                            .await
+                            .ok()
+                            .flatten()
+                            .unwrap_or(record)
+                    } else {
+                        record
+                    };
+                    let outcome = engine.run(record, &abort).await.map_err(|e| e.to_string());
+                    drop(held);
+                    drop(turn);
+                    if let Some(order_id) = order_id {
+                        engine.end_order_turn(&order_id);
+                    }
+                    outcome
+                }
                 Ok(None) => Err(format!("no saga {id}")),
                 Err(e) => Err(e.to_string()),
             };
@@ -203,6 +239,26 @@ impl<L: SagaLog> Engine<L> {
             let _ = tx.send(Some(outcome));
         });
         rx
+    }
+
+    /// The turn of `order_id`: payment and cancellation sagas of one order
+    /// run one after the other. Interleaved, a cancellation could release
+    /// the reservation between a payment's mark-paid and its commit-stock,
+    /// leaving the payment FAILED with an order paid and nothing to commit.
+    fn order_turn(&self, order_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.order_turns.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(turns.entry(order_id.to_owned()).or_default())
+    }
+
+    /// Forgets the turn of `order_id` once no saga holds or awaits it.
+    fn end_order_turn(&self, order_id: &str) {
+        let mut turns = self.order_turns.lock().unwrap_or_else(|e| e.into_inner());
+        if turns
+            .get(order_id)
+            .is_some_and(|t| Arc::strong_count(t) == 1)
+        {
+            turns.remove(order_id);
+        }
     }
 
     /// Asks the task driving `saga_id` to compensate; false if none is.
@@ -361,7 +417,7 @@ impl<L: SagaLog> Engine<L> {
             Failpoint::hit(fp, "rpc", def.name).await;
             match result {
                 Ok(output) => {
-                    steps::apply(&mut record.outputs, output_or_nothing(output));
+                    steps::apply(&mut record.outputs, output);
                     let step = &mut record.steps[index].action;
                     step.status = StepStatus::Succeeded;
                     step.finished_at_ms = Some(now_ms());
@@ -556,8 +612,14 @@ impl<L: SagaLog> Engine<L> {
     }
 }
 
-fn output_or_nothing(output: StepOutput) -> StepOutput {
-    output
+/// The order a payment or cancellation saga acts on (none for checkout).
+fn record_order_id(record: &SagaRecord) -> Option<String> {
+    match &record.input {
+        SagaInput::Confirm { order_id, .. } | SagaInput::Cancel { order_id, .. } => {
+            Some(order_id.clone())
+        }
+        SagaInput::Place { .. } => None,
+    }
 }
 
 /// The first forward step not yet done.

@@ -69,8 +69,48 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let log = EmbeddedSagaLog::open(&config.server.data_dir, config.durable)
         .map_err(|e| ServeError::Storage(Box::new(e)))?;
-    let participants = Participants::connect_lazy(&config.participants, config.engine.call_timeout)
-        .map_err(|e| ServeError::Setup(format!("bad participant url: {e}")))?;
+    let tls = config
+        .server
+        .tls
+        .client_config()
+        .map_err(ServeError::Setup)?;
+    if tls.is_some() {
+        let urls = &config.participants;
+        if let Some(url) = [&urls.inventory, &urls.loyalty, &urls.order]
+            .into_iter()
+            .find(|u| !u.starts_with("https://"))
+        {
+            return Err(ServeError::Setup(format!(
+                "with MICROSHOP_TLS_CA_FILE set, participant URLs must be https:// (got {url})"
+            )));
+        }
+    }
+    let participants = Participants::connect_lazy_with_tls(
+        &config.participants,
+        config.engine.call_timeout,
+        tls.as_ref(),
+    )
+    .map_err(|e| ServeError::Setup(format!("bad participant url: {e}")))?;
+    let participants = match config
+        .server
+        .auth
+        .service_token()
+        .map_err(ServeError::Setup)?
+    {
+        Some(token) => participants
+            .with_service_token(&token)
+            .map_err(|_| ServeError::Setup("the service token is not valid ASCII".into()))?,
+        None => {
+            if config.server.auth.enabled() {
+                tracing::warn!(
+                    "authentication is on but no service token is set \
+                     (MICROSHOP_AUTH_SERVICE_TOKEN_FILE): participants with \
+                     authentication on will refuse saga calls"
+                );
+            }
+            participants
+        }
+    };
     let engine = Engine::new(log.clone(), participants, config.engine.clone());
     let health = microshop_runtime::health_reporter();
 
@@ -78,6 +118,7 @@ pub async fn run(
     let background = tokio::spawn(Arc::clone(&engine).background(stop_rx.clone()));
     let monitor = tokio::spawn(watch_participants(
         config.participants.clone(),
+        tls,
         health.clone(),
         stop_rx,
     ));
@@ -117,6 +158,7 @@ impl StorageProbe for Probe {
 /// with e.g. `microshop.loyalty.v1.LoyaltyService` says which is down.
 async fn watch_participants(
     urls: ParticipantUrls,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     health: HealthReporter,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -127,7 +169,12 @@ async fn watch_participants(
     ];
     let mut clients = Vec::new();
     for (name, url) in targets {
-        match tonic::transport::Endpoint::from_shared(url.clone()) {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(url.clone()).and_then(|ep| match &tls {
+                Some(tls) => ep.tls_config(tls.clone()),
+                None => Ok(ep),
+            });
+        match endpoint {
             Ok(ep) => clients.push((
                 name,
                 url,

@@ -13,7 +13,8 @@ use microshop_proto::{
 };
 use tonic::{
     Code, Request, Status,
-    transport::{Channel, Endpoint},
+    metadata::{AsciiMetadataValue, errors::InvalidMetadataValue},
+    transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
 /// Where the participants listen.
@@ -51,7 +52,11 @@ impl From<Status> for CallError {
         match status.code() {
             // INTERNAL and UNKNOWN cover a participant's store failing and
             // transport-level resets; the barrier makes a retry safe.
-            Code::Unavailable
+            // UNAUTHENTICATED means our service token expired or is not yet
+            // rotated in: the saga waits (or goes FAILED) rather than
+            // telling the customer their order was refused.
+            Code::Unauthenticated
+            | Code::Unavailable
             | Code::DeadlineExceeded
             | Code::ResourceExhausted
             | Code::Aborted
@@ -66,8 +71,7 @@ impl From<Status> for CallError {
             | Code::FailedPrecondition
             | Code::OutOfRange
             | Code::Unimplemented
-            | Code::DataLoss
-            | Code::Unauthenticated => Self::Rejected(status),
+            | Code::DataLoss => Self::Rejected(status),
         }
     }
 }
@@ -92,10 +96,16 @@ pub struct Participants {
     /// order-svc.
     pub order: OrderServiceClient<Channel>,
     call_timeout: Duration,
+    /// `Bearer <service token>` sent on every call when authentication is on.
+    authorization: Option<AsciiMetadataValue>,
 }
 
-fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
+fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -109,18 +119,43 @@ impl Participants {
         urls: &ParticipantUrls,
         call_timeout: Duration,
     ) -> Result<Self, tonic::transport::Error> {
+        Self::connect_lazy_with_tls(urls, call_timeout, None)
+    }
+
+    /// The same over TLS (`https://` URLs) when `tls` is set: mTLS when it
+    /// carries the orchestrator's certificate.
+    pub fn connect_lazy_with_tls(
+        urls: &ParticipantUrls,
+        call_timeout: Duration,
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<Self, tonic::transport::Error> {
         Ok(Self {
-            inventory: InventoryServiceClient::new(channel(&urls.inventory)?),
-            loyalty: LoyaltyServiceClient::new(channel(&urls.loyalty)?),
-            order: OrderServiceClient::new(channel(&urls.order)?),
+            inventory: InventoryServiceClient::new(channel(&urls.inventory, tls)?),
+            loyalty: LoyaltyServiceClient::new(channel(&urls.loyalty, tls)?),
+            order: OrderServiceClient::new(channel(&urls.order, tls)?),
             call_timeout,
+            authorization: None,
         })
+    }
+
+    /// Sends `token` (a JWT with role `service`) as the bearer token of
+    /// every participant call.
+    pub fn with_service_token(mut self, token: &str) -> Result<Self, InvalidMetadataValue> {
+        let mut value = AsciiMetadataValue::try_from(format!("Bearer {token}"))?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
     }
 
     /// A request carrying the per-call timeout.
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(self.call_timeout);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
         request
     }
 }

@@ -292,6 +292,7 @@ impl<S: CouponStore + OrderStore + OrderQueries> OrderService for Orders<S> {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let caller = microshop_runtime::auth::caller(&request);
         let pb::GetOrderRequest { order_id } = request.into_inner();
         let mut v = Violations::new();
         v.id("order_id", &order_id);
@@ -301,6 +302,13 @@ impl<S: CouponStore + OrderStore + OrderQueries> OrderService for Orders<S> {
             .get_order(order_id.clone())
             .await
             .map_err(OrderError::from)?;
+        // A customer sees only its own orders; another's and an unknown
+        // one get the same PERMISSION_DENIED, so nothing leaks.
+        if let Some(c) = caller.as_ref().filter(|c| !c.role.is_privileged())
+            && found.as_ref().is_none_or(|o| o.customer_id != c.subject)
+        {
+            return Err(microshop_runtime::auth::permission_denied());
+        }
         match found {
             Some(order) => Ok(Response::new(pb::GetOrderResponse {
                 order: Some(order.into()),
@@ -313,6 +321,7 @@ impl<S: CouponStore + OrderStore + OrderQueries> OrderService for Orders<S> {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let caller = microshop_runtime::auth::caller(&request);
         let pb::ListOrdersRequest {
             customer_id,
             page_size,
@@ -320,6 +329,7 @@ impl<S: CouponStore + OrderStore + OrderQueries> OrderService for Orders<S> {
         } = request.into_inner();
         let mut v = Violations::new();
         v.id("customer_id", &customer_id);
+        microshop_runtime::auth::check_subject(caller.as_ref(), &customer_id)?;
         let page_size = match usize::try_from(page_size) {
             Ok(0) => DEFAULT_PAGE_SIZE,
             Ok(n) if n <= MAX_PAGE_SIZE => n,

@@ -45,6 +45,24 @@ pub struct ServerArgs {
         default_value_t = 4096
     )]
     pub max_concurrent_requests: usize,
+
+    /// Authentication (bearer JWT); off unless a key file is set.
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
+
+    /// Per-customer rate limit on PlaceOrder; off unless a rate is set.
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
+
+    /// TLS and mTLS between services; off unless a certificate is set.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+
+    /// Fault injection on the saga RPCs of participants, for tests and
+    /// chaos drills only (e.g. `seed=7,unavailable=0.03,drop=0.03,late=0.01`;
+    /// see `microshop_runtime::faults`). Off unless set.
+    #[arg(long, env = "MICROSHOP_FAULTS", value_name = "SPEC")]
+    pub faults: Option<crate::faults::FaultConfig>,
 }
 
 impl Default for ServerArgs {
@@ -55,6 +73,10 @@ impl Default for ServerArgs {
             request_timeout_ms: 30_000,
             max_message_bytes: 256 * 1024,
             max_concurrent_requests: 4096,
+            auth: crate::auth::AuthArgs::default(),
+            limits: crate::limits::LimitArgs::default(),
+            tls: crate::tls::TlsArgs::default(),
+            faults: None,
         }
     }
 }

@@ -61,6 +61,12 @@ pub enum Reason {
     Overloaded,
     /// INTERNAL: a bug or corruption; details are in the server log.
     Internal,
+    /// UNAUTHENTICATED: no bearer token, or an invalid or expired one.
+    Unauthenticated,
+    /// PERMISSION_DENIED: the caller's role or subject may not do that.
+    PermissionDenied,
+    /// RESOURCE_EXHAUSTED: this caller sent too many requests; see RetryInfo.
+    RateLimited,
 }
 
 impl Reason {
@@ -88,6 +94,9 @@ impl Reason {
             Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Self::Overloaded => "OVERLOADED",
             Self::Internal => "INTERNAL",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::RateLimited => "RATE_LIMITED",
         }
     }
 
@@ -119,6 +128,9 @@ const ALL_REASONS: &[Reason] = &[
     Reason::DeadlineExceeded,
     Reason::Overloaded,
     Reason::Internal,
+    Reason::Unauthenticated,
+    Reason::PermissionDenied,
+    Reason::RateLimited,
 ];
 
 impl fmt::Display for Reason {

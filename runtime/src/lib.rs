@@ -4,13 +4,17 @@
 //! wraps them in the same health, reflection, limits, shutdown and logging,
 //! so every port of the mesh behaves alike for operators and Kubernetes.
 
+pub mod auth;
 pub mod config;
 pub mod errors;
+pub mod faults;
+pub mod limits;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 pub mod validate;
 
 pub use config::{LogFormat, ServerArgs};

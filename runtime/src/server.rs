@@ -59,6 +59,12 @@ pub async fn serve<P: StorageProbe>(
     args: &ServerArgs,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let auth = crate::auth::AuthLayer::from_args(&args.auth).map_err(ServeError::Setup)?;
+    let saga_identity = args.tls.identity_layer().map_err(ServeError::Setup)?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = args.tls.server_config().map_err(ServeError::Setup)? {
+        builder = builder.tls_config(tls)?;
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(microshop_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -80,7 +86,7 @@ pub async fn serve<P: StorageProbe>(
     let local = listener.local_addr().ok();
     tracing::info!(service = service_name, addr = ?local, "serving");
 
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .timeout(args.request_timeout())
         .layer(
             ServiceBuilder::new()
@@ -88,6 +94,11 @@ pub async fn serve<P: StorageProbe>(
                 .layer(GlobalConcurrencyLimitLayer::new(
                     args.max_concurrent_requests,
                 ))
+                .option_layer(auth)
+                .option_layer(saga_identity)
+                .option_layer(args.limits.layer())
+                // Fault injection (tests, chaos drills): absent unless configured.
+                .option_layer(args.faults.as_ref().map(crate::faults::FaultConfig::layer))
                 .into_inner(),
         )
         .add_routes(routes)

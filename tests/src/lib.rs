@@ -174,6 +174,18 @@ pub fn expect_error<T: Debug>(result: Result<T, Status>, code: Code, reason: Rea
     status
 }
 
+/// The raw `ErrorInfo.reason` of `status` (also reasons outside
+/// [`Reason`], such as `SAGA_ABORTED`), if it carries one in domain
+/// `microshop`.
+pub fn error_reason(status: &Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .filter(|i| i.domain == microshop_runtime::DOMAIN)
+        .map(|i| i.reason.clone())
+}
+
 /// The saga id a checkout error carries in its ErrorInfo metadata.
 #[track_caller]
 pub fn saga_id_of(status: &Status) -> String {
@@ -553,10 +565,18 @@ pub struct TestMesh {
 impl TestMesh {
     /// Starts the four services on free loopback ports with `engine`.
     pub async fn start(engine: EngineConfig) -> Self {
+        Self::start_with(engine, |_| {}).await
+    }
+
+    /// Starts the four services with `engine`, after `configure` has had
+    /// its say on the rest (e.g. `server.faults` to inject faults into the
+    /// participants' saga RPCs: see `microshop_runtime::faults`).
+    pub async fn start_with(engine: EngineConfig, configure: impl FnOnce(&mut MeshConfig)) -> Self {
         let dir = tempfile::tempdir().expect("a temporary data directory");
         let mut config = MeshConfig::ephemeral(dir.path());
         config.engine = engine;
         config.earn_amount_per_point = EARN_AMOUNT_PER_POINT;
+        configure(&mut config);
         let mesh = Mesh::start(config).await.expect("the mesh starts");
         let addrs = mesh.addrs.clone();
         let shop = Shop::connect(&addrs).await;
