@@ -221,7 +221,10 @@ struct LoyaltyArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The blocking pool runs redb reads; a few dozen threads keep two cores
+    // busy, and tokio's default of 512 only adds memory under a burst.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(64)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

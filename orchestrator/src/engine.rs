@@ -59,6 +59,9 @@ pub struct EngineConfig {
     pub expiry_interval: Duration,
     /// Longest a call waits for its saga when the client set no deadline.
     pub max_wait: Duration,
+    /// Sagas recovery drives at once; the rest wait their turn, so a
+    /// restart with thousands of unfinished sagas keeps memory bounded.
+    pub recovery_concurrency: usize,
     /// Crash point for recovery tests.
     pub failpoint: Option<Failpoint>,
 }
@@ -76,6 +79,7 @@ impl Default for EngineConfig {
             recovery_interval: Duration::from_secs(5),
             expiry_interval: Duration::from_secs(1),
             max_wait: Duration::from_secs(25),
+            recovery_concurrency: 256,
             failpoint: None,
         }
     }
@@ -96,6 +100,10 @@ pub struct Engine<L> {
     participants: Participants,
     config: EngineConfig,
     active: Mutex<HashMap<String, Active>>,
+    /// Bounds the sagas recovery drives at once.
+    recovery_slots: Arc<tokio::sync::Semaphore>,
+    /// Whether a recovery pass is under way (passes never overlap).
+    recovering: AtomicBool,
     /// One payment or cancellation saga at a time per order (see
     /// [`Engine::order_turn`]).
     order_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -118,11 +126,16 @@ enum StepEnd {
 impl<L: SagaLog> Engine<L> {
     /// A new engine over `log` and `participants`.
     pub fn new(log: L, participants: Participants, config: EngineConfig) -> Arc<Self> {
+        let recovery_slots = Arc::new(tokio::sync::Semaphore::new(
+            config.recovery_concurrency.max(1),
+        ));
         Arc::new(Self {
             log,
             participants,
             config,
             active: Mutex::new(HashMap::new()),
+            recovery_slots,
+            recovering: AtomicBool::new(false),
             order_turns: Mutex::new(HashMap::new()),
         })
     }
@@ -541,25 +554,41 @@ impl<L: SagaLog> Engine<L> {
         }
     }
 
-    /// Resumes every unfinished saga of the log (at start and periodically).
+    /// Resumes every unfinished saga of the log (at start and periodically),
+    /// at most `recovery_concurrency` at a time.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, StorageError> {
         let ids = self.log.unfinished().await?;
         let mut started = 0;
         for id in ids {
-            let already = self
-                .active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&id);
-            if !already {
-                drop(self.drive(&id));
-                started += 1;
+            if self.is_active(&id) {
+                continue;
             }
+            let slot = Arc::clone(&self.recovery_slots)
+                .acquire_owned()
+                .await
+                .map_err(|_| StorageError::Unavailable("the engine is shutting down".into()))?;
+            // A client may have resumed it while this pass waited.
+            if self.is_active(&id) {
+                continue;
+            }
+            let mut done = self.drive(&id);
+            tokio::spawn(async move {
+                let _ = done.wait_for(Option::is_some).await;
+                drop(slot);
+            });
+            started += 1;
         }
         if started > 0 {
             tracing::info!(sagas = started, "recovery resumed unfinished sagas");
         }
         Ok(started)
+    }
+
+    fn is_active(&self, saga_id: &str) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(saga_id)
     }
 
     /// Starts cancel sagas for orders unpaid past their deadline.
@@ -598,8 +627,16 @@ impl<L: SagaLog> Engine<L> {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = recovery.tick() => {
-                    if let Err(e) = self.recover().await {
-                        tracing::warn!(error = %e, "recovery pass failed");
+                    // A long pass runs on its own task, so payment expiry
+                    // and the next ticks are not held up behind it.
+                    if !self.recovering.swap(true, Ordering::SeqCst) {
+                        let engine = Arc::clone(&self);
+                        tokio::spawn(async move {
+                            if let Err(e) = engine.recover().await {
+                                tracing::warn!(error = %e, "recovery pass failed");
+                            }
+                            engine.recovering.store(false, Ordering::SeqCst);
+                        });
                     }
                 }
                 _ = expiry.tick() => {
