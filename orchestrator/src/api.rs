@@ -12,6 +12,7 @@ use microshop_proto::{
 };
 use microshop_runtime::{
     auth::{self, Caller},
+    deadline::parse_grpc_timeout,
     errors::unavailable_status,
     validate::{MAX_AMOUNT, MAX_ID_BYTES, MAX_LINES, MAX_NAME_BYTES, MAX_QUANTITY, Violations},
 };
@@ -205,25 +206,6 @@ fn check(v: Violations) -> Result<(), OrchestratorError> {
     } else {
         Err(OrchestratorError::Invalid(v.into_inner()))
     }
-}
-
-/// Parses the `grpc-timeout` header (e.g. `1500m`).
-fn parse_grpc_timeout(s: &str) -> Option<Duration> {
-    if s.len() < 2 || s.len() > 9 {
-        return None;
-    }
-    // Checked: a non-ASCII value must not split inside a character.
-    let (digits, unit) = s.split_at_checked(s.len() - 1)?;
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 /// Turns an ended saga into the answer's parts, or its error.

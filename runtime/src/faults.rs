@@ -546,21 +546,7 @@ fn saga_id_of(bytes: &Bytes) -> Option<String> {
 /// The caller's deadline from `grpc-timeout`, if it sent one.
 fn caller_deadline(parts: &http::request::Parts) -> Option<Duration> {
     let s = parts.headers.get("grpc-timeout")?.to_str().ok()?;
-    if s.len() < 2 {
-        return None;
-    }
-    // Checked: a non-ASCII value must not split inside a character.
-    let (digits, unit) = s.split_at_checked(s.len() - 1)?;
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    crate::deadline::parse_grpc_timeout(s)
 }
 
 async fn inject<S>(

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod deadline;
 pub mod errors;
 pub mod faults;
 pub mod limits;
