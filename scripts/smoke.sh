@@ -14,22 +14,27 @@ cleanup() { kill "$pid" 2>/dev/null || true; rm -rf "$data"; }
 trap cleanup EXIT
 
 fail() { echo "smoke: $*" >&2; cat "$log" >&2; exit 1; }
+# Output is captured before grep reads it: with pipefail, `grpcurl | grep -q`
+# fails whenever grep exits early and grpcurl is killed by SIGPIPE.
+has() { grep -q -- "$2" <<<"$1"; }
 
 for port in 50051 50052 50053 50054; do
   ok=""
   for _ in $(seq 1 100); do
-    if "$grpcurl" -plaintext -max-time 1 "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING; then
+    health=$("$grpcurl" -plaintext -max-time 1 "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null || true)
+    if has "$health" SERVING; then
       ok=1; break
     fi
     sleep 0.1
   done
   [ -n "$ok" ] || fail "port $port never answered health SERVING"
-  "$grpcurl" -plaintext "127.0.0.1:$port" list | grep -q '^grpc.health.v1.Health$' || fail "port $port lists no health service"
+  listing=$("$grpcurl" -plaintext "127.0.0.1:$port" list) || fail "port $port: list failed"
+  has "$listing" '^grpc.health.v1.Health$' || fail "port $port lists no health service"
 done
-"$grpcurl" -plaintext 127.0.0.1:50051 list | grep -q microshop.orchestrator.v1.CheckoutService || fail "no CheckoutService on 50051"
-"$grpcurl" -plaintext 127.0.0.1:50052 list | grep -q microshop.inventory.v1.InventoryService || fail "no InventoryService on 50052"
-"$grpcurl" -plaintext 127.0.0.1:50053 list | grep -q microshop.loyalty.v1.LoyaltyService || fail "no LoyaltyService on 50053"
-"$grpcurl" -plaintext 127.0.0.1:50054 list | grep -q microshop.order.v1.OrderService || fail "no OrderService on 50054"
+has "$("$grpcurl" -plaintext 127.0.0.1:50051 list)" microshop.orchestrator.v1.CheckoutService || fail "no CheckoutService on 50051"
+has "$("$grpcurl" -plaintext 127.0.0.1:50052 list)" microshop.inventory.v1.InventoryService || fail "no InventoryService on 50052"
+has "$("$grpcurl" -plaintext 127.0.0.1:50053 list)" microshop.loyalty.v1.LoyaltyService || fail "no LoyaltyService on 50053"
+has "$("$grpcurl" -plaintext 127.0.0.1:50054 list)" microshop.order.v1.OrderService || fail "no OrderService on 50054"
 
 # The README's walkthrough, as written there.
 "$grpcurl" -plaintext -d '{"sku":"TSHIRT","name":"Cotton T-shirt","unitPrice":150000,"stock":10}' \
@@ -38,11 +43,11 @@ done
   127.0.0.1:50053 microshop.loyalty.v1.LoyaltyService/GrantPoints >/dev/null
 out=$("$grpcurl" -plaintext -d '{"idempotencyKey":"order-1","customerId":"alice","items":[{"sku":"TSHIRT","quantity":2}],"pointsToRedeem":50,"shipping":{"name":"Alice","address":"1 Main St","phone":"0900000000"}}' \
   127.0.0.1:50051 microshop.orchestrator.v1.CheckoutService/PlaceOrder)
-echo "$out" | grep -q '"state": "SAGA_STATE_COMPLETED"' || fail "PlaceOrder did not complete: $out"
-echo "$out" | grep -q '"pointsDiscountPrice": "50000"' || fail "order lost pointsDiscountPrice: $out"
+has "$out" '"state": "SAGA_STATE_COMPLETED"' || fail "PlaceOrder did not complete: $out"
+has "$out" '"pointsDiscountPrice": "50000"' || fail "order lost pointsDiscountPrice: $out"
 err=$("$grpcurl" -plaintext -d '{"idempotencyKey":"order-2","customerId":"bob","items":[{"sku":"TSHIRT","quantity":99}]}' \
   127.0.0.1:50051 microshop.orchestrator.v1.CheckoutService/PlaceOrder 2>&1 || true)
-echo "$err" | grep -q FailedPrecondition || fail "oversell not refused: $err"
+has "$err" FailedPrecondition || fail "oversell not refused: $err"
 
 kill -TERM "$pid"
 wait "$pid" || fail "microshop up did not exit cleanly on SIGTERM"
