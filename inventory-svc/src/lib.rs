@@ -21,7 +21,8 @@ pub use embedded::EmbeddedInventory;
 pub use service::Inventory;
 
 /// The fully-qualified gRPC service name (health reports it).
-pub const SERVICE_NAME: &str = "microshop.inventory.v1.InventoryService";
+pub const SERVICE_NAME: &str =
+    microshop_proto::inventory::v1::inventory_service_server::SERVICE_NAME;
 
 /// Settings of inventory-svc.
 #[derive(Clone, Debug)]

@@ -24,7 +24,7 @@ pub use embedded::EmbeddedLoyalty;
 pub use service::Loyalty;
 
 /// The fully-qualified gRPC service name (health reports it).
-pub const SERVICE_NAME: &str = "microshop.loyalty.v1.LoyaltyService";
+pub const SERVICE_NAME: &str = microshop_proto::loyalty::v1::loyalty_service_server::SERVICE_NAME;
 
 /// Settings of loyalty-svc.
 #[derive(Clone, Debug)]

@@ -17,9 +17,14 @@ pub mod steps;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use microshop_proto::orchestrator::v1::{
-    checkout_service_server::CheckoutServiceServer,
-    saga_admin_service_server::SagaAdminServiceServer,
+use microshop_proto::{
+    inventory::v1::inventory_service_server,
+    loyalty::v1::loyalty_service_server,
+    orchestrator::v1::{
+        checkout_service_server::CheckoutServiceServer,
+        saga_admin_service_server::SagaAdminServiceServer,
+    },
+    order::v1::order_service_server,
 };
 use microshop_runtime::{HealthReporter, ServeError, ServerArgs, StorageProbe};
 use microshop_storage::embedded::Durable;
@@ -33,7 +38,8 @@ pub use engine::{Engine, EngineConfig};
 pub use participants::{ParticipantUrls, Participants};
 
 /// The fully-qualified name of the checkout service (health reports it).
-pub const SERVICE_NAME: &str = "microshop.orchestrator.v1.CheckoutService";
+pub const SERVICE_NAME: &str =
+    microshop_proto::orchestrator::v1::checkout_service_server::SERVICE_NAME;
 
 /// Settings of the orchestrator.
 #[derive(Clone, Debug)]
@@ -163,9 +169,9 @@ async fn watch_participants(
     mut stop: watch::Receiver<bool>,
 ) {
     let targets = [
-        (inventory_name(), urls.inventory),
-        (loyalty_name(), urls.loyalty),
-        (order_name(), urls.order),
+        (inventory_service_server::SERVICE_NAME, urls.inventory),
+        (loyalty_service_server::SERVICE_NAME, urls.loyalty),
+        (order_service_server::SERVICE_NAME, urls.order),
     ];
     let mut clients = Vec::new();
     for (name, url) in targets {
@@ -205,7 +211,7 @@ async fn watch_participants(
                 } else {
                     ServingStatus::NotServing
                 };
-                health.set_service_status(name.as_str(), status).await;
+                health.set_service_status(*name, status).await;
                 *last = Some(up);
             }
         }
@@ -214,14 +220,4 @@ async fn watch_participants(
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
-}
-
-fn inventory_name() -> String {
-    "microshop.inventory.v1.InventoryService".into()
-}
-fn loyalty_name() -> String {
-    "microshop.loyalty.v1.LoyaltyService".into()
-}
-fn order_name() -> String {
-    "microshop.order.v1.OrderService".into()
 }

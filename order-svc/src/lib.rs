@@ -28,7 +28,7 @@ pub use pricing::PricingRules;
 pub use service::Orders;
 
 /// The fully-qualified gRPC service name (health reports it).
-pub const SERVICE_NAME: &str = "microshop.order.v1.OrderService";
+pub const SERVICE_NAME: &str = microshop_proto::order::v1::order_service_server::SERVICE_NAME;
 
 /// Settings of order-svc.
 #[derive(Clone, Debug)]
