@@ -42,11 +42,6 @@ impl EmbeddedInventory {
         })?;
         Ok(Self { db })
     }
-
-    /// Checks the store answers.
-    pub async fn ping(&self) -> Result<(), StorageError> {
-        self.db.ping().await
-    }
 }
 
 fn load_product(txn: &WriteTransaction, sku: &str) -> Result<Option<Product>, StorageError> {
@@ -271,5 +266,11 @@ impl ReservationStore for EmbeddedInventory {
                 Ok(outcome)
             })
             .await
+    }
+}
+
+impl microshop_storage::Ping for EmbeddedInventory {
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.db.ping().await
     }
 }

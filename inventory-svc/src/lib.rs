@@ -6,18 +6,22 @@ pub mod conversions;
 pub mod domain;
 pub mod embedded;
 pub mod error;
+pub mod mongo;
 pub mod service;
 pub mod store;
 
 use std::future::Future;
 
 use microshop_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use microshop_runtime::{ServeError, ServerArgs, StorageProbe};
-use microshop_storage::embedded::Durable;
+use microshop_runtime::{ServeError, ServerArgs};
+use microshop_storage::{Ping, StorageError, embedded::Durable, mongo::MongoDb};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+use crate::store::{CatalogStore, ReservationStore};
+
 pub use embedded::EmbeddedInventory;
+pub use mongo::MongoInventory;
 pub use service::Inventory;
 
 /// The fully-qualified gRPC service name (health reports it).
@@ -43,32 +47,46 @@ impl InventoryConfig {
     }
 }
 
-/// Opens the store and serves inventory-svc on `listener` until `shutdown`.
+/// Opens the store (MongoDB when `MONGODB_URI` is set, else the embedded
+/// file) and serves inventory-svc on `listener` until `shutdown`.
 pub async fn run(
     listener: TcpListener,
     config: InventoryConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let store = EmbeddedInventory::open(&config.server.data_dir, config.durable)
-        .map_err(|e| ServeError::Storage(Box::new(e)))?;
+    let storage = |e: StorageError| ServeError::Storage(Box::new(e));
+    match &config.server.mongodb_uri {
+        Some(uri) => {
+            let db = MongoDb::connect(uri, &config.server.mongodb_database("inventory"))
+                .await
+                .map_err(storage)?;
+            let store = MongoInventory::open(db).await.map_err(storage)?;
+            serve(listener, &config, store, shutdown).await
+        }
+        None => {
+            let store = EmbeddedInventory::open(&config.server.data_dir, config.durable)
+                .map_err(storage)?;
+            serve(listener, &config, store, shutdown).await
+        }
+    }
+}
+
+async fn serve<S: CatalogStore + ReservationStore + Ping>(
+    listener: TcpListener,
+    config: &InventoryConfig,
+    store: S,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let server = InventoryServiceServer::new(Inventory::new(store.clone()))
         .max_decoding_message_size(config.server.max_message_bytes);
     microshop_runtime::serve(
         listener,
         SERVICE_NAME,
         Routes::new(server),
-        Probe(store),
+        store,
         microshop_runtime::health_reporter(),
         &config.server,
         shutdown,
     )
     .await
-}
-
-struct Probe(EmbeddedInventory);
-
-impl StorageProbe for Probe {
-    async fn probe(&self) -> Result<(), String> {
-        self.0.ping().await.map_err(|e| e.to_string())
-    }
 }

@@ -15,7 +15,7 @@ use microshop_proto::inventory::v1::{
     ReservedLine, StockItem, inventory_service_client::InventoryServiceClient,
 };
 use microshop_runtime::{
-    Reason, ServerArgs,
+    Reason,
     errors::{metadata_of, reason_of},
     testing::TestServer,
 };
@@ -37,7 +37,7 @@ impl Server {
         let inner = TestServer::start(|listener, shutdown| {
             run(
                 listener,
-                InventoryConfig::new(ServerArgs::with_data_dir(dir)),
+                InventoryConfig::new(microshop_runtime::testing::server_args(dir)),
                 shutdown,
             )
         })

@@ -37,11 +37,6 @@ impl EmbeddedLoyalty {
         })?;
         Ok(Self { db })
     }
-
-    /// Checks the store answers.
-    pub async fn ping(&self) -> Result<(), StorageError> {
-        self.db.ping().await
-    }
 }
 
 fn load_account(
@@ -220,5 +215,11 @@ impl PointsLedgerStore for EmbeddedLoyalty {
                 Ok(outcome)
             })
             .await
+    }
+}
+
+impl microshop_storage::Ping for EmbeddedLoyalty {
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.db.ping().await
     }
 }

@@ -7,20 +7,25 @@ pub mod conversions;
 pub mod domain;
 pub mod embedded;
 pub mod error;
+pub mod mongo;
 pub mod service;
 pub mod store;
 
 use std::future::Future;
 
 use microshop_proto::loyalty::v1::loyalty_service_server::LoyaltyServiceServer;
-use microshop_runtime::{ServeError, ServerArgs, StorageProbe};
-use microshop_storage::embedded::Durable;
+use microshop_runtime::{ServeError, ServerArgs};
+use microshop_storage::{Ping, StorageError, embedded::Durable, mongo::MongoDb};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-use crate::domain::DEFAULT_EARN_AMOUNT_PER_POINT;
+use crate::{
+    domain::DEFAULT_EARN_AMOUNT_PER_POINT,
+    store::{AccountStore, PointsLedgerStore},
+};
 
 pub use embedded::EmbeddedLoyalty;
+pub use mongo::MongoLoyalty;
 pub use service::Loyalty;
 
 /// The fully-qualified gRPC service name (health reports it).
@@ -49,7 +54,8 @@ impl LoyaltyConfig {
     }
 }
 
-/// Opens the store and serves loyalty-svc on `listener` until `shutdown`.
+/// Opens the store (MongoDB when `MONGODB_URI` is set, else the embedded
+/// file) and serves loyalty-svc on `listener` until `shutdown`.
 pub async fn run(
     listener: TcpListener,
     config: LoyaltyConfig,
@@ -61,8 +67,29 @@ pub async fn run(
             config.earn_amount_per_point
         )));
     }
-    let store = EmbeddedLoyalty::open(&config.server.data_dir, config.durable)
-        .map_err(|e| ServeError::Storage(Box::new(e)))?;
+    let storage = |e: StorageError| ServeError::Storage(Box::new(e));
+    match &config.server.mongodb_uri {
+        Some(uri) => {
+            let db = MongoDb::connect(uri, &config.server.mongodb_database("loyalty"))
+                .await
+                .map_err(storage)?;
+            let store = MongoLoyalty::open(db).await.map_err(storage)?;
+            serve(listener, &config, store, shutdown).await
+        }
+        None => {
+            let store =
+                EmbeddedLoyalty::open(&config.server.data_dir, config.durable).map_err(storage)?;
+            serve(listener, &config, store, shutdown).await
+        }
+    }
+}
+
+async fn serve<S: AccountStore + PointsLedgerStore + Ping>(
+    listener: TcpListener,
+    config: &LoyaltyConfig,
+    store: S,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let service =
         Loyalty::new(store.clone()).with_earn_amount_per_point(config.earn_amount_per_point);
     let server = LoyaltyServiceServer::new(service)
@@ -71,18 +98,10 @@ pub async fn run(
         listener,
         SERVICE_NAME,
         Routes::new(server),
-        Probe(store),
+        store,
         microshop_runtime::health_reporter(),
         &config.server,
         shutdown,
     )
     .await
-}
-
-struct Probe(EmbeddedLoyalty);
-
-impl StorageProbe for Probe {
-    async fn probe(&self) -> Result<(), String> {
-        self.0.ping().await.map_err(|e| e.to_string())
-    }
 }

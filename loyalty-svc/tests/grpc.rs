@@ -10,7 +10,7 @@ use microshop_proto::loyalty::v1::{
     RefundPointsResponse, loyalty_service_client::LoyaltyServiceClient,
 };
 use microshop_runtime::{
-    Reason, ServerArgs,
+    Reason,
     errors::{metadata_of, reason_of},
     testing::TestServer,
 };
@@ -30,7 +30,7 @@ impl Server {
         let inner = TestServer::start(|listener, shutdown| {
             run(
                 listener,
-                LoyaltyConfig::new(ServerArgs::with_data_dir(dir)),
+                LoyaltyConfig::new(microshop_runtime::testing::server_args(dir)),
                 shutdown,
             )
         })

@@ -184,6 +184,14 @@ struct EngineArgs {
     /// How often payment deadlines are checked, in milliseconds.
     #[arg(long, env = "MICROSHOP_EXPIRY_INTERVAL_MS", default_value_t = 1_000)]
     expiry_interval_ms: u64,
+    /// This orchestrator's name as the owner of saga leases on a shared
+    /// MongoDB log (default: host name, process id and a random suffix).
+    #[arg(long, env = "MICROSHOP_ORCHESTRATOR_ID")]
+    orchestrator_id: Option<String>,
+    /// How long an orchestrator's lease on a saga lasts unless renewed, in
+    /// milliseconds; a dead orchestrator's sagas are taken over after it.
+    #[arg(long, env = "MICROSHOP_LEASE_MS", default_value_t = 15_000)]
+    lease_ms: u64,
     /// Crash point for recovery tests: PHASE:OP[=hold|abort], PHASE one of
     /// intent, rpc, result (e.g. `result:reserve-stock`).
     #[arg(long, env = "MICROSHOP_FAILPOINT", hide = true)]
@@ -203,6 +211,11 @@ impl EngineArgs {
             recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
             expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(10)),
             failpoint: self.failpoint.clone(),
+            instance_id: self
+                .orchestrator_id
+                .clone()
+                .unwrap_or_else(orchestrator::engine::default_instance_id),
+            lease: Duration::from_millis(self.lease_ms.max(100)),
             ..EngineConfig::default()
         }
     }

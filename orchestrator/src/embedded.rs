@@ -166,6 +166,12 @@ impl SagaLog for EmbeddedSagaLog {
             .await
     }
 
+    async fn claim(&self, saga_id: String) -> Result<Option<SagaRecord>, StorageError> {
+        // One process owns the file (redb locks it): every claim of an
+        // unfinished saga is granted.
+        Ok(self.get(saga_id).await?.filter(|r| !r.state.is_terminal()))
+    }
+
     async fn get(&self, saga_id: String) -> Result<Option<SagaRecord>, StorageError> {
         self.db
             .read(move |txn| {
@@ -267,7 +273,9 @@ impl SagaLog for EmbeddedSagaLog {
             })
             .await
     }
+}
 
+impl microshop_storage::Ping for EmbeddedSagaLog {
     async fn ping(&self) -> Result<(), StorageError> {
         self.db.ping().await
     }

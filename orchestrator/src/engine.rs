@@ -64,6 +64,28 @@ pub struct EngineConfig {
     pub recovery_concurrency: usize,
     /// Crash point for recovery tests.
     pub failpoint: Option<Failpoint>,
+    /// This orchestrator's name as the owner of saga leases (shared log).
+    pub instance_id: String,
+    /// How long a saga's lease lasts unless renewed; every save renews it.
+    /// Must exceed the longest gap between two saves of a saga (a call
+    /// timeout plus the largest retry delay), or another orchestrator takes
+    /// over sagas still being driven (safe, thanks to fencing, but wasted).
+    pub lease: Duration,
+}
+
+/// A name for this process as a lease owner: host and process id, plus a
+/// random part so a restarted process with a recycled pid is a new owner.
+pub fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "orchestrator".into());
+    let nonce = uuid::Uuid::now_v7().simple().to_string();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &nonce[nonce.len() - 6..]
+    )
 }
 
 impl Default for EngineConfig {
@@ -81,6 +103,8 @@ impl Default for EngineConfig {
             max_wait: Duration::from_secs(25),
             recovery_concurrency: 256,
             failpoint: None,
+            instance_id: default_instance_id(),
+            lease: Duration::from_secs(15),
         }
     }
 }
@@ -182,6 +206,7 @@ impl<L: SagaLog> Engine<L> {
             created_at_ms: now,
             updated_at_ms: now,
             seq: 0,
+            lease_epoch: 0,
         };
         record.transition(SagaState::Running, "saga started");
         self.log.begin(record).await
@@ -207,40 +232,7 @@ impl<L: SagaLog> Engine<L> {
         let engine = Arc::clone(self);
         let id = saga_id.to_owned();
         tokio::spawn(async move {
-            // Reload inside the task: a driver that just finished saved its
-            // final state before leaving the map, so this read sees it.
-            let outcome = match engine.log.get(id.clone()).await {
-                Ok(Some(record)) => {
-                    let order_id = record_order_id(&record);
-                    let turn = order_id.as_deref().map(|o| engine.order_turn(o));
-                    let held = match &turn {
-                        Some(turn) => Some(turn.lock().await),
-                        None => None,
-                    };
-                    // Reload: the saga may have been changed by an operator
-                    // while this task waited for its turn.
-                    let record = if held.is_some() {
-                        engine
-                            .log
-                            .get(id.clone())
-                            .await
-                            .ok()
-                            .flatten()
-                            .unwrap_or(record)
-                    } else {
-                        record
-                    };
-                    let outcome = engine.run(record, &abort).await.map_err(|e| e.to_string());
-                    drop(held);
-                    drop(turn);
-                    if let Some(order_id) = order_id {
-                        engine.end_order_turn(&order_id);
-                    }
-                    outcome
-                }
-                Ok(None) => Err(format!("no saga {id}")),
-                Err(e) => Err(e.to_string()),
-            };
+            let outcome = engine.drive_task(&id, &abort).await;
             if let Err(e) = &outcome {
                 tracing::warn!(saga_id = %id, error = %e, "saga driving stopped; recovery will resume it");
             }
@@ -252,6 +244,74 @@ impl<L: SagaLog> Engine<L> {
             let _ = tx.send(Some(outcome));
         });
         rx
+    }
+
+    /// Claims `saga_id` and drives it to its end. While another
+    /// orchestrator holds the saga (a shared log), follows it instead until
+    /// it ends or its lease runs out, then claims it; gives up after
+    /// `max_wait` (recovery, here or there, finishes it).
+    async fn drive_task(&self, id: &str, abort: &AtomicBool) -> Outcome {
+        let started = Instant::now();
+        let mut poll = Duration::from_millis(20);
+        loop {
+            let claimed = self
+                .log
+                .claim(id.to_owned())
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(record) = claimed {
+                match self.run_in_turn(record, abort).await {
+                    Err(StorageError::Fenced(why)) => {
+                        tracing::info!(saga_id = %id, %why, "saga taken over; following it");
+                    }
+                    other => return other.map_err(|e| e.to_string()),
+                }
+            }
+            match self
+                .log
+                .get(id.to_owned())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => return Err(format!("no saga {id}")),
+                Some(record) if record.state.is_terminal() => return Ok(record),
+                Some(_) if started.elapsed() >= self.config.max_wait => {
+                    return Err("another orchestrator is still driving the saga".into());
+                }
+                Some(_) => {
+                    sleep(poll).await;
+                    poll = (poll * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// Runs a claimed saga, in its order's turn if it acts on an order.
+    async fn run_in_turn(
+        &self,
+        record: SagaRecord,
+        abort: &AtomicBool,
+    ) -> Result<SagaRecord, StorageError> {
+        let Some(order_id) = record_order_id(&record) else {
+            return self.run(record, abort).await;
+        };
+        let turn = self.order_turn(&order_id);
+        let held = turn.lock().await;
+        // Reload: the saga may have been changed by an operator while this
+        // task waited for its turn.
+        let epoch = record.lease_epoch;
+        let mut record = self
+            .log
+            .get(record.saga_id.clone())
+            .await?
+            .unwrap_or(record);
+        // Saves stay fenced by the epoch this task claimed under.
+        record.lease_epoch = epoch;
+        let outcome = self.run(record, abort).await;
+        drop(held);
+        drop(turn);
+        self.end_order_turn(&order_id);
+        outcome
     }
 
     /// The turn of `order_id`: payment and cancellation sagas of one order

@@ -12,6 +12,7 @@ pub mod error;
 pub mod failpoint;
 pub mod log;
 pub mod model;
+pub mod mongo;
 pub mod participants;
 pub mod steps;
 
@@ -26,8 +27,8 @@ use microshop_proto::{
     },
     order::v1::order_service_server,
 };
-use microshop_runtime::{HealthReporter, ServeError, ServerArgs, StorageProbe};
-use microshop_storage::embedded::Durable;
+use microshop_runtime::{HealthReporter, ServeError, ServerArgs};
+use microshop_storage::{StorageError, embedded::Durable, mongo::MongoDb};
 use tokio::{net::TcpListener, sync::watch};
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, pb::health_client::HealthClient};
@@ -35,6 +36,8 @@ use tonic_health::{ServingStatus, pb::health_client::HealthClient};
 pub use api::Api;
 pub use embedded::EmbeddedSagaLog;
 pub use engine::{Engine, EngineConfig};
+pub use log::SagaLog;
+pub use mongo::MongoSagaLog;
 pub use participants::{ParticipantUrls, Participants};
 
 /// The fully-qualified name of the checkout service (health reports it).
@@ -66,15 +69,41 @@ impl OrchestratorConfig {
     }
 }
 
-/// Opens the saga log, resumes unfinished sagas and serves the checkout and
+/// Opens the saga log (MongoDB when `MONGODB_URI` is set, else the
+/// embedded file), resumes unfinished sagas and serves the checkout and
 /// admin APIs on `listener` until `shutdown`.
 pub async fn run(
     listener: TcpListener,
     config: OrchestratorConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let log = EmbeddedSagaLog::open(&config.server.data_dir, config.durable)
-        .map_err(|e| ServeError::Storage(Box::new(e)))?;
+    let storage = |e: StorageError| ServeError::Storage(Box::new(e));
+    match &config.server.mongodb_uri {
+        Some(uri) => {
+            let db = MongoDb::connect(uri, &config.server.mongodb_database("orchestrator"))
+                .await
+                .map_err(storage)?;
+            tracing::info!(instance = %config.engine.instance_id, "saga log on MongoDB, shared with other orchestrators");
+            let log =
+                MongoSagaLog::open(db, config.engine.instance_id.clone(), config.engine.lease)
+                    .await
+                    .map_err(storage)?;
+            serve(listener, config, log, shutdown).await
+        }
+        None => {
+            let log =
+                EmbeddedSagaLog::open(&config.server.data_dir, config.durable).map_err(storage)?;
+            serve(listener, config, log, shutdown).await
+        }
+    }
+}
+
+async fn serve<L: SagaLog>(
+    listener: TcpListener,
+    config: OrchestratorConfig,
+    log: L,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let tls = config
         .server
         .tls
@@ -138,7 +167,7 @@ pub async fn run(
         listener,
         SERVICE_NAME,
         routes,
-        Probe(log),
+        log,
         health,
         &config.server,
         shutdown,
@@ -148,15 +177,6 @@ pub async fn run(
     let _ = background.await;
     let _ = monitor.await;
     result
-}
-
-struct Probe(EmbeddedSagaLog);
-
-impl StorageProbe for Probe {
-    async fn probe(&self) -> Result<(), String> {
-        use crate::log::SagaLog;
-        self.0.ping().await.map_err(|e| e.to_string())
-    }
 }
 
 /// Reports each participant's health under its service name on the

@@ -50,7 +50,14 @@ pub struct SagaPage {
 }
 
 /// Durable saga storage.
-pub trait SagaLog: Clone + Send + Sync + 'static {
+///
+/// With several orchestrators on one store, each saga carries a lease
+/// (owner, expiry, epoch): [`SagaLog::claim`] takes it, every `save` renews
+/// it and is refused with [`StorageError::Fenced`] once another orchestrator
+/// has claimed the saga since, so a slow former owner cannot overwrite the
+/// new owner's progress. A store used by one process (the embedded file,
+/// which redb locks) grants every claim.
+pub trait SagaLog: microshop_storage::Ping + Clone {
     /// Creates `record` unless its idempotency key is taken; assigns `seq`.
     fn begin(&self, record: SagaRecord)
     -> impl Future<Output = Result<Begin, StorageError>> + Send;
@@ -61,6 +68,15 @@ pub trait SagaLog: Clone + Send + Sync + 'static {
         record: SagaRecord,
         deadline: PaymentDeadline,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Takes the lease of `saga_id` for this orchestrator unless another
+    /// live one holds it, and returns the saga as claimed (its
+    /// `lease_epoch` set); `None` when another holds it, when it has ended
+    /// (nothing to drive) or when it is unknown.
+    fn claim(
+        &self,
+        saga_id: String,
+    ) -> impl Future<Output = Result<Option<SagaRecord>, StorageError>> + Send;
 
     /// One saga.
     fn get(
@@ -82,7 +98,8 @@ pub trait SagaLog: Clone + Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<SagaPage, StorageError>> + Send;
 
-    /// Ids of sagas that are RUNNING or COMPENSATING (for recovery).
+    /// Ids of sagas that are RUNNING or COMPENSATING and that no other live
+    /// orchestrator holds (for recovery).
     fn unfinished(&self) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
 
     /// Orders whose payment deadline passed by `now_ms`, at most `limit`.
@@ -91,7 +108,4 @@ pub trait SagaLog: Clone + Send + Sync + 'static {
         now_ms: i64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
-
-    /// Checks the store answers.
-    fn ping(&self) -> impl Future<Output = Result<(), StorageError>> + Send;
 }

@@ -266,6 +266,11 @@ pub struct SagaRecord {
     pub updated_at_ms: i64,
     /// Creation order (for listing newest first).
     pub seq: u64,
+    /// The lease epoch this copy was read or claimed under: a save is
+    /// refused once another orchestrator has claimed the saga since
+    /// (fencing). Kept by the store beside the record, not inside it.
+    #[serde(skip)]
+    pub lease_epoch: u64,
 }
 
 impl SagaRecord {

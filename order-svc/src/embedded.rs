@@ -7,10 +7,7 @@
 //! and CancelOrder record their barrier outcome in the same write job as
 //! their effect; every job checks everything before its first write.
 
-use std::{
-    path::Path,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::Path;
 
 use microshop_storage::{
     StorageError,
@@ -20,14 +17,14 @@ use microshop_storage::{
     encode,
 };
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
-use serde::{Deserialize, Serialize};
 
 use crate::{
     domain::{
-        CancelOutcome, Coupon, CouponUpdate, CreateOutcome, NewOrder, Order, OrderPage,
-        OrderStatus, PayOutcome, ShipOutcome, StatusChange,
+        CancelOutcome, Coupon, CouponUpdate, CreateOutcome, NewOrder, Order, OrderPage, PayOutcome,
+        ShipOutcome,
     },
-    pricing::{OverRedemption, PricingRules, price},
+    lifecycle::{self, CancelMove, CancelRecord, CreateRecord, StatusMove},
+    pricing::PricingRules,
     store::{CouponStore, OrderQueries, OrderStore},
 };
 
@@ -41,22 +38,6 @@ const ORDER_SEQ: &str = "order_seq";
 
 const OP_CREATE: &str = "create";
 const OP_CANCEL: &str = "cancel";
-
-/// What CreateOrder recorded in the barrier (replayed to repeats).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-enum CreateRecord {
-    Created { order_id: String },
-    CouponInvalid { code: String },
-    CouponExhausted { code: String },
-    OverRedemption { requested: i64, max_points: i64 },
-}
-
-/// What CancelOrder recorded in the barrier.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-enum CancelRecord {
-    Cancelled { order_id: String },
-    NothingCreated,
-}
 
 /// Orders and coupons on redb (`order.redb` in the data directory).
 #[derive(Clone, Debug)]
@@ -76,17 +57,6 @@ impl EmbeddedOrders {
         })?;
         Ok(Self { db })
     }
-
-    /// Checks the store answers.
-    pub async fn ping(&self) -> Result<(), StorageError> {
-        self.db.ping().await
-    }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn load_order(txn: &WriteTransaction, order_id: &str) -> Result<Option<Order>, StorageError> {
@@ -142,62 +112,17 @@ fn create_in(
 ) -> Result<CreateRecord, StorageError> {
     let coupon = match &new.coupon_code {
         None => None,
-        Some(code) => match load_coupon(txn, code)? {
-            None => return Ok(CreateRecord::CouponInvalid { code: code.clone() }),
-            Some(c) if c.times_used >= c.usage_limit => {
-                return Ok(CreateRecord::CouponExhausted { code: code.clone() });
-            }
-            Some(c) => Some(c),
-        },
+        Some(code) => Some(load_coupon(txn, code)?),
     };
-    let pricing = match price(rules, &new.lines, coupon.as_ref(), new.redeemed_points) {
-        Ok(p) => p,
-        Err(OverRedemption { max_points }) => {
-            return Ok(CreateRecord::OverRedemption {
-                requested: new.redeemed_points,
-                max_points,
-            });
-        }
+    let order = match lifecycle::build_order(new, coupon.as_ref().map(Option::as_ref), rules) {
+        Ok(order) => order,
+        Err(rejected) => return Ok(rejected),
     };
-    if let Some(mut c) = coupon {
+    if let Some(Some(mut c)) = coupon {
         c.times_used += 1;
         save_coupon(txn, &c)?;
     }
     let seq = next_seq(txn)?;
-    let now = now_ms();
-    let NewOrder {
-        saga_id,
-        customer_id,
-        lines,
-        coupon_code,
-        redeemed_points: _, // priced: `pricing.redeemed_points`
-        shipping,
-    } = new;
-    let order = Order {
-        order_id: uuid::Uuid::now_v7().to_string(),
-        customer_id,
-        lines,
-        items_price: pricing.items_price,
-        tax_price: pricing.tax_price,
-        shipping_price: pricing.shipping_price,
-        discount_price: pricing.discount_price,
-        coupon_code,
-        redeemed_points: pricing.redeemed_points,
-        points_discount_price: pricing.points_discount_price,
-        total_price: pricing.total_price,
-        status: OrderStatus::PendingPayment,
-        status_history: vec![StatusChange {
-            status: OrderStatus::PendingPayment,
-            at_ms: now,
-            note: "order created".to_owned(),
-        }],
-        created_at_ms: now,
-        paid_at_ms: None,
-        saga_id,
-        shipping,
-        payment_ref: String::new(),
-        cancelled_at_ms: None,
-    };
     save_order(txn, &order)?;
     txn.open_table(CUSTOMER_ORDERS)?.insert(
         (order.customer_id.as_str(), u64::MAX - seq),
@@ -271,15 +196,10 @@ fn cancel_in(
         return Ok(CancelOutcome::WrongOrder { given });
     }
     let mut order = load_recorded_order(txn, &order_id)?;
-    match order.status {
-        OrderStatus::Shipped => return Ok(CancelOutcome::NotCancellable(order)),
-        // A payment expiry racing a payment: the payment wins.
-        OrderStatus::Paid if only_if_unpaid => return Ok(CancelOutcome::NotCancellable(order)),
-        OrderStatus::Cancelled => {}
-        OrderStatus::PendingPayment | OrderStatus::Paid => {
-            let now = now_ms();
-            order.enter(OrderStatus::Cancelled, now, reason);
-            order.cancelled_at_ms = Some(now);
+    match lifecycle::cancel(&mut order, reason, only_if_unpaid) {
+        CancelMove::NotCancellable => return Ok(CancelOutcome::NotCancellable(order)),
+        CancelMove::AlreadyCancelled => {}
+        CancelMove::Cancelled => {
             if let Some(code) = &order.coupon_code {
                 give_coupon_back(txn, code)?;
             }
@@ -377,20 +297,10 @@ impl OrderStore for EmbeddedOrders {
                 if order.saga_id != saga_id {
                     return Ok(PayOutcome::WrongSaga);
                 }
-                match order.status {
-                    OrderStatus::PendingPayment => {
-                        let now = now_ms();
-                        order.enter(
-                            OrderStatus::Paid,
-                            now,
-                            format!("payment {payment_ref} received"),
-                        );
-                        order.paid_at_ms = Some(now);
-                        order.payment_ref = payment_ref;
-                        save_order(txn, &order)?;
-                    }
-                    OrderStatus::Paid | OrderStatus::Shipped => {}
-                    OrderStatus::Cancelled => return Ok(PayOutcome::NotPayable(order)),
+                match lifecycle::pay(&mut order, payment_ref) {
+                    StatusMove::Changed => save_order(txn, &order)?,
+                    StatusMove::Unchanged => {}
+                    StatusMove::Refused => return Ok(PayOutcome::NotPayable(order)),
                 }
                 Ok(PayOutcome::Paid(order))
             })
@@ -403,15 +313,10 @@ impl OrderStore for EmbeddedOrders {
                 let Some(mut order) = load_order(txn, &order_id)? else {
                     return Ok(ShipOutcome::UnknownOrder);
                 };
-                match order.status {
-                    OrderStatus::Paid => {
-                        order.enter(OrderStatus::Shipped, now_ms(), "handed to the carrier");
-                        save_order(txn, &order)?;
-                    }
-                    OrderStatus::Shipped => {}
-                    OrderStatus::PendingPayment | OrderStatus::Cancelled => {
-                        return Ok(ShipOutcome::NotShippable(order));
-                    }
+                match lifecycle::ship(&mut order) {
+                    StatusMove::Changed => save_order(txn, &order)?,
+                    StatusMove::Unchanged => {}
+                    StatusMove::Refused => return Ok(ShipOutcome::NotShippable(order)),
                 }
                 Ok(ShipOutcome::Shipped(order))
             })
@@ -473,5 +378,11 @@ impl OrderQueries for EmbeddedOrders {
                 })
             })
             .await
+    }
+}
+
+impl microshop_storage::Ping for EmbeddedOrders {
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.db.ping().await
     }
 }

@@ -11,6 +11,8 @@ pub mod conversions;
 pub mod domain;
 pub mod embedded;
 pub mod error;
+pub mod lifecycle;
+pub mod mongo;
 pub mod pricing;
 pub mod service;
 pub mod store;
@@ -18,12 +20,15 @@ pub mod store;
 use std::future::Future;
 
 use microshop_proto::order::v1::order_service_server::OrderServiceServer;
-use microshop_runtime::{ServeError, ServerArgs, StorageProbe};
-use microshop_storage::embedded::Durable;
+use microshop_runtime::{ServeError, ServerArgs};
+use microshop_storage::{Ping, StorageError, embedded::Durable, mongo::MongoDb};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+use crate::store::{CouponStore, OrderQueries, OrderStore};
+
 pub use embedded::EmbeddedOrders;
+pub use mongo::MongoOrders;
 pub use pricing::PricingRules;
 pub use service::Orders;
 
@@ -52,32 +57,46 @@ impl OrderConfig {
     }
 }
 
-/// Opens the store and serves order-svc on `listener` until `shutdown`.
+/// Opens the store (MongoDB when `MONGODB_URI` is set, else the embedded
+/// file) and serves order-svc on `listener` until `shutdown`.
 pub async fn run(
     listener: TcpListener,
     config: OrderConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let store = EmbeddedOrders::open(&config.server.data_dir, config.durable)
-        .map_err(|e| ServeError::Storage(Box::new(e)))?;
+    let storage = |e: StorageError| ServeError::Storage(Box::new(e));
+    match &config.server.mongodb_uri {
+        Some(uri) => {
+            let db = MongoDb::connect(uri, &config.server.mongodb_database("order"))
+                .await
+                .map_err(storage)?;
+            let store = MongoOrders::open(db).await.map_err(storage)?;
+            serve(listener, &config, store, shutdown).await
+        }
+        None => {
+            let store =
+                EmbeddedOrders::open(&config.server.data_dir, config.durable).map_err(storage)?;
+            serve(listener, &config, store, shutdown).await
+        }
+    }
+}
+
+async fn serve<S: CouponStore + OrderStore + OrderQueries + Ping>(
+    listener: TcpListener,
+    config: &OrderConfig,
+    store: S,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let server = OrderServiceServer::new(Orders::new(store.clone(), config.pricing))
         .max_decoding_message_size(config.server.max_message_bytes);
     microshop_runtime::serve(
         listener,
         SERVICE_NAME,
         Routes::new(server),
-        Probe(store),
+        store,
         microshop_runtime::health_reporter(),
         &config.server,
         shutdown,
     )
     .await
-}
-
-struct Probe(EmbeddedOrders);
-
-impl StorageProbe for Probe {
-    async fn probe(&self) -> Result<(), String> {
-        self.0.ping().await.map_err(|e| e.to_string())
-    }
 }

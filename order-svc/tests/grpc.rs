@@ -13,7 +13,7 @@ use microshop_proto::order::v1::{
     StatusChange, order_service_client::OrderServiceClient,
 };
 use microshop_runtime::{
-    Reason, ServerArgs,
+    Reason,
     errors::{metadata_of, reason_of},
     testing::TestServer,
 };
@@ -36,7 +36,7 @@ impl Server {
         let inner = TestServer::start(|listener, shutdown| {
             run(
                 listener,
-                OrderConfig::new(ServerArgs::with_data_dir(dir)),
+                OrderConfig::new(microshop_runtime::testing::server_args(dir)),
                 shutdown,
             )
         })

@@ -24,6 +24,16 @@ pub struct ServerArgs {
     #[arg(long, env = "MICROSHOP_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// MongoDB connection string; when set, every store of the service is
+    /// on MongoDB instead of the embedded files (a replica set: the stores
+    /// need multi-document transactions).
+    #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+
+    /// MongoDB database; by default one per service (`microshop_<service>`).
+    #[arg(long, env = "MICROSHOP_MONGODB_DATABASE")]
+    pub mongodb_database: Option<String>,
+
     /// Log format.
     #[arg(long, env = "MICROSHOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -69,6 +79,8 @@ impl Default for ServerArgs {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./data"),
+            mongodb_uri: None,
+            mongodb_database: None,
             log_format: LogFormat::Text,
             request_timeout_ms: 30_000,
             max_message_bytes: 256 * 1024,
@@ -88,6 +100,14 @@ impl ServerArgs {
             data_dir: data_dir.into(),
             ..Self::default()
         }
+    }
+
+    /// The MongoDB database of `service`: the configured one, or
+    /// `microshop_<service>`.
+    pub fn mongodb_database(&self, service: &str) -> String {
+        self.mongodb_database
+            .clone()
+            .unwrap_or_else(|| format!("microshop_{service}"))
     }
 
     /// The per-request timeout.

@@ -43,6 +43,13 @@ pub trait StorageProbe: Send + Sync + 'static {
     fn probe(&self) -> impl Future<Output = Result<(), String>> + Send;
 }
 
+/// Every store answers the probe by pinging itself.
+impl<S: microshop_storage::Ping> StorageProbe for S {
+    async fn probe(&self) -> Result<(), String> {
+        self.ping().await.map_err(|e| e.to_string())
+    }
+}
+
 /// Serves `routes` on `listener` until `shutdown` resolves, then stops
 /// accepting, lets in-flight calls finish and returns.
 ///

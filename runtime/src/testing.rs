@@ -101,3 +101,53 @@ async fn ready(addr: SocketAddr, task: &JoinHandle<Result<(), ServeError>>) -> O
     }
     panic!("{addr} never reported SERVING");
 }
+
+/// Server settings for a test whose data lives under `data_dir`: the
+/// embedded store there, or, when the test run has `MONGODB_URI` set (the
+/// test script's MongoDB pass), MongoDB with a database named after
+/// `data_dir`, so each test has its own and a restarted server finds its
+/// data again.
+pub fn server_args(data_dir: &std::path::Path) -> crate::ServerArgs {
+    let mut args = crate::ServerArgs::with_data_dir(data_dir);
+    if let Ok(uri) = std::env::var("MONGODB_URI") {
+        args.mongodb_uri = Some(uri);
+        args.mongodb_database = Some(database_for(data_dir));
+    }
+    args
+}
+
+/// A database name unique to `data_dir` (MongoDB caps names at 63 bytes).
+pub fn database_for(data_dir: &std::path::Path) -> String {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(data_dir);
+    format!("t_{hash:016x}")
+}
+
+/// The MongoDB server of the MongoDB-only tests (conformance, takeover):
+/// `MICROSHOP_TEST_MONGODB_URI`, which the test script sets once it has
+/// started SecantusDB. Without it such a test is skipped with a note, but
+/// never under `CI=true`: there a missing server fails the run.
+pub fn mongodb_uri_for_tests(test: &str) -> Option<String> {
+    required_env("MICROSHOP_TEST_MONGODB_URI", test)
+}
+
+/// The `secantusd-py` command for tests that stop and restart a server of
+/// their own (`MICROSHOP_TEST_SECANTUSD`), under the same rule.
+pub fn secantusd_for_tests(test: &str) -> Option<String> {
+    required_env("MICROSHOP_TEST_SECANTUSD", test)
+}
+
+fn required_env(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: {var} is not set and CI=true: MongoDB tests must not be skipped")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: {var} is not set (scripts/test.sh starts SecantusDB and sets it)"
+            );
+            None
+        }
+    }
+}

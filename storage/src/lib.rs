@@ -5,14 +5,18 @@
 //! - [`embedded`]: the redb engine. All writes of a service go through one
 //!   writer thread that commits queued jobs together (group commit): each
 //!   job keeps its own atomicity, and one fsync covers many requests.
+//! - [`mongo`]: the MongoDB engine (chosen when `MONGODB_URI` is set):
+//!   transactions retried with jitter, and the barrier as one document per
+//!   saga.
 //! - [`barrier`]: the participant barrier of ARCHITECTURE §6 as functions
 //!   over a write transaction, so the record and the business effect commit
 //!   together.
 
 pub mod barrier;
 pub mod embedded;
+pub mod mongo;
 
-use std::borrow::Cow;
+use std::{borrow::Cow, future::Future};
 
 /// Why a storage operation failed. No business outcomes here: those are
 /// values returned by the store methods.
@@ -27,6 +31,10 @@ pub enum StorageError {
     /// Stored data could not be decoded: a bug or corruption.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A conditional write lost to another writer that owns the record now
+    /// (a saga whose lease another orchestrator took over).
+    #[error("fenced off: {0}")]
+    Fenced(String),
 }
 
 impl StorageError {
@@ -58,6 +66,12 @@ impl From<serde_json::Error> for StorageError {
     fn from(err: serde_json::Error) -> Self {
         Self::Corrupt(err.to_string())
     }
+}
+
+/// A store that can say whether it answers (the health probe's question).
+pub trait Ping: Send + Sync + 'static {
+    /// `Ok` when the store can serve requests.
+    fn ping(&self) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
 
 /// Encodes a record for storage.

@@ -1,0 +1,247 @@
+//! The loyalty stores on MongoDB.
+//!
+//! Collections: `accounts` (`_id` = customer id, the ledger as plain
+//! integers) and `loyalty_barrier`. Points move only by conditional `$inc`
+//! (`member: true, points >= p` for a deduction), never read-then-write, so
+//! a balance cannot go negative whatever runs concurrently; each saga op is
+//! one transaction with its barrier record.
+
+use microshop_storage::{
+    StorageError,
+    barrier::ActionGate,
+    mongo::{Barrier, MongoDb, TxnError, int, storage_error, string},
+};
+use mongodb::{
+    ClientSession, Collection,
+    bson::{Document, doc},
+    options::ReturnDocument,
+};
+
+use crate::{
+    domain::{Account, DeductOutcome, EarnOutcome, RefundOutcome},
+    store::{AccountStore, PointsLedgerStore},
+};
+
+const OP_DEDUCT: &str = "deduct";
+const OP_REFUND: &str = "refund";
+const OP_EARN: &str = "earn";
+
+/// Loyalty on MongoDB.
+#[derive(Clone, Debug)]
+pub struct MongoLoyalty {
+    db: MongoDb,
+    accounts: Collection<Document>,
+    barrier: Barrier,
+}
+
+impl MongoLoyalty {
+    /// Uses `db` (the `_id` keys are the only unique keys).
+    pub async fn open(db: MongoDb) -> Result<Self, StorageError> {
+        Ok(Self {
+            accounts: db.collection("accounts"),
+            barrier: Barrier::new(&db, "loyalty"),
+            db,
+        })
+    }
+
+    /// Applies `inc` to the account matching `filter` in the transaction and
+    /// returns it after, or `None` when no account matches.
+    async fn apply(
+        &self,
+        s: &mut ClientSession,
+        filter: Document,
+        inc: Document,
+    ) -> Result<Option<Account>, TxnError> {
+        let after = self
+            .accounts
+            .find_one_and_update(filter, doc! { "$inc": inc })
+            .return_document(ReturnDocument::After)
+            .session(s)
+            .await?;
+        Ok(after.as_ref().map(account_from).transpose()?)
+    }
+
+    async fn load(&self, s: &mut ClientSession, id: &str) -> Result<Option<Account>, TxnError> {
+        let found = self
+            .accounts
+            .find_one(doc! { "_id": id })
+            .session(s)
+            .await?;
+        Ok(found.as_ref().map(account_from).transpose()?)
+    }
+}
+
+impl microshop_storage::Ping for MongoLoyalty {
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.db.ping().await
+    }
+}
+
+fn account_from(doc: &Document) -> Result<Account, StorageError> {
+    Ok(Account {
+        customer_id: string(doc, "_id")?,
+        points: int(doc, "points")?,
+        member: doc.get_bool("member").unwrap_or(false),
+        granted: int(doc, "granted")?,
+        earned: int(doc, "earned")?,
+        deducted: int(doc, "deducted")?,
+        refunded: int(doc, "refunded")?,
+    })
+}
+
+impl AccountStore for MongoLoyalty {
+    async fn account(&self, customer_id: String) -> Result<Option<Account>, StorageError> {
+        let found = self
+            .accounts
+            .find_one(doc! { "_id": &customer_id })
+            .await
+            .map_err(storage_error)?;
+        found.as_ref().map(account_from).transpose()
+    }
+
+    async fn grant(&self, customer_id: String, points: i64) -> Result<Account, StorageError> {
+        // One upserting update: creates the account with zeroed counters if
+        // needed, then adds the grant, atomically.
+        let after = self
+            .accounts
+            .find_one_and_update(
+                doc! { "_id": &customer_id },
+                doc! {
+                    "$set": { "member": true },
+                    "$inc": {
+                        "points": points, "granted": points,
+                        "earned": 0_i64, "deducted": 0_i64, "refunded": 0_i64,
+                    },
+                },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(storage_error)?
+            .ok_or_else(|| StorageError::Backend("the grant upsert returned nothing".into()))?;
+        account_from(&after)
+    }
+}
+
+impl PointsLedgerStore for MongoLoyalty {
+    async fn deduct(
+        &self,
+        saga_id: String,
+        customer_id: String,
+        points: i64,
+    ) -> Result<Option<DeductOutcome>, StorageError> {
+        self.db
+            .transaction(|s| {
+                let (this, saga_id, customer_id) =
+                    (self.clone(), saga_id.clone(), customer_id.clone());
+                Box::pin(async move {
+                    let barrier = this.barrier.load(s, &saga_id).await?;
+                    match barrier.action_gate(OP_DEDUCT, OP_REFUND)? {
+                        ActionGate::Replay(first) => return Ok(Some(first)),
+                        ActionGate::Compensated => return Ok(None),
+                        ActionGate::Proceed => {}
+                    }
+                    let filter =
+                        doc! { "_id": &customer_id, "member": true, "points": { "$gte": points } };
+                    let inc = doc! { "points": -points, "deducted": points };
+                    let outcome = match this.apply(s, filter, inc).await? {
+                        Some(after) => DeductOutcome::Deducted {
+                            customer_id: after.customer_id,
+                            points,
+                            balance: after.points,
+                        },
+                        None => match this.load(s, &customer_id).await? {
+                            Some(account) if account.member => DeductOutcome::InsufficientPoints {
+                                balance: account.points,
+                                requested: points,
+                            },
+                            _ => DeductOutcome::NotAMember,
+                        },
+                    };
+                    this.barrier
+                        .record(s, &saga_id, OP_DEDUCT, &outcome)
+                        .await?;
+                    Ok(Some(outcome))
+                })
+            })
+            .await
+    }
+
+    async fn refund(&self, saga_id: String) -> Result<RefundOutcome, StorageError> {
+        self.db
+            .transaction(|s| {
+                let (this, saga_id) = (self.clone(), saga_id.clone());
+                Box::pin(async move {
+                    let barrier = this.barrier.load(s, &saga_id).await?;
+                    if let Some(first) = barrier.outcome(OP_REFUND)? {
+                        return Ok(first);
+                    }
+                    let outcome = match barrier.outcome::<DeductOutcome>(OP_DEDUCT)? {
+                        Some(DeductOutcome::Deducted {
+                            customer_id,
+                            points,
+                            ..
+                        }) => {
+                            let inc = doc! { "points": points, "refunded": points };
+                            if this
+                                .apply(s, doc! { "_id": &customer_id }, inc)
+                                .await?
+                                .is_none()
+                            {
+                                return Err(StorageError::Corrupt(format!(
+                                    "saga {saga_id} deducted from {customer_id}, who has no account"
+                                ))
+                                .into());
+                            }
+                            RefundOutcome::Refunded {
+                                customer_id,
+                                points,
+                            }
+                        }
+                        // Never deducted, or refused: null compensation.
+                        _ => RefundOutcome::NothingDeducted,
+                    };
+                    this.barrier
+                        .record(s, &saga_id, OP_REFUND, &outcome)
+                        .await?;
+                    Ok(outcome)
+                })
+            })
+            .await
+    }
+
+    async fn earn(
+        &self,
+        saga_id: String,
+        customer_id: String,
+        points: i64,
+    ) -> Result<EarnOutcome, StorageError> {
+        self.db
+            .transaction(|s| {
+                let (this, saga_id, customer_id) =
+                    (self.clone(), saga_id.clone(), customer_id.clone());
+                Box::pin(async move {
+                    let barrier = this.barrier.load(s, &saga_id).await?;
+                    // No compensation: a repeat replays the first outcome.
+                    if let Some(first) = barrier.outcome(OP_EARN)? {
+                        return Ok(first);
+                    }
+                    let filter = doc! { "_id": &customer_id, "member": true };
+                    let inc = doc! { "points": points, "earned": points };
+                    let outcome = match this.apply(s, filter, inc).await? {
+                        Some(after) => EarnOutcome::Earned {
+                            customer_id: after.customer_id,
+                            points,
+                            balance: after.points,
+                        },
+                        None => EarnOutcome::NotAMember {
+                            balance: this.load(s, &customer_id).await?.map_or(0, |a| a.points),
+                        },
+                    };
+                    this.barrier.record(s, &saga_id, OP_EARN, &outcome).await?;
+                    Ok(outcome)
+                })
+            })
+            .await
+    }
+}

@@ -1,0 +1,335 @@
+//! The saga log on MongoDB, shared by several orchestrators.
+//!
+//! `sagas` holds one document per saga: the record as a blob, and beside it
+//! what indexes and conditional updates need: `key` (unique: one idempotency
+//! key, one saga, however many orchestrators race), `seq` (newest first),
+//! `state`, `unfinished`, and the lease (`lease_owner`, `lease_until`,
+//! `epoch`). `payment_deadlines` holds `{_id: order_id, due_ms}`.
+//!
+//! Leases: the orchestrator that begins a saga holds its lease; any other
+//! may claim it once `lease_until` has passed, which bumps `epoch`. Every
+//! save is conditional on the epoch the saver claimed under and renews the
+//! lease; a terminal save lets go of it. A save that finds another epoch is
+//! refused with [`StorageError::Fenced`]: its saga has a new owner.
+//!
+//! `seq` is the top 64 bits of the saga's UUIDv7 id (its creation
+//! millisecond and a per-process counter), so no counter document is
+//! contended by every checkout.
+
+use std::time::Duration;
+
+use microshop_storage::{
+    StorageError,
+    mongo::{
+        MongoDb, TxnError, blob, index, int, is_duplicate_key, storage_error, unblob, unique_index,
+    },
+};
+use mongodb::{
+    ClientSession, Collection,
+    bson::{Document, doc},
+    options::ReturnDocument,
+};
+
+use crate::{
+    log::{Begin, PaymentDeadline, SagaLog, SagaPage},
+    model::{SagaRecord, SagaState, now_ms},
+};
+
+/// The saga log on MongoDB.
+#[derive(Clone, Debug)]
+pub struct MongoSagaLog {
+    db: MongoDb,
+    sagas: Collection<Document>,
+    deadlines: Collection<Document>,
+    owner: String,
+    lease_ms: i64,
+}
+
+impl MongoSagaLog {
+    /// Uses `db` as orchestrator `owner`, holding leases for `lease`;
+    /// creates the indexes if missing.
+    pub async fn open(db: MongoDb, owner: String, lease: Duration) -> Result<Self, StorageError> {
+        db.ensure_indexes(
+            "sagas",
+            vec![
+                unique_index(doc! { "key": 1 }, "idempotency_key_unique"),
+                index(doc! { "seq": -1 }, "newest_first"),
+                index(doc! { "state": 1, "seq": -1 }, "by_state_newest_first"),
+                index(doc! { "unfinished": 1, "seq": 1 }, "unfinished"),
+            ],
+        )
+        .await?;
+        db.ensure_indexes(
+            "payment_deadlines",
+            vec![index(doc! { "due_ms": 1 }, "due_first")],
+        )
+        .await?;
+        Ok(Self {
+            sagas: db.collection("sagas"),
+            deadlines: db.collection("payment_deadlines"),
+            db,
+            owner,
+            lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// The update that writes `record` and renews (or, once it has ended,
+    /// lets go of) this orchestrator's lease.
+    fn record_update(&self, record: &SagaRecord) -> Result<Document, StorageError> {
+        let lease_until = if record.state.is_terminal() {
+            0
+        } else {
+            now_ms().saturating_add(self.lease_ms)
+        };
+        Ok(doc! { "$set": {
+            "state": i32::from(record.state.index()),
+            "unfinished": !record.state.is_terminal(),
+            "data": blob(record)?,
+            "lease_owner": &self.owner,
+            "lease_until": lease_until,
+        }})
+    }
+
+    async fn apply_deadline(
+        &self,
+        s: &mut ClientSession,
+        deadline: &PaymentDeadline,
+    ) -> Result<(), TxnError> {
+        match deadline {
+            PaymentDeadline::Keep => {}
+            PaymentDeadline::Set { order_id, due_ms } => {
+                self.deadlines
+                    .update_one(
+                        doc! { "_id": order_id },
+                        doc! { "$set": { "due_ms": *due_ms } },
+                    )
+                    .upsert(true)
+                    .session(s)
+                    .await?;
+            }
+            PaymentDeadline::Clear { order_id } => {
+                self.deadlines
+                    .delete_one(doc! { "_id": order_id })
+                    .session(s)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl microshop_storage::Ping for MongoSagaLog {
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.db.ping().await
+    }
+}
+
+/// The record of a saga document, with the epoch it is stored under.
+fn record_from(doc: &Document) -> Result<SagaRecord, StorageError> {
+    let mut record: SagaRecord = unblob(doc, "data")?;
+    record.lease_epoch = u64::try_from(int(doc, "epoch")?).unwrap_or(0);
+    Ok(record)
+}
+
+/// The listing key of a saga: the top 64 bits of its UUIDv7 id.
+fn saga_seq(saga_id: &str) -> Result<u64, StorageError> {
+    let id = uuid::Uuid::parse_str(saga_id)
+        .map_err(|e| StorageError::Backend(format!("saga id {saga_id} is not a uuid: {e}")))?;
+    // The top bit is the timestamp's, zero until the year 6429.
+    Ok(u64::try_from(id.as_u128() >> 64).unwrap_or(u64::MAX) & (i64::MAX as u64))
+}
+
+fn fenced(saga_id: &str) -> StorageError {
+    StorageError::Fenced(format!(
+        "saga {saga_id} was taken over by another orchestrator"
+    ))
+}
+
+impl SagaLog for MongoSagaLog {
+    async fn begin(&self, mut record: SagaRecord) -> Result<Begin, StorageError> {
+        record.seq = saga_seq(&record.saga_id)?;
+        record.lease_epoch = 1;
+        let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
+        let document = doc! {
+            "_id": &record.saga_id,
+            "key": &record.idempotency_key,
+            "seq": seq,
+            "state": i32::from(record.state.index()),
+            "unfinished": !record.state.is_terminal(),
+            "data": blob(&record)?,
+            "lease_owner": &self.owner,
+            "lease_until": now_ms().saturating_add(self.lease_ms),
+            "epoch": 1_i64,
+        };
+        match self.sagas.insert_one(document).await {
+            Ok(_) => Ok(Begin::Created(record)),
+            Err(e) if is_duplicate_key(&e) => {
+                let existing = self.get_by_key(record.idempotency_key.clone()).await?;
+                existing.map(Begin::Existing).ok_or_else(|| {
+                    StorageError::Corrupt(format!(
+                        "idempotency key {} is taken by no saga",
+                        record.idempotency_key
+                    ))
+                })
+            }
+            Err(e) => Err(storage_error(e)),
+        }
+    }
+
+    async fn save(
+        &self,
+        record: SagaRecord,
+        deadline: PaymentDeadline,
+    ) -> Result<(), StorageError> {
+        let filter = doc! {
+            "_id": &record.saga_id,
+            "epoch": i64::try_from(record.lease_epoch).unwrap_or(i64::MAX),
+        };
+        let update = self.record_update(&record)?;
+        if deadline == PaymentDeadline::Keep {
+            let done = self
+                .sagas
+                .update_one(filter, update)
+                .await
+                .map_err(storage_error)?;
+            return if done.matched_count == 1 {
+                Ok(())
+            } else {
+                Err(fenced(&record.saga_id))
+            };
+        }
+        self.db
+            .transaction(|s| {
+                let (this, filter, update, deadline, id) = (
+                    self.clone(),
+                    filter.clone(),
+                    update.clone(),
+                    deadline.clone(),
+                    record.saga_id.clone(),
+                );
+                Box::pin(async move {
+                    let done = this
+                        .sagas
+                        .update_one(filter, update)
+                        .session(&mut *s)
+                        .await?;
+                    if done.matched_count != 1 {
+                        return Err(fenced(&id).into());
+                    }
+                    this.apply_deadline(s, &deadline).await
+                })
+            })
+            .await
+    }
+
+    async fn claim(&self, saga_id: String) -> Result<Option<SagaRecord>, StorageError> {
+        let now = now_ms();
+        let claimed = self
+            .sagas
+            .find_one_and_update(
+                doc! {
+                    "_id": &saga_id,
+                    "unfinished": true,
+                    "$or": [ { "lease_owner": &self.owner }, { "lease_until": { "$lt": now } } ],
+                },
+                doc! {
+                    "$set": { "lease_owner": &self.owner, "lease_until": now.saturating_add(self.lease_ms) },
+                    "$inc": { "epoch": 1_i64 },
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(storage_error)?;
+        claimed.as_ref().map(record_from).transpose()
+    }
+
+    async fn get(&self, saga_id: String) -> Result<Option<SagaRecord>, StorageError> {
+        let found = self
+            .sagas
+            .find_one(doc! { "_id": &saga_id })
+            .await
+            .map_err(storage_error)?;
+        found.as_ref().map(record_from).transpose()
+    }
+
+    async fn get_by_key(&self, key: String) -> Result<Option<SagaRecord>, StorageError> {
+        let found = self
+            .sagas
+            .find_one(doc! { "key": &key })
+            .await
+            .map_err(storage_error)?;
+        found.as_ref().map(record_from).transpose()
+    }
+
+    async fn list(
+        &self,
+        state: Option<SagaState>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<SagaPage, StorageError> {
+        let mut filter = Document::new();
+        if let Some(state) = state {
+            filter.insert("state", i32::from(state.index()));
+        }
+        if let Some(before) = before {
+            filter.insert(
+                "seq",
+                doc! { "$lt": i64::try_from(before).unwrap_or(i64::MAX) },
+            );
+        }
+        let mut cursor = self
+            .sagas
+            .find(filter)
+            .sort(doc! { "seq": -1 })
+            .limit(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
+            .await
+            .map_err(storage_error)?;
+        let mut sagas = Vec::with_capacity(limit);
+        let mut next = None;
+        while cursor.advance().await.map_err(storage_error)? {
+            let doc = cursor.deserialize_current().map_err(storage_error)?;
+            if sagas.len() == limit {
+                next = sagas.last().map(|r: &SagaRecord| r.seq);
+                break;
+            }
+            sagas.push(record_from(&doc)?);
+        }
+        Ok(SagaPage { sagas, next })
+    }
+
+    async fn unfinished(&self) -> Result<Vec<String>, StorageError> {
+        let now = now_ms();
+        let mut cursor = self
+            .sagas
+            .find(doc! {
+                "unfinished": true,
+                "$or": [ { "lease_owner": &self.owner }, { "lease_until": { "$lt": now } } ],
+            })
+            .projection(doc! { "_id": 1 })
+            .sort(doc! { "seq": 1 })
+            .await
+            .map_err(storage_error)?;
+        let mut ids = Vec::new();
+        while cursor.advance().await.map_err(storage_error)? {
+            let doc = cursor.deserialize_current().map_err(storage_error)?;
+            ids.push(microshop_storage::mongo::string(&doc, "_id")?);
+        }
+        Ok(ids)
+    }
+
+    async fn due_payments(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StorageError> {
+        let mut cursor = self
+            .deadlines
+            .find(doc! { "due_ms": { "$lte": now_ms } })
+            .sort(doc! { "due_ms": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(storage_error)?;
+        let mut due = Vec::new();
+        while cursor.advance().await.map_err(storage_error)? {
+            let doc = cursor.deserialize_current().map_err(storage_error)?;
+            due.push(microshop_storage::mongo::string(&doc, "_id")?);
+        }
+        Ok(due)
+    }
+}
