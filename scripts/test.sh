@@ -47,5 +47,8 @@ cargo build --quiet -p microshop
 bin="${CARGO_TARGET_DIR:-$root/target}/debug/microshop"
 "$bin" demo
 
+step "deploy: kustomize render, schema validation, policy checks"
+scripts/deploy-check.sh "$tools"
+
 step "smoke: microshop up, grpcurl on every port"
 GRPCURL="$tools/grpcurl" scripts/smoke.sh "$bin"
