@@ -10,8 +10,9 @@ For every rendered overlay it asserts that
     readOnlyRootFilesystem, allowPrivilegeEscalation false, all capabilities
     dropped, seccomp RuntimeDefault, not privileged, no host namespaces;
   - every Deployment/StatefulSet container has liveness, readiness and
-    startup probes, and the microshop containers probe grpc.health.v1 on
-    their gRPC port, pause before SIGTERM and get the grace to drain;
+    startup probes; the microshop containers' readiness asks grpc.health.v1
+    on their gRPC port, while liveness and startup do not depend on it (it
+    follows MongoDB); they pause before SIGTERM and get the grace to drain;
   - every ConfigMap, Secret, ServiceAccount, Service port, HPA target and
     PDB selector refers to something that exists (Secrets created out of
     band are the documented ones only); no credential is written in a
@@ -271,13 +272,28 @@ def check_microshop_container(r, w, spec, c, problems):
         problems.append("%s: port `grpc` is %s, not %s" % (cw, ports.get("grpc"), SERVICES[service]))
     if ports.get("metrics") != METRICS_PORT:
         problems.append("%s: port `metrics` is %s, not %s" % (cw, ports.get("metrics"), METRICS_PORT))
+    # grpc.health.v1 of a service follows its storage (NOT_SERVING while
+    # MongoDB does not answer): readiness must ask it; liveness and startup
+    # must not, or a database outage restarts every pod.
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         p = c.get(probe) or {}
         grpc = p.get("grpc")
-        if grpc is None:
+        tcp = p.get("tcpSocket")
+        if probe == "readinessProbe" and grpc is None:
             problems.append("%s: %s is not a grpc probe (grpc.health.v1)" % (cw, probe))
-        elif grpc.get("port") != SERVICES[service]:
-            problems.append("%s: %s probes port %s, not %s" % (cw, probe, grpc.get("port"), SERVICES[service]))
+        elif grpc is not None:
+            if grpc.get("port") != SERVICES[service]:
+                problems.append("%s: %s probes port %s, not %s" % (cw, probe, grpc.get("port"), SERVICES[service]))
+            if probe != "readinessProbe" and not grpc.get("service"):
+                problems.append(
+                    "%s: %s asks the overall grpc health, which follows MongoDB: "
+                    "a database outage would restart the pod" % (cw, probe)
+                )
+        elif tcp is not None:
+            if tcp.get("port") not in ("grpc", SERVICES[service]):
+                problems.append("%s: %s probes port %s, not the gRPC port" % (cw, probe, tcp.get("port")))
+        elif p:
+            problems.append("%s: %s is neither grpc nor tcpSocket on the gRPC port" % (cw, probe))
     pre = ((c.get("lifecycle") or {}).get("preStop")) or {}
     pause = (pre.get("sleep") or {}).get("seconds")
     if pause is None and not pre.get("exec"):
@@ -708,6 +724,9 @@ MUTATIONS = [
     ("prod", "tcp instead of grpc probe",
      lambda d: _container(d, "Deployment", "inventory").update(readinessProbe={"tcpSocket": {"port": 50052}}),
      ["Deployment/inventory", "readinessProbe is not a grpc probe"]),
+    ("prod", "liveness on the storage-aware health",
+     lambda d: _container(d, "Deployment", "order").update(livenessProbe={"grpc": {"port": 50054}}),
+     ["Deployment/order", "livenessProbe asks the overall grpc health"]),
     ("prod", "writable root filesystem",
      lambda d: _container(d, "StatefulSet", "mongo")["securityContext"].update(readOnlyRootFilesystem=False),
      ["StatefulSet/mongo", "readOnlyRootFilesystem"]),
