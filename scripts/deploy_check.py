@@ -38,6 +38,7 @@ naming the overlay and the object.
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import os
 import re
@@ -411,9 +412,7 @@ def check_references(r, problems):
     for s in r.of_kind("Secret"):
         for key, value in list((s.get("stringData") or {}).items()) + list((s.get("data") or {}).items()):
             text = str(value)
-            if "data" in s and key in (s.get("data") or {}):
-                import base64
-
+            if key in (s.get("data") or {}):
                 try:
                     text = base64.b64decode(text).decode("utf-8", "replace")
                 except Exception:  # noqa: BLE001 - not base64: check it as is
@@ -466,7 +465,6 @@ def check_mongo(r, problems):
 def check_prod(r, problems):
     if r.profile != "prod":
         return
-    pods = r.pods()
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in r.of_kind("HorizontalPodAutoscaler")}
     pdbs = r.of_kind("PodDisruptionBudget")
     for w in r.of_kind("Deployment", "StatefulSet"):
@@ -495,7 +493,6 @@ def check_prod(r, problems):
                 for m in hpa["spec"].get("metrics") or []
             ):
                 problems.append("%s: does not scale on CPU" % kn(hpa))
-    del pods
 
 
 # --------------------------------------------------------------------------
@@ -791,6 +788,10 @@ MUTATIONS = [
      lambda d: _env(d, "Deployment", "order", "MONGODB_URI").update(
          valueFrom=None, value="mongodb://u:p@mongo:27017"),
      ["Deployment/order", "MONGODB_URI"]),
+    ("dev", "password in a generated Secret",
+     lambda d: next(x for x in d if x.get("kind") == "Secret")["data"].update(
+         uri=base64.b64encode(b"mongodb://microshop:hunter2@mongo:27017/?replicaSet=rs0").decode()),
+     ["carries a password in the repository"]),
     ("prod", "undocumented Secret",
      lambda d: _env(d, "Deployment", "order", "MONGODB_URI")["valueFrom"]["secretKeyRef"].update(name="typo"),
      ["Secret typo"]),
