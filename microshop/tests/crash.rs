@@ -97,6 +97,11 @@ const MATRIX_ENGINE: &[&str] = &[
     "2000",
     "--recovery-interval-ms",
     "200",
+    // A restarted orchestrator is the same owner of saga leases (as a
+    // container restarted in its pod), so on a shared MongoDB log it
+    // resumes its sagas at once instead of after their leases expire.
+    "--orchestrator-id",
+    "crash-test-orchestrator",
 ];
 
 /// Budgets that outlast a participant restart: a step keeps retrying for
@@ -116,6 +121,11 @@ const OUTAGE_ENGINE: &[&str] = &[
     "2000",
     "--recovery-interval-ms",
     "200",
+    // A restarted orchestrator is the same owner of saga leases (as a
+    // container restarted in its pod), so on a shared MongoDB log it
+    // resumes its sagas at once instead of after their leases expire.
+    "--orchestrator-id",
+    "crash-test-orchestrator",
 ];
 
 // ---------------------------------------------------------------------------
@@ -359,6 +369,14 @@ impl Cluster {
             if key.to_string_lossy().starts_with("MICROSHOP_") {
                 cmd.env_remove(key);
             }
+        }
+        // The MongoDB pass of the test script sets MONGODB_URI, which the
+        // children inherit: give this test a database of its own.
+        if std::env::var_os("MONGODB_URI").is_some() {
+            cmd.env(
+                "MICROSHOP_MONGODB_DATABASE",
+                microshop_runtime::testing::database_for(self.dir.path()),
+            );
         }
         cmd.env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -31,7 +31,7 @@ use microshop_proto::{
     orchestrator::v1::{self as orch, saga_admin_service_client::SagaAdminServiceClient},
     order::v1 as ord,
 };
-use microshop_runtime::{Reason, ServeError, ServerArgs, errors::reason_of, validate::id_problem};
+use microshop_runtime::{Reason, ServeError, errors::reason_of, validate::id_problem};
 use orchestrator::{EngineConfig, OrchestratorConfig, ParticipantUrls};
 use tempfile::TempDir;
 use tokio::{
@@ -574,6 +574,7 @@ impl TestMesh {
     pub async fn start_with(engine: EngineConfig, configure: impl FnOnce(&mut MeshConfig)) -> Self {
         let dir = tempfile::tempdir().expect("a temporary data directory");
         let mut config = MeshConfig::ephemeral(dir.path());
+        config.server = microshop_runtime::testing::server_args(dir.path());
         config.engine = engine;
         config.earn_amount_per_point = EARN_AMOUNT_PER_POINT;
         configure(&mut config);
@@ -697,7 +698,7 @@ pub fn spawn_participant(kind: Participant, listener: TcpListener, data_dir: &Pa
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
-    let server = ServerArgs::with_data_dir(data_dir);
+    let server = microshop_runtime::testing::server_args(data_dir);
     match kind {
         Participant::Inventory => {
             let config = inventory_svc::InventoryConfig::new(server);
@@ -726,7 +727,10 @@ pub fn spawn_orchestrator(
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
-    let mut config = OrchestratorConfig::new(ServerArgs::with_data_dir(data_dir), participants);
+    let mut config = OrchestratorConfig::new(
+        microshop_runtime::testing::server_args(data_dir),
+        participants,
+    );
     config.engine = engine;
     Server::spawn(addr, |rx| orchestrator::run(listener, config, until(rx)))
 }
