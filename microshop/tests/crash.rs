@@ -138,6 +138,8 @@ enum Svc {
     Inventory,
     Loyalty,
     Order,
+    /// A further orchestrator sharing the first one's MongoDB saga log.
+    Peer(usize),
 }
 
 impl Svc {
@@ -151,19 +153,20 @@ impl Svc {
 
     fn name(self) -> &'static str {
         match self {
-            Self::Orchestrator => "orchestrator",
+            Self::Orchestrator | Self::Peer(_) => "orchestrator",
             Self::Inventory => "inventory",
             Self::Loyalty => "loyalty",
             Self::Order => "order",
         }
     }
 
-    fn addr(self, addrs: &MeshAddrs) -> SocketAddr {
+    fn addr(self, addrs: &MeshAddrs, peers: &[SocketAddr]) -> SocketAddr {
         match self {
             Self::Orchestrator => addrs.orchestrator,
             Self::Inventory => addrs.inventory,
             Self::Loyalty => addrs.loyalty,
             Self::Order => addrs.order,
+            Self::Peer(i) => peers[i],
         }
     }
 }
@@ -197,6 +200,11 @@ struct Cluster {
     engine: Vec<String>,
     tail: Arc<Mutex<VecDeque<String>>>,
     dir: TempDir,
+    /// Addresses of further orchestrators ([`Svc::Peer`]).
+    peers: Vec<SocketAddr>,
+    /// The MongoDB server every store is on; `None`: the embedded stores,
+    /// unless the test run sets `MONGODB_URI` (the script's MongoDB pass).
+    mongodb: Option<String>,
 }
 
 impl Drop for Cluster {
@@ -307,6 +315,11 @@ impl Cluster {
     /// Starts the four services on free ports (new ports if one is taken
     /// between picking and binding) and waits until each is SERVING.
     async fn start(engine: &[&str]) -> Self {
+        Self::start_on(engine, None).await
+    }
+
+    /// As [`Cluster::start`], every store on the MongoDB server at `mongodb`.
+    async fn start_on(engine: &[&str], mongodb: Option<String>) -> Self {
         let mut last = String::new();
         for _ in 0..3 {
             let mut cluster = Self {
@@ -315,6 +328,8 @@ impl Cluster {
                 engine: engine.iter().map(|s| (*s).to_owned()).collect(),
                 tail: Arc::new(Mutex::new(VecDeque::new())),
                 dir: tempfile::tempdir().expect("temporary directory"),
+                peers: Vec::new(),
+                mongodb: mongodb.clone(),
             };
             let mut started = Ok(());
             for svc in Svc::START_ORDER {
@@ -336,19 +351,51 @@ impl Cluster {
     }
 
     fn data_dir(&self, svc: Svc) -> PathBuf {
-        self.dir.path().join(svc.name())
+        match svc {
+            Svc::Peer(i) => self.dir.path().join(format!("orchestrator-peer-{i}")),
+            _ => self.dir.path().join(svc.name()),
+        }
+    }
+
+    fn addr(&self, svc: Svc) -> SocketAddr {
+        svc.addr(&self.addrs, &self.peers)
+    }
+
+    /// Starts one more orchestrator on a free port, named `peer-N` as a
+    /// lease owner, and waits for SERVING.
+    async fn start_peer(&mut self) -> Svc {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        self.peers
+            .push(listener.local_addr().expect("bound address"));
+        drop(listener);
+        let peer = Svc::Peer(self.peers.len() - 1);
+        self.start_svc(peer, None).await;
+        peer
+    }
+
+    /// Clients with the checkout and admin APIs of `orchestrator`.
+    fn clients_of(&self, orchestrator: Svc) -> MeshClients {
+        let mut clients = self.clients();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(orchestrator)))
+                .expect("a valid url")
+                .connect_timeout(Duration::from_secs(1))
+                .connect_lazy();
+        clients.checkout = CheckoutServiceClient::new(channel.clone());
+        clients.admin = SagaAdminServiceClient::new(channel);
+        clients
     }
 
     /// Spawns `svc` (which must not be running), stderr piped to a reader
     /// thread that keeps a tail and forwards each line to the test.
     fn spawn(&mut self, svc: Svc, failpoint: Option<&str>) {
         assert!(!self.procs.contains_key(&svc), "{svc:?} is already running");
-        let url = |s: Svc| format!("http://{}", s.addr(&self.addrs));
+        let url = |s: Svc| format!("http://{}", self.addr(s));
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .arg(svc.name())
             .arg("--listen")
-            .arg(svc.addr(&self.addrs).to_string())
+            .arg(self.addr(svc).to_string())
             .arg("--data-dir")
             .arg(self.data_dir(svc))
             .arg("--inventory-url")
@@ -358,7 +405,11 @@ impl Cluster {
             .arg("--order-url")
             .arg(url(Svc::Order))
             .arg("--insecure-no-auth");
-        if svc == Svc::Orchestrator {
+        if let Svc::Peer(i) = svc {
+            cmd.args(&self.engine)
+                .arg("--orchestrator-id")
+                .arg(format!("peer-{i}"));
+        } else if svc == Svc::Orchestrator {
             cmd.args(&self.engine);
         }
         if let Some(point) = failpoint {
@@ -370,10 +421,14 @@ impl Cluster {
                 cmd.env_remove(key);
             }
         }
-        // The MongoDB pass of the test script sets MONGODB_URI, which the
-        // children inherit: give this test a database of its own.
-        if std::env::var_os("MONGODB_URI").is_some() {
-            cmd.env(
+        // On MongoDB (this cluster's, or the script's MongoDB pass, whose
+        // MONGODB_URI the children inherit), a database of its own.
+        let mongodb = self
+            .mongodb
+            .clone()
+            .or_else(|| std::env::var("MONGODB_URI").ok());
+        if let Some(uri) = mongodb {
+            cmd.env("MONGODB_URI", uri).env(
                 "MICROSHOP_MONGODB_DATABASE",
                 microshop_runtime::testing::database_for(self.dir.path()),
             );
@@ -414,7 +469,7 @@ impl Cluster {
     /// is not serving within [`READY_WITHIN`].
     async fn try_ready(&mut self, svc: Svc) -> Result<(), String> {
         let deadline = Instant::now() + READY_WITHIN;
-        let addr = svc.addr(&self.addrs);
+        let addr = self.addr(svc);
         loop {
             let proc = self
                 .procs
@@ -485,7 +540,7 @@ impl Cluster {
     /// connect lazily, so a service that is down fails only its own calls.
     fn clients(&self) -> MeshClients {
         let channel = |svc: Svc| {
-            tonic::transport::Endpoint::from_shared(format!("http://{}", svc.addr(&self.addrs)))
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(svc)))
                 .expect("a valid url")
                 .connect_timeout(Duration::from_secs(1))
                 .connect_lazy()
@@ -1081,7 +1136,7 @@ static CHECKS: AtomicUsize = AtomicUsize::new(0);
 
 fn svc_index(svc: Svc) -> usize {
     match svc {
-        Svc::Orchestrator => 0,
+        Svc::Orchestrator | Svc::Peer(_) => 0,
         Svc::Inventory => 1,
         Svc::Loyalty => 2,
         Svc::Order => 3,
@@ -2042,4 +2097,375 @@ async fn everything_survives_sigkill() {
     assert!(!third.order_id.is_empty());
     check_invariants(&c, &u, "the restart").await;
     eprintln!("durability in {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 4. Several orchestrators on one MongoDB, and the database going away
+// ---------------------------------------------------------------------------
+
+/// Budgets of the shared-log tests: short leases so a dead orchestrator's
+/// sagas are taken over within about a second.
+const SHARED_ENGINE: &[&str] = &[
+    "--step-attempts",
+    "50",
+    "--step-budget-ms",
+    "20000",
+    "--compensation-attempts",
+    "1000",
+    "--backoff-min-ms",
+    "20",
+    "--backoff-max-ms",
+    "200",
+    "--call-timeout-ms",
+    "2000",
+    "--recovery-interval-ms",
+    "200",
+    "--lease-ms",
+    "1000",
+];
+
+/// PlaceOrder on `c`, retried on `fallback` with the same key when `c`'s
+/// orchestrator is gone (what a load balancer in front of several does).
+async fn place_via(
+    c: MeshClients,
+    fallback: MeshClients,
+    req: orch::PlaceOrderRequest,
+) -> Result<orch::PlaceOrderResponse, Status> {
+    let first = c
+        .checkout
+        .clone()
+        .place_order(with_deadline(req.clone(), Duration::from_secs(30)))
+        .await;
+    match first {
+        Err(s)
+            if matches!(
+                s.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled
+            ) =>
+        {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let again = fallback
+                    .checkout
+                    .clone()
+                    .place_order(with_deadline(req.clone(), Duration::from_secs(30)))
+                    .await;
+                match again {
+                    // Still being finished by its new owner: ask again.
+                    Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
+                        sleep(Duration::from_millis(100)).await;
+                    }
+                    other => return other.map(tonic::Response::into_inner),
+                }
+            }
+        }
+        other => other.map(tonic::Response::into_inner),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_orchestrators_take_over_a_killed_ones_sagas() {
+    let test = "three_orchestrators_take_over_a_killed_ones_sagas";
+    let Some(uri) = microshop_runtime::testing::mongodb_uri_for_tests(test) else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let mut cluster = Cluster::start_on(SHARED_ENGINE, Some(uri)).await;
+    let second = cluster.start_peer().await;
+    let third = cluster.start_peer().await;
+    let c = cluster.clients_of(second);
+    let mut u = Universe::default();
+    let (sku, code) = ("SHARED-SKU", "SHARED-COUPON");
+    // Fewer units than orders and a coupon of few uses: some sagas
+    // compensate, so takeover covers both directions.
+    put_product(&c, &mut u, sku, 24).await;
+    put_coupon(&c, &mut u, code, 4).await;
+    let customers: Vec<String> = (0..6).map(|i| format!("shared-{i}")).collect();
+    for who in &customers {
+        grant(&c, &mut u, who).await;
+    }
+
+    // The first orchestrator holds every redeeming saga right after its
+    // points are deducted, so it dies owning sagas half done.
+    cluster
+        .restart(Svc::Orchestrator, Some("result:deduct-points"))
+        .await;
+    let targets = [Svc::Orchestrator, second, third];
+    let mut calls = Vec::new();
+    for i in 0..36 {
+        let target = targets[i % 3];
+        let who = &customers[i % customers.len()];
+        let coupon = if i % 5 == 0 { code } else { "" };
+        let points = if i % 2 == 0 { REDEEM } else { 0 };
+        let req = place(&format!("shared-{i}"), who, sku, coupon, points);
+        calls.push(tokio::spawn(place_via(
+            cluster.clients_of(target),
+            cluster.clients_of(if target == second { third } else { second }),
+            req,
+        )));
+    }
+    cluster
+        .wait_line(Svc::Orchestrator, "FAILPOINT", FAILPOINT_WITHIN)
+        .await;
+    cluster.kill(Svc::Orchestrator);
+
+    let mut completed = 0;
+    let mut rejected = 0;
+    for call in calls {
+        match call.await.expect("the call task") {
+            Ok(_) => completed += 1,
+            Err(s) if s.code() == Code::FailedPrecondition => rejected += 1,
+            Err(s) => panic!("PlaceOrder failed after the takeover: {s:?}"),
+        }
+    }
+    let sagas = all_sagas(&mut c.admin.clone()).await.expect("ListSagas");
+    let mut by_key: BTreeMap<&str, usize> = BTreeMap::new();
+    for saga in &sagas {
+        *by_key.entry(saga.idempotency_key.as_str()).or_default() += 1;
+        let state = orch::SagaState::try_from(saga.state);
+        assert!(
+            matches!(
+                state,
+                Ok(orch::SagaState::Completed | orch::SagaState::Compensated)
+            ),
+            "a saga did not finish: {}",
+            describe(saga)
+        );
+    }
+    assert_eq!(by_key.len(), 36, "one saga per key");
+    assert!(by_key.values().all(|n| *n == 1), "one saga per key");
+    let orders: usize = {
+        let mut n = 0;
+        for who in &customers {
+            n += orders_of(&c, who).await.len();
+        }
+        n
+    };
+    assert_eq!(orders, completed, "exactly one order per completed saga");
+    assert!(
+        rejected > 0,
+        "the burst was meant to exhaust stock or coupons"
+    );
+    check_invariants(&c, &u, "the takeover").await;
+    eprintln!(
+        "takeover: 36 sagas over 3 orchestrators, one SIGKILLed holding sagas: \
+         {completed} completed, {rejected} compensated, in {:?}",
+        started.elapsed()
+    );
+}
+
+/// Budgets that outlast a database outage: steps and compensations keep
+/// retrying for two minutes.
+const DB_OUTAGE_ENGINE: &[&str] = &[
+    "--step-attempts",
+    "100000",
+    "--step-budget-ms",
+    "120000",
+    "--compensation-attempts",
+    "100000",
+    "--backoff-min-ms",
+    "20",
+    "--backoff-max-ms",
+    "200",
+    "--call-timeout-ms",
+    "2000",
+    "--recovery-interval-ms",
+    "200",
+    "--orchestrator-id",
+    "outage-test-orchestrator",
+];
+
+/// A SecantusDB server of the test's own, so it can be stopped and
+/// started again on the same port and data.
+struct Database {
+    command: String,
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Database {
+    fn start(command: String) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut db = Self {
+            command,
+            port,
+            dir: tempfile::tempdir().expect("temporary directory"),
+            child: None,
+        };
+        db.up();
+        db
+    }
+
+    fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    fn up(&mut self) {
+        let child = Command::new(&self.command)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--storage-path")
+            .arg(self.dir.path())
+            .arg("--log-level")
+            .arg("WARNING")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.command));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server the way an operator does (SIGTERM) and reaps it.
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() {
+                if std::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls the overall health of `svc` until it is `want`.
+async fn wait_health(cluster: &Cluster, svc: Svc, want: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while serving(cluster.addr(svc)).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "{svc:?} did not report {} within 30 s",
+            if want { "SERVING" } else { "NOT_SERVING" }
+        );
+        sleep(POLL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_outage_degrades_and_recovers() {
+    let test = "database_outage_degrades_and_recovers";
+    let Some(command) = microshop_runtime::testing::secantusd_for_tests(test) else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let mut db = Database::start(command);
+    let mut cluster = Cluster::start_on(DB_OUTAGE_ENGINE, Some(db.uri())).await;
+    let c = cluster.clients();
+    let mut u = Universe::default();
+    let (sku, who) = ("OUTAGE-SKU", "outage-customer");
+    put_product(&c, &mut u, sku, 10).await;
+    grant(&c, &mut u, who).await;
+    place_ok(&c, place("outage-before", who, sku, "", REDEEM)).await;
+
+    // A saga in flight when the database goes: loyalty-svc is down, so it
+    // waits in deduct-points' retries, holding stock.
+    cluster.kill(Svc::Loyalty);
+    let in_flight = tokio::spawn({
+        let c = cluster.clients();
+        async move {
+            c.checkout
+                .clone()
+                .place_order(with_deadline(
+                    place("outage-in-flight", who, sku, "", REDEEM),
+                    Duration::from_secs(60),
+                ))
+                .await
+        }
+    });
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    while saga_by_key(&c, "outage-in-flight").await.is_none_or(|s| {
+        s.steps.iter().all(|st| {
+            st.name != "deduct-points" || st.action.as_ref().is_none_or(|a| a.attempts == 0)
+        })
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the saga never reached deduct-points"
+        );
+        sleep(POLL).await;
+    }
+
+    db.down();
+    for svc in [Svc::Inventory, Svc::Order, Svc::Orchestrator] {
+        wait_health(&cluster, svc, false).await;
+    }
+    // Calls fail with UNAVAILABLE meanwhile, and nothing exits.
+    let refused = c
+        .checkout
+        .clone()
+        .place_order(with_deadline(
+            place("outage-during", who, sku, "", 0),
+            Duration::from_secs(10),
+        ))
+        .await
+        .expect_err("PlaceOrder without a database");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let read = c
+        .inventory
+        .clone()
+        .get_product(inv::GetProductRequest { sku: sku.into() })
+        .await
+        .expect_err("GetProduct without a database");
+    assert_eq!(read.code(), Code::Unavailable, "{read:?}");
+    for (svc, proc) in &mut cluster.procs {
+        assert!(
+            proc.child.try_wait().expect("try_wait").is_none(),
+            "{svc:?} exited during the outage"
+        );
+    }
+
+    db.up();
+    cluster.start_svc(Svc::Loyalty, None).await;
+    for svc in [Svc::Inventory, Svc::Loyalty, Svc::Order, Svc::Orchestrator] {
+        wait_health(&cluster, svc, true).await;
+    }
+    // The saga in flight finishes (recovery resumes it), the refused call
+    // succeeds when retried with its key, and nothing was lost.
+    let saga = saga_by_key(&c, "outage-in-flight")
+        .await
+        .expect("the in-flight saga is still logged");
+    let saga = wait_settled(&c, &saga.saga_id).await;
+    assert_eq!(
+        saga.state,
+        orch::SagaState::Completed as i32,
+        "{}",
+        describe(&saga)
+    );
+    let _ = in_flight.await.expect("the in-flight call task");
+    let again = place_ok(&c, place("outage-in-flight", who, sku, "", REDEEM)).await;
+    assert_eq!(again.saga_id, saga.saga_id);
+    place_ok(&c, place("outage-during", who, sku, "", 0)).await;
+    assert_eq!(orders_of(&c, who).await.len(), 3);
+    check_invariants(&c, &u, "the database outage").await;
+    eprintln!("database outage survived in {:?}", started.elapsed());
 }
