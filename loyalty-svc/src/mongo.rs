@@ -9,7 +9,7 @@
 use microshop_storage::{
     StorageError,
     barrier::ActionGate,
-    mongo::{Barrier, MongoDb, TxnError, int, storage_error, string},
+    mongo::{Barrier, MongoDb, TxnError, int, is_duplicate_key, storage_error, string},
 };
 use mongodb::{
     ClientSession, Collection,
@@ -101,25 +101,37 @@ impl AccountStore for MongoLoyalty {
 
     async fn grant(&self, customer_id: String, points: i64) -> Result<Account, StorageError> {
         // One upserting update: creates the account with zeroed counters if
-        // needed, then adds the grant, atomically.
-        let after = self
-            .accounts
-            .find_one_and_update(
-                doc! { "_id": &customer_id },
-                doc! {
-                    "$set": { "member": true },
-                    "$inc": {
-                        "points": points, "granted": points,
-                        "earned": 0_i64, "deducted": 0_i64, "refunded": 0_i64,
+        // needed, then adds the grant, atomically. Two first grants racing
+        // both try to insert; the loser's duplicate key means the account
+        // exists now, and its second try updates it.
+        let mut tries = 0;
+        loop {
+            let result = self
+                .accounts
+                .find_one_and_update(
+                    doc! { "_id": &customer_id },
+                    doc! {
+                        "$set": { "member": true },
+                        "$inc": {
+                            "points": points, "granted": points,
+                            "earned": 0_i64, "deducted": 0_i64, "refunded": 0_i64,
+                        },
                     },
-                },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(storage_error)?
-            .ok_or_else(|| StorageError::Backend("the grant upsert returned nothing".into()))?;
-        account_from(&after)
+                )
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await;
+            match result {
+                Err(e) if is_duplicate_key(&e) && tries < 3 => tries += 1,
+                Err(e) => return Err(storage_error(e)),
+                Ok(None) => {
+                    return Err(StorageError::Backend(
+                        "the grant upsert returned nothing".into(),
+                    ));
+                }
+                Ok(Some(after)) => return account_from(&after),
+            }
+        }
     }
 }
 
