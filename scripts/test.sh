@@ -75,22 +75,27 @@ echo "SecantusDB answers at $mongo_uri"
 export MICROSHOP_TEST_MONGODB_URI="$mongo_uri"
 export MICROSHOP_TEST_SECANTUSD="$tools/venv/bin/secantusd-py"
 
+# run_tests THREADS ARGS...: nextest if installed, else cargo test.
 run_tests() {
+  local threads=$1
+  shift
   if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --no-fail-fast "$@"
+    cargo nextest run --no-fail-fast --test-threads "$threads" "$@"
   else
-    cargo test --no-fail-fast "$@"
+    cargo test --no-fail-fast "$@" -- --test-threads "$threads"
   fi
 }
 
 step "tests"
-run_tests --workspace
+run_tests "$(nproc)" --workspace
 
+# SecantusDB is one Python process: a few test binaries at a time keep its
+# answers within the suites' call timeouts on a 2-core machine.
 step "tests again with every store on MongoDB (participants, scenarios, crash recovery)"
-MONGODB_URI="$mongo_uri" run_tests \
+MONGODB_URI="$mongo_uri" run_tests 2 \
   -p inventory-svc -p loyalty-svc -p order-svc --test grpc
-MONGODB_URI="$mongo_uri" run_tests -p microshop-tests --test scenarios
-MONGODB_URI="$mongo_uri" run_tests -p microshop --test crash
+MONGODB_URI="$mongo_uri" run_tests 2 -p microshop-tests --test scenarios
+MONGODB_URI="$mongo_uri" run_tests 1 -p microshop --test crash
 
 step "demo"
 cargo build --quiet -p microshop

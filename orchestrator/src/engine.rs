@@ -292,7 +292,7 @@ impl<L: SagaLog> Engine<L> {
         record: SagaRecord,
         abort: &AtomicBool,
     ) -> Result<SagaRecord, StorageError> {
-        let Some(order_id) = record_order_id(&record) else {
+        let Some(order_id) = record.acted_order().map(str::to_owned) else {
             return self.run(record, abort).await;
         };
         let turn = self.order_turn(&order_id);
@@ -706,16 +706,6 @@ impl<L: SagaLog> Engine<L> {
                 }
             }
         }
-    }
-}
-
-/// The order a payment or cancellation saga acts on (none for checkout).
-fn record_order_id(record: &SagaRecord) -> Option<String> {
-    match &record.input {
-        SagaInput::Confirm { order_id, .. } | SagaInput::Cancel { order_id, .. } => {
-            Some(order_id.clone())
-        }
-        SagaInput::Place { .. } => None,
     }
 }
 

@@ -274,6 +274,17 @@ pub struct SagaRecord {
 }
 
 impl SagaRecord {
+    /// The order a payment or cancellation saga acts on (none for
+    /// checkout): such sagas of one order take turns.
+    pub fn acted_order(&self) -> Option<&str> {
+        match &self.input {
+            SagaInput::Confirm { order_id, .. } | SagaInput::Cancel { order_id, .. } => {
+                Some(order_id)
+            }
+            SagaInput::Place { .. } => None,
+        }
+    }
+
     /// Moves to `state`, appending to the history.
     pub fn transition(&mut self, state: SagaState, note: impl Into<String>) {
         let at_ms = now_ms();

@@ -12,6 +12,15 @@
 //! lease; a terminal save lets go of it. A save that finds another epoch is
 //! refused with [`StorageError::Fenced`]: its saga has a new owner.
 //!
+//! Payment and cancellation sagas of one order take turns (a cancellation
+//! landing between a payment's mark-paid and commit-stock would strand the
+//! payment): their documents carry `turn_order`, and claiming one is a
+//! transaction that refuses while another unfinished saga of that order is
+//! leased by another live orchestrator. Every such claim also writes the
+//! order's `order_turns` document, so two claims racing for one order
+//! conflict and run one after the other. Within one orchestrator the
+//! engine's per-order lock orders them.
+//!
 //! `seq` is the top 64 bits of the saga's UUIDv7 id (its creation
 //! millisecond and a per-process counter), so no counter document is
 //! contended by every checkout.
@@ -41,6 +50,7 @@ pub struct MongoSagaLog {
     db: MongoDb,
     sagas: Collection<Document>,
     deadlines: Collection<Document>,
+    turns: Collection<Document>,
     owner: String,
     lease_ms: i64,
 }
@@ -56,6 +66,7 @@ impl MongoSagaLog {
                 index(doc! { "seq": -1 }, "newest_first"),
                 index(doc! { "state": 1, "seq": -1 }, "by_state_newest_first"),
                 index(doc! { "unfinished": 1, "seq": 1 }, "unfinished"),
+                index(doc! { "turn_order": 1, "unfinished": 1 }, "order_turns"),
             ],
         )
         .await?;
@@ -67,6 +78,7 @@ impl MongoSagaLog {
         Ok(Self {
             sagas: db.collection("sagas"),
             deadlines: db.collection("payment_deadlines"),
+            turns: db.collection("order_turns"),
             db,
             owner,
             lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
@@ -118,6 +130,27 @@ impl MongoSagaLog {
     }
 }
 
+impl MongoSagaLog {
+    /// The conditional update that takes an unfinished saga's lease when it
+    /// is this orchestrator's or has expired, bumping its epoch.
+    fn claim_update(&self, saga_id: &str) -> mongodb::action::FindOneAndUpdate<'_, Document> {
+        let now = now_ms();
+        self.sagas
+            .find_one_and_update(
+                doc! {
+                    "_id": saga_id,
+                    "unfinished": true,
+                    "$or": [ { "lease_owner": &self.owner }, { "lease_until": { "$lt": now } } ],
+                },
+                doc! {
+                    "$set": { "lease_owner": &self.owner, "lease_until": now.saturating_add(self.lease_ms) },
+                    "$inc": { "epoch": 1_i64 },
+                },
+            )
+            .return_document(ReturnDocument::After)
+    }
+}
+
 impl microshop_storage::Ping for MongoSagaLog {
     async fn ping(&self) -> Result<(), StorageError> {
         self.db.ping().await
@@ -150,7 +183,7 @@ impl SagaLog for MongoSagaLog {
         record.seq = saga_seq(&record.saga_id)?;
         record.lease_epoch = 1;
         let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
-        let document = doc! {
+        let mut document = doc! {
             "_id": &record.saga_id,
             "key": &record.idempotency_key,
             "seq": seq,
@@ -161,6 +194,9 @@ impl SagaLog for MongoSagaLog {
             "lease_until": now_ms().saturating_add(self.lease_ms),
             "epoch": 1_i64,
         };
+        if let Some(order_id) = record.acted_order() {
+            document.insert("turn_order", order_id);
+        }
         match self.sagas.insert_one(document).await {
             Ok(_) => Ok(Begin::Created(record)),
             Err(e) if is_duplicate_key(&e) => {
@@ -223,24 +259,51 @@ impl SagaLog for MongoSagaLog {
     }
 
     async fn claim(&self, saga_id: String) -> Result<Option<SagaRecord>, StorageError> {
-        let now = now_ms();
-        let claimed = self
+        let found = self
             .sagas
-            .find_one_and_update(
-                doc! {
-                    "_id": &saga_id,
-                    "unfinished": true,
-                    "$or": [ { "lease_owner": &self.owner }, { "lease_until": { "$lt": now } } ],
-                },
-                doc! {
-                    "$set": { "lease_owner": &self.owner, "lease_until": now.saturating_add(self.lease_ms) },
-                    "$inc": { "epoch": 1_i64 },
-                },
-            )
-            .return_document(ReturnDocument::After)
+            .find_one(doc! { "_id": &saga_id })
+            .projection(doc! { "turn_order": 1 })
             .await
             .map_err(storage_error)?;
-        claimed.as_ref().map(record_from).transpose()
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let Ok(order_id) = found.get_str("turn_order").map(str::to_owned) else {
+            let claimed = self.claim_update(&saga_id).await.map_err(storage_error)?;
+            return claimed.as_ref().map(record_from).transpose();
+        };
+        self.db
+            .transaction(|s| {
+                let (this, saga_id, order_id) = (self.clone(), saga_id.clone(), order_id.clone());
+                Box::pin(async move {
+                    this.turns
+                        .update_one(
+                            doc! { "_id": &order_id },
+                            doc! { "$inc": { "claims": 1_i64 } },
+                        )
+                        .upsert(true)
+                        .session(&mut *s)
+                        .await?;
+                    let busy = this
+                        .sagas
+                        .find_one(doc! {
+                            "turn_order": &order_id,
+                            "unfinished": true,
+                            "_id": { "$ne": &saga_id },
+                            "lease_owner": { "$ne": &this.owner },
+                            "lease_until": { "$gte": now_ms() },
+                        })
+                        .projection(doc! { "_id": 1 })
+                        .session(&mut *s)
+                        .await?;
+                    if busy.is_some() {
+                        return Ok(None);
+                    }
+                    let claimed = this.claim_update(&saga_id).session(s).await?;
+                    Ok(claimed.as_ref().map(record_from).transpose()?)
+                })
+            })
+            .await
     }
 
     async fn get(&self, saga_id: String) -> Result<Option<SagaRecord>, StorageError> {
