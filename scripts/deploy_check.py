@@ -273,28 +273,25 @@ def check_microshop_container(r, w, spec, c, problems):
         problems.append("%s: port `grpc` is %s, not %s" % (cw, ports.get("grpc"), SERVICES[service]))
     if ports.get("metrics") != METRICS_PORT:
         problems.append("%s: port `metrics` is %s, not %s" % (cw, ports.get("metrics"), METRICS_PORT))
-    # grpc.health.v1 of a service follows its storage (NOT_SERVING while
-    # MongoDB does not answer): readiness must ask it; liveness and startup
-    # must not, or a database outage restarts every pod.
+    # Native gRPC probes against grpc.health.v1 on the service's port. The
+    # overall entry "" follows the storage (NOT_SERVING while MongoDB does
+    # not answer): readiness must ask it; liveness and startup must ask the
+    # `liveness` entry instead, or a database outage restarts every pod.
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         p = c.get(probe) or {}
         grpc = p.get("grpc")
-        tcp = p.get("tcpSocket")
-        if probe == "readinessProbe" and grpc is None:
-            problems.append("%s: %s is not a grpc probe (grpc.health.v1)" % (cw, probe))
-        elif grpc is not None:
-            if grpc.get("port") != SERVICES[service]:
-                problems.append("%s: %s probes port %s, not %s" % (cw, probe, grpc.get("port"), SERVICES[service]))
-            if probe != "readinessProbe" and not grpc.get("service"):
-                problems.append(
-                    "%s: %s asks the overall grpc health, which follows MongoDB: "
-                    "a database outage would restart the pod" % (cw, probe)
-                )
-        elif tcp is not None:
-            if tcp.get("port") not in ("grpc", SERVICES[service]):
-                problems.append("%s: %s probes port %s, not the gRPC port" % (cw, probe, tcp.get("port")))
-        elif p:
-            problems.append("%s: %s is neither grpc nor tcpSocket on the gRPC port" % (cw, probe))
+        if grpc is None:
+            problems.append("%s: %s is not a native grpc probe (grpc.health.v1)" % (cw, probe))
+            continue
+        if grpc.get("port") != SERVICES[service]:
+            problems.append("%s: %s probes port %s, not %s" % (cw, probe, grpc.get("port"), SERVICES[service]))
+        if probe == "readinessProbe" and grpc.get("service"):
+            problems.append("%s: readinessProbe must ask the overall health, not %r" % (cw, grpc.get("service")))
+        if probe != "readinessProbe" and grpc.get("service") != "liveness":
+            problems.append(
+                "%s: %s asks the overall grpc health, which follows MongoDB: "
+                "a database outage would restart the pod (ask service `liveness`)" % (cw, probe)
+            )
     pre = ((c.get("lifecycle") or {}).get("preStop")) or {}
     pause = (pre.get("sleep") or {}).get("seconds")
     if pause is None and not pre.get("exec"):
@@ -720,7 +717,10 @@ MUTATIONS = [
      ["StatefulSet/mongo", "startupProbe"]),
     ("prod", "tcp instead of grpc probe",
      lambda d: _container(d, "Deployment", "inventory").update(readinessProbe={"tcpSocket": {"port": 50052}}),
-     ["Deployment/inventory", "readinessProbe is not a grpc probe"]),
+     ["Deployment/inventory", "readinessProbe is not a native grpc probe"]),
+    ("prod", "tcp liveness instead of grpc",
+     lambda d: _container(d, "Deployment", "loyalty").update(livenessProbe={"tcpSocket": {"port": 50053}}),
+     ["Deployment/loyalty", "livenessProbe is not a native grpc probe"]),
     ("prod", "liveness on the storage-aware health",
      lambda d: _container(d, "Deployment", "order").update(livenessProbe={"grpc": {"port": 50054}}),
      ["Deployment/order", "livenessProbe asks the overall grpc health"]),

@@ -244,6 +244,11 @@ fn free_addrs() -> MeshAddrs {
 
 /// Whether the gRPC health service at `addr` answers SERVING.
 async fn serving(addr: SocketAddr) -> bool {
+    serving_entry(addr, "").await
+}
+
+/// Whether the health entry `service` at `addr` answers SERVING.
+async fn serving_entry(addr: SocketAddr, service: &str) -> bool {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
         return false;
     };
@@ -257,7 +262,7 @@ async fn serving(addr: SocketAddr) -> bool {
     };
     HealthClient::new(channel)
         .check(HealthCheckRequest {
-            service: String::new(),
+            service: service.to_owned(),
         })
         .await
         .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
@@ -2446,6 +2451,13 @@ async fn database_outage_degrades_and_recovers() {
         assert!(
             proc.child.try_wait().expect("try_wait").is_none(),
             "{svc:?} exited during the outage"
+        );
+    }
+    // Liveness (what Kubernetes restarts on) stays SERVING meanwhile.
+    for svc in [Svc::Inventory, Svc::Order, Svc::Orchestrator] {
+        assert!(
+            serving_entry(cluster.addr(svc), microshop_runtime::LIVENESS).await,
+            "{svc:?} liveness went down with the database"
         );
     }
 

@@ -21,9 +21,9 @@
 //! conflict and run one after the other. Within one orchestrator the
 //! engine's per-order lock orders them.
 //!
-//! `seq` is the top 64 bits of the saga's UUIDv7 id (its creation
-//! millisecond and a per-process counter), so no counter document is
-//! contended by every checkout.
+//! `seq` comes from a counter document (`orchestrator_counters`), taken
+//! by one atomic `$inc` before the insert: unique across orchestrators, so
+//! paging by it never skips a saga (a key begun twice leaves a gap).
 
 use std::time::Duration;
 
@@ -164,14 +164,6 @@ fn record_from(doc: &Document) -> Result<SagaRecord, StorageError> {
     Ok(record)
 }
 
-/// The listing key of a saga: the top 64 bits of its UUIDv7 id.
-fn saga_seq(saga_id: &str) -> Result<u64, StorageError> {
-    let id = uuid::Uuid::parse_str(saga_id)
-        .map_err(|e| StorageError::Backend(format!("saga id {saga_id} is not a uuid: {e}")))?;
-    // The top bit is the timestamp's, zero until the year 6429.
-    Ok(u64::try_from(id.as_u128() >> 64).unwrap_or(u64::MAX) & (i64::MAX as u64))
-}
-
 fn fenced(saga_id: &str) -> StorageError {
     StorageError::Fenced(format!(
         "saga {saga_id} was taken over by another orchestrator"
@@ -180,7 +172,10 @@ fn fenced(saga_id: &str) -> StorageError {
 
 impl SagaLog for MongoSagaLog {
     async fn begin(&self, mut record: SagaRecord) -> Result<Begin, StorageError> {
-        record.seq = saga_seq(&record.saga_id)?;
+        record.seq = self
+            .db
+            .next_seq("orchestrator_counters", "saga_seq")
+            .await?;
         record.lease_epoch = 1;
         let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
         let mut document = doc! {

@@ -119,6 +119,7 @@ impl MongoOrders {
         s: &mut ClientSession,
         new: NewOrder,
         rules: &PricingRules,
+        seq: u64,
     ) -> Result<CreateRecord, TxnError> {
         let coupon = match &new.coupon_code {
             None => None,
@@ -143,7 +144,7 @@ impl MongoOrders {
                 });
             }
         }
-        let seq = order_seq(&order.order_id)?;
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         self.orders
             .insert_one(doc! {
                 "_id": &order.order_id,
@@ -243,14 +244,6 @@ impl microshop_storage::Ping for MongoOrders {
     }
 }
 
-/// The listing key of an order: the top 64 bits of its UUIDv7 id.
-fn order_seq(order_id: &str) -> Result<i64, StorageError> {
-    let id = uuid::Uuid::parse_str(order_id)
-        .map_err(|e| StorageError::Backend(format!("order id {order_id} is not a uuid: {e}")))?;
-    // The top bit is the timestamp's, zero until the year 6429.
-    Ok(i64::try_from(id.as_u128() >> 64).unwrap_or(i64::MAX))
-}
-
 fn coupon_doc(c: &Coupon) -> Result<Document, StorageError> {
     Ok(doc! {
         "_id": &c.code,
@@ -319,6 +312,7 @@ impl OrderStore for MongoOrders {
         order: NewOrder,
         rules: PricingRules,
     ) -> Result<Option<CreateOutcome>, StorageError> {
+        let seq = self.db.next_seq("order_counters", "order_seq").await?;
         self.db
             .transaction(|s| {
                 let (this, order, rules) = (self.clone(), order.clone(), rules);
@@ -332,7 +326,7 @@ impl OrderStore for MongoOrders {
                         ActionGate::Compensated => return Ok(None),
                         ActionGate::Proceed => {}
                     }
-                    let record = this.create_in(s, order, &rules).await?;
+                    let record = this.create_in(s, order, &rules, seq).await?;
                     this.barrier.record(s, &saga_id, OP_CREATE, &record).await?;
                     this.create_outcome(s, record).await.map(Some)
                 })

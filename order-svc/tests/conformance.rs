@@ -650,35 +650,29 @@ async fn pay_and_ship<S: Store>(store: &S) {
     );
 }
 
-/// Five orders of one customer, placed at once beside two of another:
-/// pages of two, newest first (order ids are UUIDv7, so newest = greatest
-/// id), each order exactly once, the other customer's never.
+/// Five orders of one customer, interleaved with two of another: pages of
+/// two, newest (last created) first, each order exactly once, the other
+/// customer's never. Created one after another, so "newest" is defined;
+/// orders created at the same moment may list in either order.
 async fn list_orders_pages_newest_first<S: Store>(store: &S) {
-    let mut tasks = JoinSet::new();
+    let mut mine = Vec::new();
     for i in 0..7 {
-        let store = store.clone();
         let customer = if i % 3 == 1 {
             "list-other"
         } else {
             "list-cust"
         };
-        tasks.spawn(async move {
-            created(
-                &store,
-                new_order(&format!("list-saga-{i}"), customer, None, 0),
-            )
-            .await
-        });
-    }
-    let mut mine = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let order = joined.expect("task");
+        let order = created(
+            store,
+            new_order(&format!("list-saga-{i}"), customer, None, 0),
+        )
+        .await;
         if order.customer_id == "list-cust" {
             mine.push(order);
         }
     }
     assert_eq!(mine.len(), 5);
-    mine.sort_by(|a, b| b.order_id.cmp(&a.order_id));
+    mine.reverse();
     let newest_first: Vec<String> = mine.iter().map(|o| o.order_id.clone()).collect();
 
     let mut listed = Vec::new();

@@ -20,6 +20,6 @@ pub mod validate;
 
 pub use config::{LogFormat, ServerArgs};
 pub use errors::{DOMAIN, Reason, internal_status, rich_status};
-pub use server::{ServeError, StorageProbe, health_reporter, serve};
+pub use server::{LIVENESS, ServeError, StorageProbe, health_reporter, serve};
 pub use shutdown::shutdown_signal;
 pub use tonic_health::server::HealthReporter;

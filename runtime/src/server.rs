@@ -37,6 +37,10 @@ pub enum ServeError {
     Setup(String),
 }
 
+/// The health entry that is SERVING whenever the server runs, whatever its
+/// storage says (for liveness and startup probes).
+pub const LIVENESS: &str = "liveness";
+
 /// Checks whether a service can do its work (its storage answers).
 pub trait StorageProbe: Send + Sync + 'static {
     /// `Ok` when usable; `Err` says why not, for the log.
@@ -87,6 +91,13 @@ pub async fn serve<P: StorageProbe>(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
+    // Liveness asks only whether the server answers: unlike "" and the
+    // service's own name, it stays SERVING while the storage is away, so a
+    // database outage never gets a process restarted (Kubernetes probes it
+    // with `grpc: {service: liveness}`).
+    health
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let prober = tokio::spawn(probe_loop(probe, health.clone(), service_name, stop_rx));
 

@@ -186,6 +186,37 @@ impl MongoDb {
         }
     }
 
+    /// The next number of the counter `name` in `collection` (1, 2, ...):
+    /// one atomic `$inc`, outside any transaction, so concurrent callers
+    /// each get their own number and never conflict. Listing keys come from
+    /// it: two records made in the same millisecond, even by two processes,
+    /// never share one, so a page cursor cannot skip either.
+    pub async fn next_seq(&self, collection: &str, name: &str) -> Result<u64, StorageError> {
+        let coll = self.collection(collection);
+        let mut tries = 0;
+        loop {
+            let result = coll
+                .find_one_and_update(doc! { "_id": name }, doc! { "$inc": { "seq": 1_i64 } })
+                .upsert(true)
+                .return_document(mongodb::options::ReturnDocument::After)
+                .await;
+            match result {
+                // Two first calls racing both insert: the loser retries.
+                Err(e) if is_duplicate_key(&e) && tries < 3 => tries += 1,
+                Err(e) => return Err(storage_error(e)),
+                Ok(None) => {
+                    return Err(StorageError::Backend(
+                        "the counter upsert returned nothing".into(),
+                    ));
+                }
+                Ok(Some(after)) => {
+                    return u64::try_from(int(&after, "seq")?)
+                        .map_err(|_| StorageError::Corrupt(format!("counter {name} is negative")));
+                }
+            }
+        }
+    }
+
     /// Runs `body` in a transaction until it commits, retrying as the
     /// module docs say. The body must be safe to run again from scratch: it
     /// reads what it needs inside the transaction.
