@@ -1192,6 +1192,7 @@ fn running_record(tag: &str, i: usize, sku: &str, redeem_points: bool) -> SagaRe
         created_at_ms: now,
         updated_at_ms: now,
         seq: 0,
+        trace_parent: None,
     };
     record.transition(SagaState::Running, "saga started");
     record

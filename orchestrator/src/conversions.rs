@@ -174,6 +174,7 @@ impl From<SagaRecord> for pb::Saga {
             created_at_ms,
             updated_at_ms,
             seq: _,
+            trace_parent: _,
         } = r;
         Self {
             saga_id,

@@ -24,6 +24,17 @@ pub enum SagaType {
     CancelOrder,
 }
 
+impl SagaType {
+    /// Its name in metrics and traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PlaceOrder => "place-order",
+            Self::ConfirmPayment => "confirm-payment",
+            Self::CancelOrder => "cancel-order",
+        }
+    }
+}
+
 /// The state of a saga (ARCHITECTURE §3, §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SagaState {
@@ -266,6 +277,11 @@ pub struct SagaRecord {
     pub updated_at_ms: i64,
     /// Creation order (for listing newest first).
     pub seq: u64,
+    /// The W3C `traceparent` of the request that started the saga, so steps
+    /// driven later (by recovery, after a restart) join the same trace.
+    /// Absent when traces were not exported, and in records written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl SagaRecord {
