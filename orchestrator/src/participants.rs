@@ -108,6 +108,7 @@ pub struct Participants {
 
 fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Transport, tonic::transport::Error> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())?;
+    let layer = ClientTraceLayer::new(endpoint.uri());
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls.clone())?;
     }
@@ -117,7 +118,7 @@ fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Transport, tonic:
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .connect_lazy();
-    Ok(tower::Layer::layer(&ClientTraceLayer, channel))
+    Ok(tower::Layer::layer(&layer, channel))
 }
 
 impl Participants {

@@ -17,6 +17,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Instant,
 };
@@ -176,13 +177,38 @@ where
 /// Opens a client span per outgoing call and sends its context as
 /// `traceparent` (only while traces are exported).
 #[derive(Clone, Debug, Default)]
-pub struct ClientTraceLayer;
+pub struct ClientTraceLayer {
+    target: Target,
+}
+
+/// The server a channel calls (the request URIs a client layer sees carry
+/// only the path: the channel adds the origin beneath it).
+#[derive(Clone, Debug, Default)]
+struct Target {
+    host: Option<Arc<str>>,
+    port: Option<u16>,
+}
+
+impl ClientTraceLayer {
+    /// For a channel to `uri` (e.g. `http://127.0.0.1:50052`).
+    pub fn new(uri: &Uri) -> Self {
+        Self {
+            target: Target {
+                host: uri.host().map(Arc::from),
+                port: uri.port_u16(),
+            },
+        }
+    }
+}
 
 impl<S> Layer<S> for ClientTraceLayer {
     type Service = ClientTrace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ClientTrace { inner }
+        ClientTrace {
+            inner,
+            target: self.target.clone(),
+        }
     }
 }
 
@@ -190,6 +216,7 @@ impl<S> Layer<S> for ClientTraceLayer {
 #[derive(Clone, Debug)]
 pub struct ClientTrace<S> {
     inner: S,
+    target: Target,
 }
 
 impl<S, B, R> Service<Request<B>> for ClientTrace<S>
@@ -212,7 +239,7 @@ where
             };
         }
         let (service, method) = metrics().rpc_names(request.uri().path());
-        let (host, port) = host_port(request.uri());
+        let (host, port) = (self.target.host.as_deref(), self.target.port);
         let span = tracing::info_span!(
             "grpc.client",
             otel.name = %format_args!("{service}/{method}"),
