@@ -450,6 +450,31 @@ impl Cluster {
             .expect("GrantPoints");
     }
 
+    /// The JSON lines `svc` wrote, once one satisfies `want` (the reader
+    /// thread may still be behind the process).
+    async fn json_lines(
+        &self,
+        svc: Svc,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + SEEN_WITHIN;
+        loop {
+            let lines = self.lines_of(svc);
+            let json: Vec<serde_json::Value> = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if json.iter().any(&want) {
+                return json;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such {svc:?} log line within {SEEN_WITHIN:?}: {lines:#?}"
+            );
+            sleep(POLL).await;
+        }
+    }
+
     /// Stderr lines of `svc` so far.
     fn lines_of(&self, svc: Svc) -> Vec<String> {
         self.lines
@@ -598,6 +623,7 @@ async fn one_place_order_is_one_trace_across_four_processes() {
         attr(&saga.span, "order.id").as_deref(),
         Some(placed.order_id.as_str())
     );
+    assert_eq!(attr(&saga.span, "saga.state").as_deref(), Some("Completed"));
     for (step, method, participant) in [
         ("quote", QUOTE_ORDER, "microshop-order"),
         ("reserve-stock", RESERVE_STOCK, "microshop-inventory"),
@@ -684,6 +710,10 @@ async fn one_place_order_is_one_trace_across_four_processes() {
     let saga = one(&spans, &trace, "saga place-order");
     child_of(saga, root);
     child_of(comp, saga);
+    assert_eq!(
+        attr(&saga.span, "saga.state").as_deref(),
+        Some("Compensated")
+    );
     let rejected = one(&spans, &trace, "action reserve-stock");
     assert_eq!(
         attr(&rejected.span, "saga.step.outcome").as_deref(),
@@ -709,30 +739,18 @@ async fn one_place_order_is_one_trace_across_four_processes() {
     let first_trace = hex(&one(&spans, &root_trace(&spans, &saga_id), PLACE_ORDER)
         .span
         .trace_id);
-    let lines = cluster.lines_of(Svc::Inventory);
-    let served: Vec<serde_json::Value> = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "served" && v["saga_id"] == saga_id.as_str())
-        .collect();
-    assert!(
-        !served.is_empty(),
-        "an inventory access line of the saga: {lines:#?}"
-    );
-    for v in &served {
+    let is_served =
+        |v: &serde_json::Value| v["message"] == "served" && v["saga_id"] == saga_id.as_str();
+    let inventory = cluster.json_lines(Svc::Inventory, is_served).await;
+    for v in inventory.iter().filter(|v| is_served(v)) {
         assert_eq!(v["trace_id"], first_trace.as_str(), "{v}");
+        assert_eq!(v["span"], "grpc.server", "{v}");
     }
-    let orchestrator_lines: Vec<serde_json::Value> = cluster
-        .lines_of(Svc::Orchestrator)
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .collect();
-    assert!(
-        orchestrator_lines
-            .iter()
-            .any(|v| v["saga_id"] == saga_id.as_str() && v["trace_id"] == first_trace.as_str()),
-        "an orchestrator line inside the saga: {orchestrator_lines:#?}"
-    );
+    cluster
+        .json_lines(Svc::Orchestrator, |v| {
+            v["saga_id"] == saga_id.as_str() && v["trace_id"] == first_trace.as_str()
+        })
+        .await;
 }
 
 /// The trace of the saga `saga_id` (from any span naming it).

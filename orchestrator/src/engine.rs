@@ -190,7 +190,6 @@ impl<L: SagaLog> Engine<L> {
         let begun = self.log.begin(record).await?;
         if let Begin::Created(record) = &begun {
             metrics().saga_started(record.saga_type.name());
-            Span::current().record("saga.id", record.saga_id.as_str());
         }
         Ok(begun)
     }
@@ -244,10 +243,14 @@ impl<L: SagaLog> Engine<L> {
                         .instrument(span.clone())
                         .await
                         .map_err(|e| e.to_string());
-                    if let Ok(record) = &outcome
-                        && let Some(order_id) = &record.outputs.order_id
-                    {
-                        span.record("order.id", order_id.as_str());
+                    if let Ok(record) = &outcome {
+                        if let Some(order_id) = &record.outputs.order_id {
+                            span.record("order.id", order_id.as_str());
+                        }
+                        span.record("saga.state", tracing::field::debug(record.state));
+                        if record.state == SagaState::Failed {
+                            span.record("otel.status_code", "error");
+                        }
                     }
                     drop(held);
                     drop(turn);
@@ -744,6 +747,8 @@ fn saga_span(record: &SagaRecord) -> Span {
         saga.id = %record.saga_id,
         saga.type = record.saga_type.name(),
         order.id = order_id,
+        saga.state = Empty,
+        otel.status_code = Empty,
         trace_id = Empty,
     );
     if telemetry::tracing_enabled() {
