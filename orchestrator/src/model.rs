@@ -305,3 +305,47 @@ impl SagaRecord {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(trace_parent: Option<String>) -> SagaRecord {
+        SagaRecord {
+            saga_id: "s-1".into(),
+            saga_type: SagaType::PlaceOrder,
+            state: SagaState::Running,
+            idempotency_key: "k-1".into(),
+            input: SagaInput::Confirm {
+                order_id: "o-1".into(),
+                payment_ref: "p-1".into(),
+            },
+            steps: vec![StepRecord::new("quote", "price")],
+            outputs: SagaOutputs::default(),
+            history: Vec::new(),
+            error: None,
+            failure_reason: String::new(),
+            failed_from: None,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            seq: 3,
+            trace_parent,
+        }
+    }
+
+    #[test]
+    fn records_written_before_trace_context_still_load() {
+        let json = serde_json::to_string(&record(None)).expect("encode");
+        assert!(!json.contains("trace_parent"), "absent, not null: {json}");
+        let back: SagaRecord = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, record(None));
+    }
+
+    #[test]
+    fn trace_context_round_trips() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned();
+        let json = serde_json::to_string(&record(Some(tp.clone()))).expect("encode");
+        let back: SagaRecord = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back.trace_parent, Some(tp));
+    }
+}

@@ -313,3 +313,59 @@ pub fn record_order_id(order_id: &str) {
         Span::current().record("order.id", order_id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+
+    fn request(path: &str) -> Request<()> {
+        Request::builder()
+            .uri(path)
+            .body(())
+            .expect("a valid request")
+    }
+
+    #[tokio::test]
+    async fn without_export_calls_pass_through_untouched() {
+        assert!(!telemetry::tracing_enabled());
+        let svc = ClientTraceLayer::default().layer(service_fn(|req: Request<()>| async move {
+            assert!(req.headers().get("traceparent").is_none());
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+        svc.oneshot(request("/a.B/C")).await.expect("answered");
+    }
+
+    #[tokio::test]
+    async fn served_calls_are_counted_by_status() {
+        let svc = ServerObserveLayer.layer(service_fn(|_: Request<()>| async {
+            let mut response = Response::new(());
+            // A trailers-only error, as tonic answers a handler's Err.
+            response
+                .headers_mut()
+                .insert("grpc-status", "5".parse().expect("a header value"));
+            Ok::<_, Infallible>(response)
+        }));
+        svc.oneshot(request("/t.Observed/Missing"))
+            .await
+            .expect("answered");
+        let ok = ServerObserveLayer.layer(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+        ok.oneshot(request("/t.Observed/Found"))
+            .await
+            .expect("answered");
+        let text = metrics().encode();
+        assert!(
+            text.contains(r#"microshop_rpc_server_requests_total{service="t.Observed",method="Missing",code="NOT_FOUND"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"microshop_rpc_server_requests_total{service="t.Observed",method="Found",code="OK"} 1"#),
+            "{text}"
+        );
+    }
+}
