@@ -300,6 +300,11 @@ impl Cluster {
     /// Starts the four services, exporting traces to `otlp` if given and
     /// serving metrics on a port of their own.
     async fn start(otlp: Option<SocketAddr>) -> Self {
+        Self::start_with(otlp, Svc::Inventory, &[]).await
+    }
+
+    /// The same, with `extra` arguments for `svc`.
+    async fn start_with(otlp: Option<SocketAddr>, svc: Svc, extra: &[&str]) -> Self {
         let mut cluster = Self {
             procs: HashMap::new(),
             addrs: Svc::START_ORDER.iter().map(|&s| (s, free_addr())).collect(),
@@ -308,8 +313,10 @@ impl Cluster {
             lines: Arc::new(Mutex::new(Vec::new())),
             dir: tempfile::tempdir().expect("temporary directory"),
         };
-        for svc in Svc::START_ORDER {
-            cluster.start_svc(svc, &[]).await;
+        for s in Svc::START_ORDER {
+            cluster
+                .start_svc(s, if s == svc { extra } else { &[] })
+                .await;
         }
         cluster
     }
@@ -752,6 +759,87 @@ async fn one_place_order_is_one_trace_across_four_processes() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_events_and_client_spans_of_their_step() {
+    let (collector, otlp) = Collector::start().await;
+    // Fault decisions follow the seed and the call count: with this seed
+    // the first ReserveStock is refused UNAVAILABLE before its handler, so
+    // the step is retried.
+    let cluster = Cluster::start_with(Some(otlp), Svc::Inventory, &["--faults", FAULTS]).await;
+    cluster.seed("TRACE-3", 5, "dave").await;
+    let placed = cluster
+        .checkout()
+        .place_order(with_deadline(order("trace-retry", "dave", "TRACE-3", 1, 0)))
+        .await
+        .expect("PlaceOrder succeeds after retries")
+        .into_inner();
+    let spans = collector
+        .wait_for("the retried checkout", |spans| {
+            spans.iter().any(|r| {
+                r.span.name == "saga place-order"
+                    && attr(&r.span, "saga.id").as_deref() == Some(placed.saga_id.as_str())
+            })
+        })
+        .await;
+    let trace = root_trace(&spans, &placed.saga_id);
+    let step = one(&spans, &trace, "action reserve-stock");
+    let attempts: usize = attr(&step.span, "saga.step.attempts")
+        .expect("attempts")
+        .parse()
+        .expect("a number");
+    assert!(attempts >= 2, "the step was retried: {attempts} attempts");
+    let retries: Vec<_> = step
+        .span
+        .events
+        .iter()
+        .filter(|e| e.name == "transient failure")
+        .collect();
+    assert_eq!(
+        retries.len(),
+        attempts - 1,
+        "one event per retry: {retries:#?}"
+    );
+    let calls: Vec<&Received> = spans
+        .iter()
+        .filter(|r| {
+            r.span.trace_id == trace
+                && r.span.name == RESERVE_STOCK
+                && r.span.kind == SpanKind::Client as i32
+        })
+        .collect();
+    assert_eq!(calls.len(), attempts, "one client span per attempt");
+    for call in &calls {
+        child_of(call, step);
+    }
+    let codes: Vec<String> = calls
+        .iter()
+        .filter_map(|c| attr(&c.span, "rpc.grpc.status_code"))
+        .collect();
+    assert!(
+        codes.contains(&"14".to_owned()),
+        "an UNAVAILABLE attempt: {codes:?}"
+    );
+    assert!(
+        codes.contains(&"0".to_owned()),
+        "a successful attempt: {codes:?}"
+    );
+    let served = spans
+        .iter()
+        .filter(|r| {
+            r.span.trace_id == trace
+                && r.span.name == RESERVE_STOCK
+                && r.span.kind == SpanKind::Server as i32
+        })
+        .count();
+    assert_eq!(
+        served, attempts,
+        "inventory traced every attempt, refused or not"
+    );
+}
+
+/// Inventory's fault injection for the retry test.
+const FAULTS: &str = "seed=3,unavailable=0.5,only=ReserveStock";
 
 /// The trace of the saga `saga_id` (from any span naming it).
 fn root_trace(spans: &[Received], saga_id: &str) -> Vec<u8> {
