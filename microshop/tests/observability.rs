@@ -236,6 +236,17 @@ impl Svc {
             Self::Order => "order",
         }
     }
+
+    /// The gRPC service its health reports: asking for it (not for `""`)
+    /// makes sure the port holds this service, not another test's.
+    fn grpc_service(self) -> &'static str {
+        match self {
+            Self::Orchestrator => "microshop.orchestrator.v1.CheckoutService",
+            Self::Inventory => "microshop.inventory.v1.InventoryService",
+            Self::Loyalty => "microshop.loyalty.v1.LoyaltyService",
+            Self::Order => "microshop.order.v1.OrderService",
+        }
+    }
 }
 
 fn free_addr() -> SocketAddr {
@@ -276,7 +287,7 @@ impl Drop for Cluster {
     }
 }
 
-async fn serving(addr: SocketAddr) -> bool {
+async fn serving(addr: SocketAddr, service: &str) -> bool {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
         return false;
     };
@@ -290,7 +301,7 @@ async fn serving(addr: SocketAddr) -> bool {
     };
     HealthClient::new(channel)
         .check(HealthCheckRequest {
-            service: String::new(),
+            service: service.to_owned(),
         })
         .await
         .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
@@ -411,7 +422,7 @@ impl Cluster {
             if let Ok(Some(status)) = proc.child.try_wait() {
                 return Err(status.to_string());
             }
-            if serving(addr).await {
+            if serving(addr, svc.grpc_service()).await {
                 return Ok(());
             }
             assert!(
@@ -534,12 +545,18 @@ async fn one_place_order_is_one_trace_across_four_processes() {
     let cluster = Cluster::start(Some(otlp)).await;
     cluster.seed("TRACE-1", 5, "alice").await;
 
-    let placed = cluster
+    let response = cluster
         .checkout()
         .place_order(with_deadline(order("trace-ok", "alice", "TRACE-1", 1, 100)))
         .await
-        .expect("PlaceOrder")
-        .into_inner();
+        .expect("PlaceOrder");
+    let traceresponse = response
+        .metadata()
+        .get("traceresponse")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("the answer names its trace");
+    let placed = response.into_inner();
     let saga_id = placed.saga_id.clone();
 
     let spans = collector
@@ -595,7 +612,13 @@ async fn one_place_order_is_one_trace_across_four_processes() {
         "the trace spans the four processes"
     );
 
-    // The checkout's server span: a root (the test sent no traceparent).
+    // The checkout's server span: a root (the test sent no traceparent),
+    // named back to the caller.
+    assert_eq!(
+        traceresponse,
+        format!("00-{}-{}-01", hex(&trace), hex(&root.span.span_id)),
+        "traceresponse names the PlaceOrder span"
+    );
     kind(root, SpanKind::Server);
     assert!(
         root.span.parent_span_id.is_empty(),
@@ -693,6 +716,10 @@ async fn one_place_order_is_one_trace_across_four_processes() {
         .await
         .expect_err("out of stock");
     assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.metadata().get("traceresponse").is_some(),
+        "a rejection names its trace too"
+    );
     let spans = collector
         .wait_for("the compensation's spans", |spans| {
             spans
@@ -809,6 +836,20 @@ async fn retries_are_events_and_client_spans_of_their_step() {
         })
         .collect();
     assert_eq!(calls.len(), attempts, "one client span per attempt");
+    // inventory exports on its own schedule: wait for its spans too.
+    let spans = collector
+        .wait_for("inventory's span of every attempt", |spans| {
+            spans
+                .iter()
+                .filter(|r| {
+                    r.span.trace_id == trace
+                        && r.span.name == RESERVE_STOCK
+                        && r.span.kind == SpanKind::Server as i32
+                })
+                .count()
+                >= attempts
+        })
+        .await;
     for call in &calls {
         child_of(call, step);
     }

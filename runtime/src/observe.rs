@@ -7,7 +7,8 @@
 //! [`ClientTraceLayer`] wraps the orchestrator's participant channels: it
 //! opens a client span per call and sends its context as `traceparent`, so
 //! a participant's server span is a child of the saga step that called it.
-//! Handlers never touch trace context.
+//! Handlers never touch trace context. Answers name their trace back to the
+//! caller in a `traceresponse` header (W3C Trace Context level 2).
 //!
 //! When trace export is off ([`crate::telemetry::tracing_enabled`]), the
 //! client layer passes calls straight through and the server layer skips
@@ -147,10 +148,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = {
+        let mut result = {
             let _entered = this.span.enter();
             ready!(this.inner.poll(cx))
         };
+        if telemetry::tracing_enabled()
+            && !this.span.is_disabled()
+            && let Ok(response) = &mut result
+        {
+            telemetry::inject_response(this.span, response.headers_mut());
+        }
         // A transport-level failure never reached a handler: tonic turns it
         // into UNKNOWN for the client.
         let code = result.as_ref().map_or(2, status_of);

@@ -207,6 +207,26 @@ pub fn inject_headers(span: &Span, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
+/// Names `span` in a response's `traceresponse` header (W3C Trace Context
+/// level 2, the same format as `traceparent`), so a caller can find the
+/// trace of its call.
+pub fn inject_response(span: &Span, headers: &mut HeaderMap) {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if !sc.is_valid() {
+        return;
+    }
+    let value = format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    );
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static("traceresponse"), value);
+    }
+}
+
 /// The current span's trace context as a W3C `traceparent` value, to store
 /// with work that outlives the request (a saga); `None` when not tracing.
 pub fn current_traceparent() -> Option<String> {
