@@ -499,8 +499,10 @@ impl<L: SagaLog> Engine<L> {
                     );
                     if abort.load(Ordering::SeqCst) {
                         record.steps[index].action.status = StepStatus::Failed;
+                        let attempts = record.steps[index].action.attempts;
                         self.start_compensating(record, aborted_error(), "aborted by an operator")
                             .await?;
+                        step_ended(record, def.name, started, "aborted", attempts);
                         return Ok(StepEnd::StateChanged);
                     }
                     match delays.next() {
