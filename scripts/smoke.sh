@@ -2,7 +2,8 @@
 # Starts `microshop up` on the default ports with a fresh data directory,
 # checks with grpcurl (no .proto at hand: reflection) that every port lists
 # its services and answers health SERVING, places one order through the
-# README's example, then stops the mesh with SIGTERM and expects a clean exit.
+# README's example, reads the counters on /metrics, then stops the mesh with
+# SIGTERM and expects a clean exit.
 set -euo pipefail
 bin=${1:-./target/debug/microshop}
 grpcurl=${GRPCURL:-grpcurl}
@@ -48,6 +49,14 @@ has "$out" '"pointsDiscountPrice": "50000"' || fail "order lost pointsDiscountPr
 err=$("$grpcurl" -plaintext -d '{"idempotencyKey":"order-2","customerId":"bob","items":[{"sku":"TSHIRT","quantity":99}]}' \
   127.0.0.1:50051 microshop.orchestrator.v1.CheckoutService/PlaceOrder 2>&1 || true)
 has "$err" FailedPrecondition || fail "oversell not refused: $err"
+
+# Prometheus metrics of the whole mesh on up's default endpoint: one saga
+# completed, one compensated, one stock-out.
+metrics=$(python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode())') \
+  || fail "no /metrics on 127.0.0.1:9464"
+has "$metrics" '^microshop_sagas_completed_total{saga_type="place-order"} 1$' || fail "completed saga not counted: $metrics"
+has "$metrics" '^microshop_sagas_compensated_total{saga_type="place-order"} 1$' || fail "compensated saga not counted: $metrics"
+has "$metrics" '^microshop_stock_out_rejections_total 1$' || fail "stock-out not counted: $metrics"
 
 kill -TERM "$pid"
 wait "$pid" || fail "microshop up did not exit cleanly on SIGTERM"

@@ -122,6 +122,7 @@ impl<S: CatalogStore + ReservationStore> InventoryService for Inventory<S> {
         let pb::ReserveStockRequest { saga_id, items } = request.into_inner();
         let mut v = Violations::new();
         v.id("saga_id", &saga_id);
+        microshop_runtime::observe::record_saga_id(&saga_id);
         check_lines(&mut v, &items);
         check(v)?;
         let lines: Vec<StockLine> = items.into_iter().map(StockLine::from).collect();
@@ -141,12 +142,15 @@ impl<S: CatalogStore + ReservationStore> InventoryService for Inventory<S> {
                 sku,
                 requested,
                 available,
-            }) => Err(InventoryError::OutOfStock {
-                sku,
-                requested,
-                available,
+            }) => {
+                microshop_runtime::metrics::metrics().stock_out();
+                Err(InventoryError::OutOfStock {
+                    sku,
+                    requested,
+                    available,
+                }
+                .into())
             }
-            .into()),
         }
     }
 
@@ -157,6 +161,7 @@ impl<S: CatalogStore + ReservationStore> InventoryService for Inventory<S> {
         let pb::ReleaseStockRequest { saga_id } = request.into_inner();
         let mut v = Violations::new();
         v.id("saga_id", &saga_id);
+        microshop_runtime::observe::record_saga_id(&saga_id);
         check(v)?;
         let outcome = self
             .store
@@ -178,6 +183,7 @@ impl<S: CatalogStore + ReservationStore> InventoryService for Inventory<S> {
         let pb::CommitStockRequest { saga_id } = request.into_inner();
         let mut v = Violations::new();
         v.id("saga_id", &saga_id);
+        microshop_runtime::observe::record_saga_id(&saga_id);
         check(v)?;
         match self
             .store

@@ -96,6 +96,7 @@ impl<S: AccountStore + PointsLedgerStore> LoyaltyService for Loyalty<S> {
         } = request.into_inner();
         let mut v = Violations::new();
         v.id("saga_id", &saga_id);
+        microshop_runtime::observe::record_saga_id(&saga_id);
         v.id("customer_id", &customer_id);
         v.positive("points", points, MAX_AMOUNT);
         check(v)?;
@@ -134,6 +135,7 @@ impl<S: AccountStore + PointsLedgerStore> LoyaltyService for Loyalty<S> {
         let pb::RefundPointsRequest { saga_id } = request.into_inner();
         let mut v = Violations::new();
         v.id("saga_id", &saga_id);
+        microshop_runtime::observe::record_saga_id(&saga_id);
         check(v)?;
         let outcome = self
             .store
@@ -157,6 +159,7 @@ impl<S: AccountStore + PointsLedgerStore> LoyaltyService for Loyalty<S> {
         } = request.into_inner();
         let mut v = Violations::new();
         v.id("saga_id", &saga_id);
+        microshop_runtime::observe::record_saga_id(&saga_id);
         v.id("customer_id", &customer_id);
         v.non_negative("amount_paid", amount_paid, MAX_AMOUNT);
         check(v)?;

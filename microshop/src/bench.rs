@@ -1193,6 +1193,7 @@ fn running_record(tag: &str, i: usize, sku: &str, redeem_points: bool) -> SagaRe
         updated_at_ms: now,
         seq: 0,
         lease_epoch: 0,
+        trace_parent: None,
     };
     record.transition(SagaState::Running, "saga started");
     record

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use microshop::mesh::{Mesh, MeshAddrs, MeshConfig};
-use microshop_runtime::{ServerArgs, shutdown_signal, telemetry::init_logging};
+use microshop_runtime::{ServerArgs, metrics::serve_metrics, shutdown_signal, telemetry};
 use microshop_storage::embedded::Durable;
 use orchestrator::{EngineConfig, OrchestratorConfig, ParticipantUrls, failpoint::Failpoint};
 use tokio::net::TcpListener;
@@ -86,6 +86,16 @@ enum Service {
 }
 
 impl Service {
+    /// As on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Orchestrator => "orchestrator",
+            Self::Inventory => "inventory",
+            Self::Loyalty => "loyalty",
+            Self::Order => "order",
+        }
+    }
+
     fn default_port(self) -> u16 {
         match self {
             Self::Orchestrator => 50051,
@@ -279,8 +289,35 @@ fn warn_no_auth(command: &str) {
     eprintln!("{line}");
 }
 
+/// Where `microshop up` serves metrics unless `--metrics-addr` says otherwise.
+const UP_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+/// Binds the metrics endpoint and serves it for the life of the process.
+async fn start_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    tokio::spawn(serve_metrics(listener, std::future::pending()));
+    Ok(())
+}
+
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    init_logging(args.server.log_format);
+    // One process, one trace resource: spans tell the services apart by
+    // their rpc.service attribute.
+    let _telemetry = telemetry::init(args.server.log_format, "microshop");
+    match args.server.metrics_addr {
+        Some(addr) => start_metrics(addr).await?,
+        // The default port may be taken (a second mesh): run without.
+        None => {
+            if let Err(err) = start_metrics(UP_METRICS_ADDR).await {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "metrics are off; set --metrics-addr"
+                );
+            }
+        }
+    }
     if !args.server.auth.enabled() {
         warn_no_auth("up");
     }
@@ -312,7 +349,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.server.log_format);
+    let _telemetry = telemetry::init(
+        args.server.log_format,
+        &format!("microshop-{}", args.service.name()),
+    );
+    if let Some(addr) = args.server.metrics_addr {
+        start_metrics(addr).await?;
+    }
     if !args.server.auth.enabled() {
         if !args.insecure_no_auth {
             anyhow::bail!(

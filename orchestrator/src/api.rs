@@ -99,6 +99,7 @@ impl<L: SagaLog> Api<L> {
                 }
             }
         };
+        microshop_runtime::observe::record_saga_id(&record.saga_id);
         if matches!(record.state, SagaState::Completed | SagaState::Compensated) {
             return Ok(record);
         }
@@ -336,6 +337,9 @@ impl<L: SagaLog> CheckoutService for Api<L> {
         let (key, input) = place_input(req);
         let record = self.execute(SagaType::PlaceOrder, key, input, wait).await?;
         let (record, order) = settle(record)?;
+        if let Some(order_id) = &record.outputs.order_id {
+            microshop_runtime::observe::record_order_id(order_id);
+        }
         Ok(Response::new(pb::PlaceOrderResponse {
             saga_id: record.saga_id,
             order_id: record.outputs.order_id.unwrap_or_default(),
@@ -359,6 +363,7 @@ impl<L: SagaLog> CheckoutService for Api<L> {
         v.id("payment_ref", &payment_ref);
         check(v)?;
         self.check_order_owner(caller.as_ref(), &order_id).await?;
+        microshop_runtime::observe::record_order_id(&order_id);
         let key = format!("confirm:{order_id}");
         let input = SagaInput::Confirm {
             order_id,

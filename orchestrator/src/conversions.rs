@@ -175,6 +175,7 @@ impl From<SagaRecord> for pb::Saga {
             updated_at_ms,
             seq: _,
             lease_epoch: _,
+            trace_parent: _,
         } = r;
         Self {
             saga_id,

@@ -19,12 +19,14 @@ use std::{
 };
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use microshop_runtime::{metrics::metrics, telemetry};
 use microshop_storage::StorageError;
 use tokio::{
     sync::watch,
     time::{Instant, sleep, timeout},
 };
 use tonic::Code;
+use tracing::{Instrument, Span, field::Empty};
 
 use crate::{
     failpoint::Failpoint,
@@ -207,9 +209,14 @@ impl<L: SagaLog> Engine<L> {
             updated_at_ms: now,
             seq: 0,
             lease_epoch: 0,
+            trace_parent: microshop_runtime::telemetry::current_traceparent(),
         };
         record.transition(SagaState::Running, "saga started");
-        self.log.begin(record).await
+        let begun = self.log.begin(record).await?;
+        if let Begin::Created(record) = &begun {
+            metrics().saga_started(record.saga_type.name());
+        }
+        Ok(begun)
     }
 
     /// Makes sure a task drives `saga_id` and returns a receiver of its
@@ -286,6 +293,26 @@ impl<L: SagaLog> Engine<L> {
         }
     }
 
+    /// Runs a saga in its span, and records on the span how it ended.
+    async fn run_traced(
+        &self,
+        record: SagaRecord,
+        abort: &AtomicBool,
+    ) -> Result<SagaRecord, StorageError> {
+        let span = saga_span(&record);
+        let outcome = self.run(record, abort).instrument(span.clone()).await;
+        if let Ok(record) = &outcome {
+            if let Some(order_id) = &record.outputs.order_id {
+                span.record("order.id", order_id.as_str());
+            }
+            span.record("saga.state", tracing::field::debug(record.state));
+            if record.state == SagaState::Failed {
+                span.record("otel.status_code", "error");
+            }
+        }
+        outcome
+    }
+
     /// Runs a claimed saga, in its order's turn if it acts on an order.
     async fn run_in_turn(
         &self,
@@ -293,7 +320,7 @@ impl<L: SagaLog> Engine<L> {
         abort: &AtomicBool,
     ) -> Result<SagaRecord, StorageError> {
         let Some(order_id) = record.acted_order().map(str::to_owned) else {
-            return self.run(record, abort).await;
+            return self.run_traced(record, abort).await;
         };
         let turn = self.order_turn(&order_id);
         let held = turn.lock().await;
@@ -307,7 +334,7 @@ impl<L: SagaLog> Engine<L> {
             .unwrap_or(record);
         // Saves stay fenced by the epoch this task claimed under.
         record.lease_epoch = epoch;
-        let outcome = self.run(record, abort).await;
+        let outcome = self.run_traced(record, abort).await;
         drop(held);
         drop(turn);
         self.end_order_turn(&order_id);
@@ -380,17 +407,26 @@ impl<L: SagaLog> Engine<L> {
                     }
                     match next_forward(&record) {
                         Some(i) => {
-                            self.forward_step(&mut record, i, abort).await?;
+                            let span = step_span(&record, i, false);
+                            self.forward_step(&mut record, i, abort)
+                                .instrument(span)
+                                .await?;
                         }
                         None => {
                             record.transition(SagaState::Completed, "every step succeeded");
                             let deadline = self.deadline_on_completion(&record);
                             self.save(&mut record, deadline).await?;
+                            metrics().saga_completed(record.saga_type.name());
                         }
                     }
                 }
                 SagaState::Compensating => match next_compensation(&record) {
-                    Some(i) => self.compensation_step(&mut record, i).await?,
+                    Some(i) => {
+                        let span = step_span(&record, i, true);
+                        self.compensation_step(&mut record, i)
+                            .instrument(span)
+                            .await?;
+                    }
                     None => {
                         let deadline = self.deadline_on_compensated(&record);
                         if let Some(step) = irreversible_step(&record) {
@@ -406,6 +442,11 @@ impl<L: SagaLog> Engine<L> {
                             );
                         }
                         self.save(&mut record, deadline).await?;
+                        if record.state == SagaState::Failed {
+                            metrics().saga_failed(record.saga_type.name());
+                        } else {
+                            metrics().saga_compensated(record.saga_type.name());
+                        }
                     }
                 },
                 SagaState::Completed | SagaState::Compensated | SagaState::Failed => {
@@ -494,7 +535,9 @@ impl<L: SagaLog> Engine<L> {
                     let step = &mut record.steps[index].action;
                     step.status = StepStatus::Succeeded;
                     step.finished_at_ms = Some(now_ms());
+                    let attempts = step.attempts;
                     self.save(record, PaymentDeadline::Keep).await?;
+                    step_ended(record, def.name, started, "succeeded", attempts);
                     Failpoint::hit(fp, "result", def.name).await;
                     return Ok(StepEnd::Done);
                 }
@@ -503,23 +546,34 @@ impl<L: SagaLog> Engine<L> {
                     step.status = StepStatus::Failed;
                     step.last_error = describe(&status);
                     step.finished_at_ms = Some(now_ms());
+                    let attempts = step.attempts;
                     let note = format!("{} rejected: {}", def.name, status.message());
                     self.start_compensating(record, saga_error(&status), &note)
                         .await?;
+                    step_ended(record, def.name, started, "rejected", attempts);
                     Failpoint::hit(fp, "result", def.name).await;
                     return Ok(StepEnd::StateChanged);
                 }
                 Err(CallError::Transient(status)) => {
                     record.steps[index].action.last_error = describe(&status);
-                    tracing::debug!(saga_id = %record.saga_id, step = def.name, error = %status.message(), "transient failure");
+                    tracing::info!(
+                        step = def.name,
+                        attempt = record.steps[index].action.attempts,
+                        code = ?status.code(),
+                        error = %status.message(),
+                        "transient failure"
+                    );
                     if abort.load(Ordering::SeqCst) {
                         record.steps[index].action.status = StepStatus::Failed;
+                        let attempts = record.steps[index].action.attempts;
                         self.start_compensating(record, aborted_error(), "aborted by an operator")
                             .await?;
+                        step_ended(record, def.name, started, "aborted", attempts);
                         return Ok(StepEnd::StateChanged);
                     }
                     match delays.next() {
                         Some(delay) if started.elapsed() + delay < self.config.step_budget => {
+                            metrics().step_retried(record.saga_type.name(), def.name);
                             sleep(delay).await;
                         }
                         _ => {
@@ -534,8 +588,11 @@ impl<L: SagaLog> Engine<L> {
                                 status.message()
                             );
                             record.failed_from = Some(SagaState::Running);
+                            let attempts = step.attempts;
                             record.transition(SagaState::Failed, record.failure_reason.clone());
                             self.save(record, PaymentDeadline::Keep).await?;
+                            step_ended(record, def.name, started, "failed", attempts);
+                            metrics().saga_failed(record.saga_type.name());
                             tracing::warn!(saga_id = %record.saga_id, step = def.name, "saga FAILED: step out of budget");
                             return Ok(StepEnd::StateChanged);
                         }
@@ -556,6 +613,8 @@ impl<L: SagaLog> Engine<L> {
         };
         let mut delays = self.backoff(self.config.compensation_attempts);
         let fp = self.config.failpoint.as_ref();
+        let started = Instant::now();
+        metrics().compensation_started(record.saga_type.name(), name);
         loop {
             {
                 let comp = record.steps[index].compensation.get_or_insert_with(|| {
@@ -580,7 +639,9 @@ impl<L: SagaLog> Engine<L> {
                 Ok(()) => {
                     comp.status = StepStatus::Succeeded;
                     comp.finished_at_ms = Some(now_ms());
+                    let attempts = comp.attempts;
                     self.save(record, PaymentDeadline::Keep).await?;
+                    step_ended(record, name, started, "succeeded", attempts);
                     Failpoint::hit(fp, "result", name).await;
                     return Ok(());
                 }
@@ -592,7 +653,17 @@ impl<L: SagaLog> Engine<L> {
                     comp.last_error = describe(status);
                     let delay = if transient { delays.next() } else { None };
                     match delay {
-                        Some(delay) => sleep(delay).await,
+                        Some(delay) => {
+                            tracing::info!(
+                                compensation = name,
+                                attempt = comp.attempts,
+                                code = ?status.code(),
+                                error = %status.message(),
+                                "transient failure"
+                            );
+                            metrics().step_retried(record.saga_type.name(), name);
+                            sleep(delay).await;
+                        }
                         None => {
                             comp.status = StepStatus::Failed;
                             comp.finished_at_ms = Some(now_ms());
@@ -603,8 +674,11 @@ impl<L: SagaLog> Engine<L> {
                                 status.message()
                             );
                             record.failed_from = Some(SagaState::Compensating);
+                            let attempts = comp.attempts;
                             record.transition(SagaState::Failed, record.failure_reason.clone());
                             self.save(record, PaymentDeadline::Keep).await?;
+                            step_ended(record, name, started, "failed", attempts);
+                            metrics().saga_failed(record.saga_type.name());
                             tracing::error!(saga_id = %record.saga_id, compensation = name, "saga FAILED: compensation out of budget");
                             return Ok(());
                         }
@@ -642,6 +716,23 @@ impl<L: SagaLog> Engine<L> {
             tracing::info!(sagas = started, "recovery resumed unfinished sagas");
         }
         Ok(started)
+    }
+
+    /// Sagas FAILED in the log now (dead letters), for the gauge.
+    pub async fn count_failed(&self) -> Result<i64, StorageError> {
+        let mut count = 0_i64;
+        let mut cursor = None;
+        loop {
+            let page = self
+                .log
+                .list(Some(SagaState::Failed), cursor, 1_000)
+                .await?;
+            count += i64::try_from(page.sagas.len()).unwrap_or(i64::MAX);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(count),
+            }
+        }
     }
 
     fn is_active(&self, saga_id: &str) -> bool {
@@ -695,6 +786,10 @@ impl<L: SagaLog> Engine<L> {
                             if let Err(e) = engine.recover().await {
                                 tracing::warn!(error = %e, "recovery pass failed");
                             }
+                            match engine.count_failed().await {
+                                Ok(n) => metrics().set_dead_letters(n),
+                                Err(e) => tracing::warn!(error = %e, "cannot count FAILED sagas"),
+                            }
                             engine.recovering.store(false, Ordering::SeqCst);
                         });
                     }
@@ -706,6 +801,69 @@ impl<L: SagaLog> Engine<L> {
                 }
             }
         }
+    }
+}
+
+/// The span a saga's driving runs in: a child of the request that started
+/// the saga, also when recovery drives it in another process lifetime.
+fn saga_span(record: &SagaRecord) -> Span {
+    let order_id = record
+        .acted_order()
+        .map(str::to_owned)
+        .or_else(|| record.outputs.order_id.clone());
+    let span = tracing::info_span!(
+        parent: None,
+        "saga",
+        otel.name = %format_args!("saga {}", record.saga_type.name()),
+        saga.id = %record.saga_id,
+        saga.type = record.saga_type.name(),
+        order.id = order_id,
+        saga.state = Empty,
+        otel.status_code = Empty,
+        trace_id = Empty,
+    );
+    if telemetry::tracing_enabled() {
+        telemetry::continue_from_traceparent(&span, record.trace_parent.as_deref());
+    }
+    span
+}
+
+/// The span of one step's action or compensation, across its attempts
+/// (each attempt's participant call is a client span inside it, and each
+/// retry an event).
+fn step_span(record: &SagaRecord, index: usize, compensation: bool) -> Span {
+    let def = steps::definition(record.saga_type)[index];
+    let (kind, name) = match (compensation, def.compensation) {
+        (true, Some(undo)) => ("compensation", undo),
+        _ => ("action", def.name),
+    };
+    tracing::info_span!(
+        "saga.step",
+        otel.name = %format_args!("{kind} {name}"),
+        otel.status_code = Empty,
+        saga.id = %record.saga_id,
+        saga.type = record.saga_type.name(),
+        saga.step = name,
+        saga.step.kind = kind,
+        saga.step.attempts = Empty,
+        saga.step.outcome = Empty,
+    )
+}
+
+/// Records how a step or compensation ended, on its span and in metrics.
+fn step_ended(
+    record: &SagaRecord,
+    name: &'static str,
+    started: Instant,
+    outcome: &'static str,
+    attempts: u32,
+) {
+    metrics().step_finished(record.saga_type.name(), name, started.elapsed());
+    let span = Span::current();
+    span.record("saga.step.attempts", attempts);
+    span.record("saga.step.outcome", outcome);
+    if outcome != "succeeded" {
+        span.record("otel.status_code", "error");
     }
 }
 

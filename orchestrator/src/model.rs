@@ -24,6 +24,17 @@ pub enum SagaType {
     CancelOrder,
 }
 
+impl SagaType {
+    /// Its name in metrics and traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PlaceOrder => "place-order",
+            Self::ConfirmPayment => "confirm-payment",
+            Self::CancelOrder => "cancel-order",
+        }
+    }
+}
+
 /// The state of a saga (ARCHITECTURE §3, §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SagaState {
@@ -271,6 +282,11 @@ pub struct SagaRecord {
     /// (fencing). Kept by the store beside the record, not inside it.
     #[serde(skip)]
     pub lease_epoch: u64,
+    /// The W3C `traceparent` of the request that started the saga, so steps
+    /// driven later (by recovery, after a restart) join the same trace.
+    /// Absent when traces were not exported, and in records written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl SagaRecord {
@@ -303,5 +319,50 @@ impl SagaRecord {
             SagaInput::Place { customer_id, .. } => customer_id,
             _ => self.outputs.order_customer_id.as_deref().unwrap_or(""),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(trace_parent: Option<String>) -> SagaRecord {
+        SagaRecord {
+            saga_id: "s-1".into(),
+            saga_type: SagaType::PlaceOrder,
+            state: SagaState::Running,
+            idempotency_key: "k-1".into(),
+            input: SagaInput::Confirm {
+                order_id: "o-1".into(),
+                payment_ref: "p-1".into(),
+            },
+            steps: vec![StepRecord::new("quote", "price")],
+            outputs: SagaOutputs::default(),
+            history: Vec::new(),
+            error: None,
+            failure_reason: String::new(),
+            failed_from: None,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            seq: 3,
+            lease_epoch: 0,
+            trace_parent,
+        }
+    }
+
+    #[test]
+    fn records_written_before_trace_context_still_load() {
+        let json = serde_json::to_string(&record(None)).expect("encode");
+        assert!(!json.contains("trace_parent"), "absent, not null: {json}");
+        let back: SagaRecord = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, record(None));
+    }
+
+    #[test]
+    fn trace_context_round_trips() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned();
+        let json = serde_json::to_string(&record(Some(tp.clone()))).expect("encode");
+        let back: SagaRecord = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back.trace_parent, Some(tp));
     }
 }

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use microshop_runtime::observe::{ClientTrace, ClientTraceLayer};
+
 use microshop_proto::{
     inventory::v1::inventory_service_client::InventoryServiceClient,
     loyalty::v1::loyalty_service_client::LoyaltyServiceClient,
@@ -16,6 +18,10 @@ use tonic::{
     metadata::{AsciiMetadataValue, errors::InvalidMetadataValue},
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
+
+/// The participants' transport: a channel whose calls carry the trace
+/// context of the saga step making them.
+pub type Transport = ClientTrace<Channel>;
 
 /// Where the participants listen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,27 +96,29 @@ impl std::fmt::Display for CallError {
 #[derive(Clone, Debug)]
 pub struct Participants {
     /// inventory-svc.
-    pub inventory: InventoryServiceClient<Channel>,
+    pub inventory: InventoryServiceClient<Transport>,
     /// loyalty-svc.
-    pub loyalty: LoyaltyServiceClient<Channel>,
+    pub loyalty: LoyaltyServiceClient<Transport>,
     /// order-svc.
-    pub order: OrderServiceClient<Channel>,
+    pub order: OrderServiceClient<Transport>,
     call_timeout: Duration,
     /// `Bearer <service token>` sent on every call when authentication is on.
     authorization: Option<AsciiMetadataValue>,
 }
 
-fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, tonic::transport::Error> {
+fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Transport, tonic::transport::Error> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())?;
+    let layer = ClientTraceLayer::new(endpoint.uri());
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls.clone())?;
     }
-    Ok(endpoint
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true)
-        .connect_lazy())
+        .connect_lazy();
+    Ok(tower::Layer::layer(&layer, channel))
 }
 
 impl Participants {

@@ -283,6 +283,7 @@ fn record(key: &str) -> SagaRecord {
         updated_at_ms: now,
         seq: 0,
         lease_epoch: 0,
+        trace_parent: None,
     };
     record.transition(SagaState::Running, "saga started");
     record

@@ -149,6 +149,7 @@ impl<S: CouponStore + OrderStore + OrderQueries> OrderService for Orders<S> {
         let req = request.into_inner();
         let mut v = Violations::new();
         v.id("saga_id", &req.saga_id);
+        microshop_runtime::observe::record_saga_id(&req.saga_id);
         v.id("customer_id", &req.customer_id);
         check_lines(&mut v, &req.lines);
         check_optional_coupon_code(&mut v, "coupon_code", &req.coupon_code);
@@ -199,6 +200,7 @@ impl<S: CouponStore + OrderStore + OrderQueries> OrderService for Orders<S> {
         } = request.into_inner();
         let mut v = Violations::new();
         v.id("saga_id", &saga_id);
+        microshop_runtime::observe::record_saga_id(&saga_id);
         v.optional_id("order_id", &order_id);
         v.text("reason", &reason, MAX_REASON_BYTES, false);
         check(v)?;
@@ -244,6 +246,7 @@ impl<S: CouponStore + OrderStore + OrderQueries> OrderService for Orders<S> {
         } = request.into_inner();
         let mut v = Violations::new();
         v.id("saga_id", &saga_id);
+        microshop_runtime::observe::record_saga_id(&saga_id);
         v.id("order_id", &order_id);
         v.text("payment_ref", &payment_ref, MAX_ID_BYTES, true);
         check(v)?;

@@ -56,6 +56,12 @@ pub struct ServerArgs {
     )]
     pub max_concurrent_requests: usize,
 
+    /// Serve Prometheus metrics on `http://ADDR/metrics` (e.g.
+    /// `0.0.0.0:9464`). `microshop up` serves them on 127.0.0.1:9464
+    /// unless told otherwise; `serve` only when set.
+    #[arg(long, env = "MICROSHOP_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Authentication (bearer JWT); off unless a key file is set.
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
@@ -85,6 +91,7 @@ impl Default for ServerArgs {
             request_timeout_ms: 30_000,
             max_message_bytes: 256 * 1024,
             max_concurrent_requests: 4096,
+            metrics_addr: None,
             auth: crate::auth::AuthArgs::default(),
             limits: crate::limits::LimitArgs::default(),
             tls: crate::tls::TlsArgs::default(),

@@ -10,6 +10,8 @@ pub mod deadline;
 pub mod errors;
 pub mod faults;
 pub mod limits;
+pub mod metrics;
+pub mod observe;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -108,6 +108,9 @@ pub async fn serve<P: StorageProbe>(
         .timeout(args.request_timeout())
         .layer(
             ServiceBuilder::new()
+                // Outermost: shed, refused and failed calls are counted
+                // and traced like the rest.
+                .layer(crate::observe::ServerObserveLayer)
                 .load_shed()
                 .layer(GlobalConcurrencyLimitLayer::new(
                     args.max_concurrent_requests,
