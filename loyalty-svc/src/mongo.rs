@@ -122,7 +122,9 @@ impl AccountStore for MongoLoyalty {
                 .return_document(ReturnDocument::After)
                 .await;
             match result {
+                // Some servers answer "no document" to the loser instead.
                 Err(e) if is_duplicate_key(&e) && tries < 3 => tries += 1,
+                Ok(None) if tries < 3 => tries += 1,
                 Err(e) => return Err(storage_error(e)),
                 Ok(None) => {
                     return Err(StorageError::Backend(

@@ -193,28 +193,29 @@ impl MongoDb {
     /// never share one, so a page cursor cannot skip either.
     pub async fn next_seq(&self, collection: &str, name: &str) -> Result<u64, StorageError> {
         let coll = self.collection(collection);
-        let mut tries = 0;
-        loop {
-            let result = coll
+        for _ in 0..10 {
+            let after = coll
                 .find_one_and_update(doc! { "_id": name }, doc! { "$inc": { "seq": 1_i64 } })
-                .upsert(true)
                 .return_document(mongodb::options::ReturnDocument::After)
-                .await;
-            match result {
-                // Two first calls racing both insert: the loser retries.
-                Err(e) if is_duplicate_key(&e) && tries < 3 => tries += 1,
+                .await
+                .map_err(storage_error)?;
+            if let Some(after) = after {
+                return u64::try_from(int(&after, "seq")?)
+                    .map_err(|_| StorageError::Corrupt(format!("counter {name} is negative")));
+            }
+            // No counter yet: create it, then take a number from it. Two
+            // first callers racing both try; the loser's duplicate key is
+            // fine. (Not an upsert: under that race some servers answer
+            // "no document" instead of either outcome.)
+            match coll.insert_one(doc! { "_id": name, "seq": 0_i64 }).await {
+                Ok(_) => {}
+                Err(e) if is_duplicate_key(&e) => {}
                 Err(e) => return Err(storage_error(e)),
-                Ok(None) => {
-                    return Err(StorageError::Backend(
-                        "the counter upsert returned nothing".into(),
-                    ));
-                }
-                Ok(Some(after)) => {
-                    return u64::try_from(int(&after, "seq")?)
-                        .map_err(|_| StorageError::Corrupt(format!("counter {name} is negative")));
-                }
             }
         }
+        Err(StorageError::Unavailable(
+            format!("counter {name} could not be created").into(),
+        ))
     }
 
     /// Runs `body` in a transaction until it commits, retrying as the
