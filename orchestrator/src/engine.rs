@@ -300,7 +300,22 @@ impl<L: SagaLog> Engine<L> {
         abort: &AtomicBool,
     ) -> Result<SagaRecord, StorageError> {
         let span = saga_span(&record);
-        let outcome = self.run(record, abort).instrument(span.clone()).await;
+        // Without export, the saga's logs and its participant calls keep
+        // the trace id of the request that started it (a log-only one).
+        let log_trace = if telemetry::tracing_enabled() {
+            None
+        } else {
+            record
+                .trace_parent
+                .as_deref()
+                .and_then(telemetry::LogTrace::from_traceparent)
+        };
+        if let Some(trace) = &log_trace {
+            span.record("trace_id", trace.as_str());
+        }
+        let outcome =
+            telemetry::LogTrace::scope(log_trace, self.run(record, abort).instrument(span.clone()))
+                .await;
         if let Ok(record) = &outcome {
             if let Some(order_id) = &record.outputs.order_id {
                 span.record("order.id", order_id.as_str());

@@ -10,10 +10,13 @@
 //! Handlers never touch trace context. Answers name their trace back to the
 //! caller in a `traceresponse` header (W3C Trace Context level 2).
 //!
-//! When trace export is off ([`crate::telemetry::tracing_enabled`]), the
-//! client layer passes calls straight through and the server layer skips
-//! propagation; its span is then only for logs and is disabled (free) when
-//! the log filter is above INFO.
+//! When trace export is off ([`crate::telemetry::tracing_enabled`]), no
+//! OpenTelemetry context is built: the server layer gives its span a
+//! log-only trace id (the caller's `traceparent`'s or a new one, in a
+//! task-local), and the client layer passes that on as an unsampled
+//! `traceparent`, so the JSON logs of one call still share a `trace_id`
+//! across services. The span is disabled (free) when the log filter is
+//! above INFO.
 
 use std::{
     future::Future,
@@ -23,11 +26,15 @@ use std::{
     time::Instant,
 };
 
-use tonic::codegen::http::{Request, Response, Uri};
+use tokio::task::futures::TaskLocalFuture;
+use tonic::codegen::http::{HeaderValue, Request, Response, Uri};
 use tower::{Layer, Service};
 use tracing::{Span, field::Empty};
 
-use crate::{metrics::metrics, telemetry};
+use crate::{
+    metrics::metrics,
+    telemetry::{self, LogTrace},
+};
 
 /// The status of a call from its response headers: a trailers-only answer
 /// (every error tonic returns from a handler) carries `grpc-status` there;
@@ -114,9 +121,15 @@ where
             }
             span
         };
+        // Without export, a trace id for the logs only (see `telemetry`).
+        let log_trace = (!telemetry::tracing_enabled() && !span.is_disabled()).then(|| {
+            let trace = LogTrace::from_headers(request.headers());
+            span.record("trace_id", trace.as_str());
+            trace
+        });
         let future = {
             let _entered = span.enter();
-            self.inner.call(request)
+            LogTrace::scope(log_trace, self.inner.call(request))
         };
         ServerFuture {
             inner: future,
@@ -132,7 +145,7 @@ pin_project_lite::pin_project! {
     /// The response future of [`ServerObserve`].
     pub struct ServerFuture<F> {
         #[pin]
-        inner: F,
+        inner: TaskLocalFuture<Option<LogTrace>, F>,
         span: Span,
         service: &'static str,
         method: &'static str,
@@ -240,6 +253,12 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if !telemetry::tracing_enabled() {
+            // Log correlation only: the caller's trace id, unsampled.
+            if let Some(trace) = LogTrace::current()
+                && let Ok(value) = HeaderValue::from_str(&trace.traceparent())
+            {
+                request.headers_mut().insert("traceparent", value);
+            }
             return ClientFuture {
                 inner: self.inner.call(request),
                 span: Span::none(),

@@ -7,8 +7,14 @@
 //! Traces go to an OpenTelemetry collector over OTLP/gRPC when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard `OTEL_*` variables
 //! tune the exporter and batching). When it is not set no OpenTelemetry
-//! layer is installed and [`tracing_enabled`] is false, so the tower layers
-//! skip every propagation step: tracing costs nothing then.
+//! layer is installed and [`tracing_enabled`] is false, so no span is
+//! exported and no OpenTelemetry context is built. Logs still correlate
+//! then: each call gets a trace id (its caller's `traceparent`, or a new
+//! one), kept in a task-local, recorded on the call's span and passed on as
+//! an unsampled `traceparent` to the participants and into the saga record
+//! (see [`LogTrace`]), so JSON lines of one order share one `trace_id`
+//! across the four services. That is a header parse or a random id per
+//! call, nothing more.
 
 use std::{
     collections::HashMap,
@@ -42,6 +48,77 @@ use crate::config::LogFormat;
 
 /// The environment variable that turns trace export on.
 pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+tokio::task_local! {
+    /// The trace id of the call or saga this task works for, when spans are
+    /// not exported (see [`LogTrace`]).
+    static LOG_TRACE: Option<LogTrace>;
+}
+
+/// A trace id kept for log correlation only (32 lowercase hex digits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogTrace(std::sync::Arc<str>);
+
+impl LogTrace {
+    /// The trace id of an incoming call: its `traceparent`'s, or a new one.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::from_traceparent)
+            .unwrap_or_else(Self::new_random)
+    }
+
+    /// The trace id of a W3C `traceparent` value, if well formed.
+    pub fn from_traceparent(value: &str) -> Option<Self> {
+        let mut parts = value.split('-');
+        let (_version, trace) = (parts.next()?, parts.next()?);
+        let valid = trace.len() == 32
+            && trace.bytes().all(|b| b.is_ascii_hexdigit())
+            && trace.bytes().any(|b| b != b'0');
+        valid.then(|| Self(trace.to_ascii_lowercase().into()))
+    }
+
+    /// A new random trace id.
+    pub fn new_random() -> Self {
+        use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+        Self(
+            RandomIdGenerator::default()
+                .new_trace_id()
+                .to_string()
+                .into(),
+        )
+    }
+
+    /// The id, as logs show it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A `traceparent` naming this trace with a new span id, unsampled
+    /// (nothing is exported).
+    pub fn traceparent(&self) -> String {
+        use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+        format!(
+            "00-{}-{}-00",
+            self.0,
+            RandomIdGenerator::default().new_span_id()
+        )
+    }
+
+    /// Runs `future` with this as the task's log trace.
+    pub fn scope<F: std::future::Future>(
+        this: Option<Self>,
+        future: F,
+    ) -> tokio::task::futures::TaskLocalFuture<Option<LogTrace>, F> {
+        LOG_TRACE.scope(this, future)
+    }
+
+    /// The log trace of the current task, if any.
+    pub fn current() -> Option<Self> {
+        LOG_TRACE.try_with(Clone::clone).ok().flatten()
+    }
+}
 
 /// Whether spans are exported (an OpenTelemetry layer is installed).
 static TRACING: AtomicBool = AtomicBool::new(false);
@@ -228,10 +305,11 @@ pub fn inject_response(span: &Span, headers: &mut HeaderMap) {
 }
 
 /// The current span's trace context as a W3C `traceparent` value, to store
-/// with work that outlives the request (a saga); `None` when not tracing.
+/// with work that outlives the request (a saga); without export, the
+/// task's [`LogTrace`] as an unsampled one.
 pub fn current_traceparent() -> Option<String> {
     if !tracing_enabled() {
-        return None;
+        return LogTrace::current().map(|t| t.traceparent());
     }
     let mut carrier: HashMap<String, String> = HashMap::new();
     TraceContextPropagator::new().inject_context(&Span::current().context(), &mut carrier);
