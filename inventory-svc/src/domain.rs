@@ -42,6 +42,31 @@ pub struct ProductUpdate {
     pub stock: i64,
 }
 
+impl ProductUpdate {
+    /// The product after this update of `existing` (`None`: a new one), or
+    /// `Err(reserved)` when the stock asked is below the units reserved.
+    pub fn apply(self, existing: Option<Product>) -> Result<Product, i64> {
+        match existing {
+            Some(existing) if self.stock < existing.reserved => Err(existing.reserved),
+            Some(existing) => Ok(Product {
+                name: self.name,
+                unit_price: self.unit_price,
+                available: self.stock - existing.reserved,
+                ..existing
+            }),
+            None => Ok(Product {
+                sku: self.sku,
+                name: self.name,
+                unit_price: self.unit_price,
+                available: self.stock,
+                reserved: 0,
+                sold: 0,
+                restocked: 0,
+            }),
+        }
+    }
+}
+
 /// A quantity of one SKU.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockLine {

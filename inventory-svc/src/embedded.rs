@@ -144,25 +144,10 @@ impl CatalogStore for EmbeddedInventory {
     ) -> Result<Result<Product, i64>, StorageError> {
         self.db
             .write(move |txn| {
-                let product = match load_product(txn, &update.sku)? {
-                    Some(existing) if update.stock < existing.reserved => {
-                        return Ok(Err(existing.reserved));
-                    }
-                    Some(existing) => Product {
-                        name: update.name,
-                        unit_price: update.unit_price,
-                        available: update.stock - existing.reserved,
-                        ..existing
-                    },
-                    None => Product {
-                        sku: update.sku,
-                        name: update.name,
-                        unit_price: update.unit_price,
-                        available: update.stock,
-                        reserved: 0,
-                        sold: 0,
-                        restocked: 0,
-                    },
+                let existing = load_product(txn, &update.sku)?;
+                let product = match update.apply(existing) {
+                    Ok(product) => product,
+                    Err(reserved) => return Ok(Err(reserved)),
                 };
                 save_product(txn, &product)?;
                 Ok(Ok(product))

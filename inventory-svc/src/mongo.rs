@@ -255,25 +255,10 @@ impl CatalogStore for MongoInventory {
             .transaction(|s| {
                 let (this, update) = (self.clone(), update.clone());
                 Box::pin(async move {
-                    let product = match this.load_product(s, &update.sku).await? {
-                        Some(existing) if update.stock < existing.reserved => {
-                            return Ok(Err(existing.reserved));
-                        }
-                        Some(existing) => Product {
-                            name: update.name,
-                            unit_price: update.unit_price,
-                            available: update.stock - existing.reserved,
-                            ..existing
-                        },
-                        None => Product {
-                            sku: update.sku,
-                            name: update.name,
-                            unit_price: update.unit_price,
-                            available: update.stock,
-                            reserved: 0,
-                            sold: 0,
-                            restocked: 0,
-                        },
+                    let existing = this.load_product(s, &update.sku).await?;
+                    let product = match update.apply(existing) {
+                        Ok(product) => product,
+                        Err(reserved) => return Ok(Err(reserved)),
                     };
                     this.products
                         .replace_one(doc! { "_id": &product.sku }, product_doc(&product))

@@ -11,8 +11,8 @@ use loyalty_svc::{
     domain::{Account, DeductOutcome, EarnOutcome, RefundOutcome},
     store::{AccountStore, PointsLedgerStore},
 };
-use microshop_runtime::testing::{database_for, mongodb_uri_for_tests};
-use microshop_storage::{embedded::Durable, mongo::MongoDb};
+use microshop_runtime::testing::mongodb_for_tests;
+use microshop_storage::embedded::Durable;
 use tokio::task::JoinSet;
 
 // ---------------------------------------------------------------------------
@@ -28,13 +28,9 @@ async fn embedded_store_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_store_conforms() {
-    let Some(uri) = mongodb_uri_for_tests("mongodb_store_conforms") else {
+    let Some(db) = mongodb_for_tests("mongodb_store_conforms").await else {
         return;
     };
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let db = MongoDb::connect(&uri, &database_for(dir.path()))
-        .await
-        .expect("connect to MongoDB");
     let store = MongoLoyalty::open(db)
         .await
         .expect("open the MongoDB store");

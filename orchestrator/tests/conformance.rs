@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use microshop_runtime::testing::{database_for, mongodb_uri_for_tests};
-use microshop_storage::{StorageError, embedded::Durable, mongo::MongoDb};
+use microshop_runtime::testing::mongodb_for_tests;
+use microshop_storage::{StorageError, embedded::Durable};
 use orchestrator::{
     EmbeddedSagaLog, MongoSagaLog, SagaLog,
     log::{Begin, PaymentDeadline},
@@ -39,17 +39,12 @@ async fn embedded_store_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_store_conforms() {
-    let Some(uri) = mongodb_uri_for_tests("mongodb_store_conforms") else {
+    let Some(db) = mongodb_for_tests("mongodb_store_conforms").await else {
         return;
     };
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let log = MongoSagaLog::open(
-        connect(&uri, dir.path()).await,
-        "conformance".to_owned(),
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("open the MongoDB log");
+    let log = MongoSagaLog::open(db, "conformance".to_owned(), Duration::from_secs(30))
+        .await
+        .expect("open the MongoDB log");
     suite("mongodb", log).await;
 }
 
@@ -58,12 +53,10 @@ async fn mongodb_store_conforms() {
 /// still holding its old copy, is fenced off from overwriting b's progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_leases_fence_a_former_owner() {
-    let Some(uri) = mongodb_uri_for_tests("mongodb_leases_fence_a_former_owner") else {
+    let Some(db) = mongodb_for_tests("mongodb_leases_fence_a_former_owner").await else {
         return;
     };
     let started = Instant::now();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let db = connect(&uri, dir.path()).await;
     let lease = Duration::from_millis(300);
     let a = MongoSagaLog::open(db.clone(), "a".to_owned(), lease)
         .await
@@ -194,12 +187,6 @@ async fn mongodb_leases_fence_a_former_owner() {
     assert!(!a.unfinished().await.expect("unfinished").contains(&id));
     assert!(!b.unfinished().await.expect("unfinished").contains(&id));
     eprintln!("saga log lease test on mongodb: {:?}", started.elapsed());
-}
-
-async fn connect(uri: &str, dir: &std::path::Path) -> MongoDb {
-    MongoDb::connect(uri, &database_for(dir))
-        .await
-        .expect("connect to MongoDB")
 }
 
 // ---------------------------------------------------------------------------

@@ -179,6 +179,26 @@ pub struct CouponUpdate {
     pub usage_limit: i64,
 }
 
+impl CouponUpdate {
+    /// The coupon this update makes, keeping the `times_used` uses already
+    /// made (0 for a new coupon).
+    pub fn into_coupon(self, times_used: i64) -> Coupon {
+        let Self {
+            code,
+            kind,
+            value,
+            usage_limit,
+        } = self;
+        Coupon {
+            code,
+            kind,
+            value,
+            usage_limit,
+            times_used,
+        }
+    }
+}
+
 /// The outcome of CreateOrder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CreateOutcome {

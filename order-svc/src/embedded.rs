@@ -220,19 +220,7 @@ impl CouponStore for EmbeddedOrders {
         self.db
             .write(move |txn| {
                 let times_used = load_coupon(txn, &update.code)?.map_or(0, |c| c.times_used);
-                let CouponUpdate {
-                    code,
-                    kind,
-                    value,
-                    usage_limit,
-                } = update;
-                let coupon = Coupon {
-                    code,
-                    kind,
-                    value,
-                    usage_limit,
-                    times_used,
-                };
+                let coupon = update.into_coupon(times_used);
                 save_coupon(txn, &coupon)?;
                 Ok(coupon)
             })

@@ -272,19 +272,7 @@ impl CouponStore for MongoOrders {
                         .load_coupon(s, &update.code)
                         .await?
                         .map_or(0, |c| c.times_used);
-                    let CouponUpdate {
-                        code,
-                        kind,
-                        value,
-                        usage_limit,
-                    } = update;
-                    let coupon = Coupon {
-                        code,
-                        kind,
-                        value,
-                        usage_limit,
-                        times_used,
-                    };
+                    let coupon = update.into_coupon(times_used);
                     this.coupons
                         .replace_one(doc! { "_id": &coupon.code }, coupon_doc(&coupon)?)
                         .upsert(true)

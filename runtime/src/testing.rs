@@ -151,3 +151,21 @@ fn required_env(var: &str, test: &str) -> Option<String> {
         }
     }
 }
+
+/// A fresh database on the MongoDB server of the MongoDB-only tests, or
+/// `None` as [`mongodb_uri_for_tests`] says.
+pub async fn mongodb_for_tests(test: &str) -> Option<microshop_storage::mongo::MongoDb> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let uri = mongodb_uri_for_tests(test)?;
+    let unique = std::env::temp_dir().join(format!(
+        "{test}-{}-{}-{:?}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+    ));
+    let db = microshop_storage::mongo::MongoDb::connect(&uri, &database_for(&unique))
+        .await
+        .unwrap_or_else(|e| panic!("{test}: cannot connect to MongoDB at {uri}: {e}"));
+    Some(db)
+}
