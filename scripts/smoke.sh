@@ -49,6 +49,8 @@ has "$out" '"pointsDiscountPrice": "50000"' || fail "order lost pointsDiscountPr
 err=$("$grpcurl" -plaintext -d '{"idempotencyKey":"order-2","customerId":"bob","items":[{"sku":"TSHIRT","quantity":99}]}' \
   127.0.0.1:50051 microshop.orchestrator.v1.CheckoutService/PlaceOrder 2>&1 || true)
 has "$err" FailedPrecondition || fail "oversell not refused: $err"
+# Reflection serves google.rpc's types too, so grpcurl decodes the details.
+has "$err" '"reason":"OUT_OF_STOCK"' || fail "error details not decoded by grpcurl: $err"
 
 # Prometheus metrics of the whole mesh on up's default endpoint: one saga
 # completed, one compensated, one stock-out.
