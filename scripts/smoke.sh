@@ -9,15 +9,37 @@ bin=${1:-./target/debug/microshop}
 grpcurl=${GRPCURL:-grpcurl}
 data=$(mktemp -d)
 log="$data/up.log"
-"$bin" up --data-dir "$data" >"$log" 2>&1 &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null || true; rm -rf "$data"; }
+pid=""
+cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$data"; }
 trap cleanup EXIT
 
 fail() { echo "smoke: $*" >&2; cat "$log" >&2; exit 1; }
 # Output is captured before grep reads it: with pipefail, `grpcurl | grep -q`
 # fails whenever grep exits early and grpcurl is killed by SIGPIPE.
 has() { grep -q -- "$2" <<<"$1"; }
+
+# The default ports lie in Linux's ephemeral range, so an outgoing
+# connection of anything on the machine may hold one for a moment: wait for
+# the mesh to say it is up (no probing while it binds), and start it again
+# if a port was busy.
+for attempt in 1 2 3; do
+  "$bin" up --data-dir "$data" >"$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 300); do
+    if grep -q 'mesh is up' "$log" || ! kill -0 "$pid" 2>/dev/null; then
+      break
+    fi
+    sleep 0.1
+  done
+  grep -q 'mesh is up' "$log" && break
+  if grep -q 'Address already in use' "$log" && [ "$attempt" -lt 3 ]; then
+    echo "smoke: a default port was busy; starting microshop up again"
+    wait "$pid" 2>/dev/null || true
+    sleep 2
+    continue
+  fi
+  fail "microshop up did not come up"
+done
 
 for port in 50051 50052 50053 50054; do
   ok=""
