@@ -30,7 +30,8 @@ use std::time::Duration;
 use microshop_storage::{
     StorageError,
     mongo::{
-        MongoDb, TxnError, blob, index, int, is_duplicate_key, storage_error, unblob, unique_index,
+        MongoDb, TxnError, blob, drain, index, int, is_duplicate_key, page, storage_error, string,
+        unblob, unique_index,
     },
 };
 use mongodb::{
@@ -335,29 +336,21 @@ impl SagaLog for MongoSagaLog {
                 doc! { "$lt": i64::try_from(before).unwrap_or(i64::MAX) },
             );
         }
-        let mut cursor = self
+        let cursor = self
             .sagas
             .find(filter)
             .sort(doc! { "seq": -1 })
             .limit(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
             .await
             .map_err(storage_error)?;
-        let mut sagas = Vec::with_capacity(limit);
-        let mut next = None;
-        while cursor.advance().await.map_err(storage_error)? {
-            let doc = cursor.deserialize_current().map_err(storage_error)?;
-            if sagas.len() == limit {
-                next = sagas.last().map(|r: &SagaRecord| r.seq);
-                break;
-            }
-            sagas.push(record_from(&doc)?);
-        }
+        let (docs, next) = page(drain(cursor).await?, limit)?;
+        let sagas = docs.iter().map(record_from).collect::<Result<_, _>>()?;
         Ok(SagaPage { sagas, next })
     }
 
     async fn unfinished(&self) -> Result<Vec<String>, StorageError> {
         let now = now_ms();
-        let mut cursor = self
+        let cursor = self
             .sagas
             .find(doc! {
                 "unfinished": true,
@@ -367,27 +360,25 @@ impl SagaLog for MongoSagaLog {
             .sort(doc! { "seq": 1 })
             .await
             .map_err(storage_error)?;
-        let mut ids = Vec::new();
-        while cursor.advance().await.map_err(storage_error)? {
-            let doc = cursor.deserialize_current().map_err(storage_error)?;
-            ids.push(microshop_storage::mongo::string(&doc, "_id")?);
-        }
-        Ok(ids)
+        drain(cursor)
+            .await?
+            .iter()
+            .map(|d| string(d, "_id"))
+            .collect()
     }
 
     async fn due_payments(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StorageError> {
-        let mut cursor = self
+        let cursor = self
             .deadlines
             .find(doc! { "due_ms": { "$lte": now_ms } })
             .sort(doc! { "due_ms": 1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await
             .map_err(storage_error)?;
-        let mut due = Vec::new();
-        while cursor.advance().await.map_err(storage_error)? {
-            let doc = cursor.deserialize_current().map_err(storage_error)?;
-            due.push(microshop_storage::mongo::string(&doc, "_id")?);
-        }
-        Ok(due)
+        drain(cursor)
+            .await?
+            .iter()
+            .map(|d| string(d, "_id"))
+            .collect()
     }
 }

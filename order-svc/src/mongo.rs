@@ -14,7 +14,7 @@
 use microshop_storage::{
     StorageError,
     barrier::ActionGate,
-    mongo::{Barrier, MongoDb, TxnError, blob, index, int, storage_error, unblob},
+    mongo::{Barrier, MongoDb, TxnError, blob, drain, index, int, page, storage_error, unblob},
 };
 use mongodb::{
     ClientSession, Collection,
@@ -420,25 +420,18 @@ impl OrderQueries for MongoOrders {
                 doc! { "$lt": i64::try_from(after).unwrap_or(i64::MAX) },
             );
         }
-        let mut cursor = self
+        let cursor = self
             .orders
             .find(filter)
             .sort(doc! { "seq": -1 })
             .limit(i64::try_from(page_size.saturating_add(1)).unwrap_or(i64::MAX))
             .await
             .map_err(storage_error)?;
-        let mut orders = Vec::with_capacity(page_size);
-        let mut last_seq = None;
-        let mut next_after = None;
-        while cursor.advance().await.map_err(storage_error)? {
-            let doc = cursor.deserialize_current().map_err(storage_error)?;
-            if orders.len() == page_size {
-                next_after = last_seq;
-                break;
-            }
-            last_seq = Some(u64::try_from(int(&doc, "seq")?).unwrap_or(0));
-            orders.push(unblob(&doc, "data")?);
-        }
+        let (docs, next_after) = page(drain(cursor).await?, page_size)?;
+        let orders = docs
+            .iter()
+            .map(|d| unblob(d, "data"))
+            .collect::<Result<_, _>>()?;
         Ok(OrderPage { orders, next_after })
     }
 }

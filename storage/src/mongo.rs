@@ -309,6 +309,34 @@ pub fn index(keys: Document, name: &str) -> IndexModel {
         .build()
 }
 
+/// Every document `cursor` yields, in order (callers bound their queries
+/// with `limit`).
+pub async fn drain(mut cursor: mongodb::Cursor<Document>) -> Result<Vec<Document>, StorageError> {
+    let mut docs = Vec::new();
+    while cursor.advance().await.map_err(storage_error)? {
+        docs.push(cursor.deserialize_current().map_err(storage_error)?);
+    }
+    Ok(docs)
+}
+
+/// One page of documents read newest first with `limit + 1` asked: the
+/// first `limit`, and the `seq` of the last of them as the next page's
+/// cursor when more followed.
+pub fn page(
+    mut docs: Vec<Document>,
+    limit: usize,
+) -> Result<(Vec<Document>, Option<u64>), StorageError> {
+    if docs.len() <= limit {
+        return Ok((docs, None));
+    }
+    docs.truncate(limit);
+    let next = match docs.last() {
+        Some(last) => Some(u64::try_from(int(last, "seq")?).unwrap_or(0)),
+        None => None,
+    };
+    Ok((docs, next))
+}
+
 /// `value` as JSON bytes in a BSON binary (see the module docs).
 pub fn blob<T: Serialize>(value: &T) -> Result<Bson, StorageError> {
     Ok(Bson::Binary(Binary {
