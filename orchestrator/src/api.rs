@@ -82,7 +82,12 @@ impl<L: SagaLog> Api<L> {
             .begin(saga_type, key.clone(), input.clone())
             .await?
         {
-            Begin::Created(record) => record,
+            Begin::Created(record) => {
+                microshop_runtime::observe::record_saga_id(&record.saga_id);
+                let saga_id = record.saga_id.clone();
+                let rx = self.engine.drive_created(record);
+                return self.outcome(&saga_id, rx, wait).await;
+            }
             Begin::Existing(record) => {
                 if !same_request(&record.input, &input) {
                     return Err(OrchestratorError::KeyReused {
@@ -113,6 +118,16 @@ impl<L: SagaLog> Api<L> {
         wait: Duration,
     ) -> Result<SagaRecord, OrchestratorError> {
         let rx = self.engine.drive(saga_id);
+        self.outcome(saga_id, rx, wait).await
+    }
+
+    /// Waits up to `wait` for the outcome `rx` delivers.
+    async fn outcome(
+        &self,
+        saga_id: &str,
+        rx: tokio::sync::watch::Receiver<Option<crate::engine::Outcome>>,
+        wait: Duration,
+    ) -> Result<SagaRecord, OrchestratorError> {
         match Engine::<L>::wait(rx, wait).await {
             Some(Ok(record)) => Ok(record),
             Some(Err(why)) => Err(OrchestratorError::Interrupted {

@@ -2,6 +2,14 @@
 //! through compensations when a step is rejected, writing the log before
 //! and after every participant call.
 //!
+//! What happens between two calls without a call in between shares one
+//! write: a step's result, the steps skipped after it and the next call's
+//! intent (or the saga's end) are saved together, and a new saga's record
+//! already holds its first step's intent. Every call still has its intent
+//! durable before it is sent and its result durable before the next one
+//! is, with 4 writes for a checkout instead of 9; the write made ahead is
+//! remembered as an [`Ahead`] so the next call does not record it again.
+//!
 //! One task drives a saga at a time in this process (the `active` map);
 //! callers waiting for the same saga (duplicates of one idempotency key,
 //! admin calls) subscribe to its outcome instead of driving it again. The
@@ -141,12 +149,61 @@ impl<L> std::fmt::Debug for Engine<L> {
     }
 }
 
-/// Why a step loop stopped short of success.
-enum StepEnd {
-    /// Done (succeeded or skipped).
-    Done,
-    /// The saga changed state (compensating, failed).
-    StateChanged,
+/// A call whose intent was saved ahead, in the write before it (the
+/// previous call's result or the saga's creation): its next attempt is
+/// already counted and durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ahead {
+    /// The step.
+    index: usize,
+    /// Its compensation rather than its action.
+    compensation: bool,
+    /// The attempt recorded.
+    attempts: u32,
+}
+
+impl Ahead {
+    /// Records the intent of a new attempt of step `index` (or of its
+    /// compensation) in `record`, not yet saved.
+    fn mark(record: &mut SagaRecord, index: usize, compensation: bool) -> Self {
+        let run = if compensation {
+            let name = steps::definition(record.saga_type)[index]
+                .compensation
+                .unwrap_or_default();
+            record.steps[index]
+                .compensation
+                .get_or_insert_with(|| crate::model::RunRecord {
+                    name: name.to_owned(),
+                    ..Default::default()
+                })
+        } else {
+            &mut record.steps[index].action
+        };
+        run.status = StepStatus::Running;
+        run.attempts += 1;
+        run.started_at_ms.get_or_insert_with(now_ms);
+        Self {
+            index,
+            compensation,
+            attempts: run.attempts,
+        }
+    }
+
+    /// Whether `record` (as stored now) still holds this intent unacted on.
+    fn still_in(self, record: &SagaRecord) -> bool {
+        let step = record.steps.get(self.index);
+        let run = if self.compensation {
+            step.and_then(|s| s.compensation.as_ref())
+        } else {
+            step.map(|s| &s.action)
+        };
+        run.is_some_and(|r| r.status == StepStatus::Running && r.attempts == self.attempts)
+    }
+
+    /// Whether this is the intent of the call about to be made.
+    fn is(ahead: Option<Self>, index: usize, compensation: bool) -> bool {
+        ahead.is_some_and(|a| a.index == index && a.compensation == compensation)
+    }
 }
 
 impl<L: SagaLog> Engine<L> {
@@ -212,6 +269,9 @@ impl<L: SagaLog> Engine<L> {
             trace_parent: microshop_runtime::telemetry::current_traceparent(),
         };
         record.transition(SagaState::Running, "saga started");
+        // The first step's intent goes in with the creation (see
+        // `drive_created`); no saga type skips its first step.
+        Ahead::mark(&mut record, 0, false);
         let begun = self.log.begin(record).await?;
         if let Begin::Created(record) = &begun {
             metrics().saga_started(record.saga_type.name());
@@ -222,6 +282,27 @@ impl<L: SagaLog> Engine<L> {
     /// Makes sure a task drives `saga_id` and returns a receiver of its
     /// outcome. A terminal saga is not driven again.
     pub fn drive(self: &Arc<Self>, saga_id: &str) -> watch::Receiver<Option<Outcome>> {
+        self.drive_from(saga_id, None)
+    }
+
+    /// Drives a saga [`Engine::begin`] just created, from the record it
+    /// returned: no read of the log, and the first step's intent, saved
+    /// with the creation, is not recorded again.
+    pub fn drive_created(self: &Arc<Self>, record: SagaRecord) -> watch::Receiver<Option<Outcome>> {
+        let ahead = Ahead {
+            index: 0,
+            compensation: false,
+            attempts: record.steps.first().map_or(0, |s| s.action.attempts),
+        };
+        let id = record.saga_id.clone();
+        self.drive_from(&id, Some((record, ahead)))
+    }
+
+    fn drive_from(
+        self: &Arc<Self>,
+        saga_id: &str,
+        first: Option<(SagaRecord, Ahead)>,
+    ) -> watch::Receiver<Option<Outcome>> {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(a) = active.get(saga_id) {
             return a.done.clone();
@@ -239,7 +320,7 @@ impl<L: SagaLog> Engine<L> {
         let engine = Arc::clone(self);
         let id = saga_id.to_owned();
         tokio::spawn(async move {
-            let outcome = engine.drive_task(&id, &abort).await;
+            let outcome = engine.drive_task(&id, &abort, first).await;
             if let Err(e) = &outcome {
                 tracing::warn!(saga_id = %id, error = %e, "saga driving stopped; recovery will resume it");
             }
@@ -257,17 +338,28 @@ impl<L: SagaLog> Engine<L> {
     /// orchestrator holds the saga (a shared log), follows it instead until
     /// it ends or its lease runs out, then claims it; gives up after
     /// `max_wait` (recovery, here or there, finishes it).
-    async fn drive_task(&self, id: &str, abort: &AtomicBool) -> Outcome {
+    async fn drive_task(
+        &self,
+        id: &str,
+        abort: &AtomicBool,
+        mut first: Option<(SagaRecord, Ahead)>,
+    ) -> Outcome {
         let started = Instant::now();
         let mut poll = Duration::from_millis(20);
         loop {
-            let claimed = self
-                .log
-                .claim(id.to_owned())
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Some(record) = claimed {
-                match self.run_in_turn(record, abort).await {
+            // A saga this process just created is held under the lease its
+            // creation took.
+            let claimed = match first.take() {
+                Some((record, ahead)) => Some((record, Some(ahead))),
+                None => self
+                    .log
+                    .claim(id.to_owned())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(|record| (record, None)),
+            };
+            if let Some((record, ahead)) = claimed {
+                match self.run_in_turn(record, abort, ahead).await {
                     Err(StorageError::Fenced(why)) => {
                         tracing::info!(saga_id = %id, %why, "saga taken over; following it");
                     }
@@ -298,6 +390,7 @@ impl<L: SagaLog> Engine<L> {
         &self,
         record: SagaRecord,
         abort: &AtomicBool,
+        ahead: Option<Ahead>,
     ) -> Result<SagaRecord, StorageError> {
         let span = saga_span(&record);
         // Without export, the saga's logs and its participant calls keep
@@ -313,9 +406,11 @@ impl<L: SagaLog> Engine<L> {
         if let Some(trace) = &log_trace {
             span.record("trace_id", trace.as_str());
         }
-        let outcome =
-            telemetry::LogTrace::scope(log_trace, self.run(record, abort).instrument(span.clone()))
-                .await;
+        let outcome = telemetry::LogTrace::scope(
+            log_trace,
+            self.run(record, abort, ahead).instrument(span.clone()),
+        )
+        .await;
         if let Ok(record) = &outcome {
             if let Some(order_id) = &record.outputs.order_id {
                 span.record("order.id", order_id.as_str());
@@ -333,9 +428,10 @@ impl<L: SagaLog> Engine<L> {
         &self,
         record: SagaRecord,
         abort: &AtomicBool,
+        ahead: Option<Ahead>,
     ) -> Result<SagaRecord, StorageError> {
         let Some(order_id) = record.acted_order().map(str::to_owned) else {
-            return self.run_traced(record, abort).await;
+            return self.run_traced(record, abort, ahead).await;
         };
         let turn = self.order_turn(&order_id);
         let held = turn.lock().await;
@@ -349,7 +445,8 @@ impl<L: SagaLog> Engine<L> {
             .unwrap_or(record);
         // Saves stay fenced by the epoch this task claimed under.
         record.lease_epoch = epoch;
-        let outcome = self.run_traced(record, abort).await;
+        let ahead = ahead.filter(|a| a.still_in(&record));
+        let outcome = self.run_traced(record, abort, ahead).await;
         drop(held);
         drop(turn);
         self.end_order_turn(&order_id);
@@ -407,23 +504,28 @@ impl<L: SagaLog> Engine<L> {
         &self,
         mut record: SagaRecord,
         abort: &AtomicBool,
+        mut ahead: Option<Ahead>,
     ) -> Result<SagaRecord, StorageError> {
         loop {
+            let saved_ahead = ahead.take();
             match record.state {
                 SagaState::Running => {
                     if abort.load(Ordering::SeqCst) {
-                        self.start_compensating(
-                            &mut record,
-                            aborted_error(),
-                            "aborted by an operator",
-                        )
-                        .await?;
+                        ahead = self
+                            .start_compensating(
+                                &mut record,
+                                aborted_error(),
+                                "aborted by an operator",
+                            )
+                            .await?;
                         continue;
                     }
                     match next_forward(&record) {
                         Some(i) => {
                             let span = step_span(&record, i, false);
-                            self.forward_step(&mut record, i, abort)
+                            let written = Ahead::is(saved_ahead, i, false);
+                            ahead = self
+                                .forward_step(&mut record, i, abort, written)
                                 .instrument(span)
                                 .await?;
                         }
@@ -431,37 +533,23 @@ impl<L: SagaLog> Engine<L> {
                             record.transition(SagaState::Completed, "every step succeeded");
                             let deadline = self.deadline_on_completion(&record);
                             self.save(&mut record, deadline).await?;
-                            metrics().saga_completed(record.saga_type.name());
+                            count_end(&record);
                         }
                     }
                 }
                 SagaState::Compensating => match next_compensation(&record) {
                     Some(i) => {
                         let span = step_span(&record, i, true);
-                        self.compensation_step(&mut record, i)
+                        let written = Ahead::is(saved_ahead, i, true);
+                        ahead = self
+                            .compensation_step(&mut record, i, written)
                             .instrument(span)
                             .await?;
                     }
                     None => {
-                        let deadline = self.deadline_on_compensated(&record);
-                        if let Some(step) = irreversible_step(&record) {
-                            record.failure_reason = format!(
-                                "step {step} succeeded and cannot be undone; resolve by hand"
-                            );
-                            record.failed_from = Some(SagaState::Compensating);
-                            record.transition(SagaState::Failed, record.failure_reason.clone());
-                        } else {
-                            record.transition(
-                                SagaState::Compensated,
-                                "every attempted step compensated",
-                            );
-                        }
+                        let deadline = self.end_compensation(&mut record);
                         self.save(&mut record, deadline).await?;
-                        if record.state == SagaState::Failed {
-                            metrics().saga_failed(record.saga_type.name());
-                        } else {
-                            metrics().saga_compensated(record.saga_type.name());
-                        }
+                        count_end(&record);
                     }
                 },
                 SagaState::Completed | SagaState::Compensated | SagaState::Failed => {
@@ -496,15 +584,68 @@ impl<L: SagaLog> Engine<L> {
         }
     }
 
+    /// Ends a compensating saga whose compensations are all done:
+    /// COMPENSATED, or FAILED when a step that cannot be undone succeeded.
+    fn end_compensation(&self, record: &mut SagaRecord) -> PaymentDeadline {
+        let deadline = self.deadline_on_compensated(record);
+        if let Some(step) = irreversible_step(record) {
+            record.failure_reason =
+                format!("step {step} succeeded and cannot be undone; resolve by hand");
+            record.failed_from = Some(SagaState::Compensating);
+            record.transition(SagaState::Failed, record.failure_reason.clone());
+        } else {
+            record.transition(SagaState::Compensated, "every attempted step compensated");
+        }
+        deadline
+    }
+
+    /// Saves `record` together with what follows it without a call in
+    /// between: skipped steps and the next call's intent, or the saga's
+    /// end. Returns the intent saved ahead, if any. An abort requested
+    /// meanwhile stops the folding, so the run loop sees it first.
+    async fn save_folding(
+        &self,
+        record: &mut SagaRecord,
+        abort: &AtomicBool,
+    ) -> Result<Option<Ahead>, StorageError> {
+        let mut deadline = PaymentDeadline::Keep;
+        let mut ahead = None;
+        match record.state {
+            SagaState::Running if !abort.load(Ordering::SeqCst) => loop {
+                match next_forward(record) {
+                    Some(i) if steps::skipped(record, i) => skip(record, i),
+                    Some(i) => {
+                        ahead = Some(Ahead::mark(record, i, false));
+                        break;
+                    }
+                    None => {
+                        record.transition(SagaState::Completed, "every step succeeded");
+                        deadline = self.deadline_on_completion(record);
+                        break;
+                    }
+                }
+            },
+            SagaState::Compensating => match next_compensation(record) {
+                Some(i) => ahead = Some(Ahead::mark(record, i, true)),
+                None => deadline = self.end_compensation(record),
+            },
+            _ => {}
+        }
+        self.save(record, deadline).await?;
+        count_end(record);
+        Ok(ahead)
+    }
+
     async fn start_compensating(
         &self,
         record: &mut SagaRecord,
         error: SagaError,
         note: &str,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<Ahead>, StorageError> {
         record.error.get_or_insert(error);
         record.transition(SagaState::Compensating, note);
-        self.save(record, PaymentDeadline::Keep).await
+        // Aborting does not apply to compensating.
+        self.save_folding(record, &AtomicBool::new(false)).await
     }
 
     fn backoff(&self, attempts: usize) -> impl Iterator<Item = Duration> {
@@ -516,31 +657,28 @@ impl<L: SagaLog> Engine<L> {
             .build()
     }
 
+    /// Runs step `index` until it succeeds, is rejected or runs out of
+    /// budget; `written` when its intent was saved ahead.
     async fn forward_step(
         &self,
         record: &mut SagaRecord,
         index: usize,
         abort: &AtomicBool,
-    ) -> Result<StepEnd, StorageError> {
+        mut written: bool,
+    ) -> Result<Option<Ahead>, StorageError> {
         let def = steps::definition(record.saga_type)[index];
         if steps::skipped(record, index) {
-            let step = &mut record.steps[index].action;
-            step.status = StepStatus::Skipped;
-            step.finished_at_ms = Some(now_ms());
-            self.save(record, PaymentDeadline::Keep).await?;
-            return Ok(StepEnd::Done);
+            skip(record, index);
+            return self.save_folding(record, abort).await;
         }
         let started = Instant::now();
         let mut delays = self.backoff(self.config.step_attempts);
         let fp = self.config.failpoint.as_ref();
         loop {
-            {
-                let step = &mut record.steps[index].action;
-                step.status = StepStatus::Running;
-                step.attempts += 1;
-                step.started_at_ms.get_or_insert_with(now_ms);
+            if !std::mem::take(&mut written) {
+                Ahead::mark(record, index, false);
+                self.save(record, PaymentDeadline::Keep).await?;
             }
-            self.save(record, PaymentDeadline::Keep).await?;
             Failpoint::hit(fp, "intent", def.name).await;
             let result = steps::act(&self.participants, record, def.name).await;
             Failpoint::hit(fp, "rpc", def.name).await;
@@ -551,10 +689,10 @@ impl<L: SagaLog> Engine<L> {
                     step.status = StepStatus::Succeeded;
                     step.finished_at_ms = Some(now_ms());
                     let attempts = step.attempts;
-                    self.save(record, PaymentDeadline::Keep).await?;
+                    let ahead = self.save_folding(record, abort).await?;
                     step_ended(record, def.name, started, "succeeded", attempts);
                     Failpoint::hit(fp, "result", def.name).await;
-                    return Ok(StepEnd::Done);
+                    return Ok(ahead);
                 }
                 Err(CallError::Rejected(status)) => {
                     let step = &mut record.steps[index].action;
@@ -563,11 +701,12 @@ impl<L: SagaLog> Engine<L> {
                     step.finished_at_ms = Some(now_ms());
                     let attempts = step.attempts;
                     let note = format!("{} rejected: {}", def.name, status.message());
-                    self.start_compensating(record, saga_error(&status), &note)
+                    let ahead = self
+                        .start_compensating(record, saga_error(&status), &note)
                         .await?;
                     step_ended(record, def.name, started, "rejected", attempts);
                     Failpoint::hit(fp, "result", def.name).await;
-                    return Ok(StepEnd::StateChanged);
+                    return Ok(ahead);
                 }
                 Err(CallError::Transient(status)) => {
                     record.steps[index].action.last_error = describe(&status);
@@ -581,10 +720,11 @@ impl<L: SagaLog> Engine<L> {
                     if abort.load(Ordering::SeqCst) {
                         record.steps[index].action.status = StepStatus::Failed;
                         let attempts = record.steps[index].action.attempts;
-                        self.start_compensating(record, aborted_error(), "aborted by an operator")
+                        let ahead = self
+                            .start_compensating(record, aborted_error(), "aborted by an operator")
                             .await?;
                         step_ended(record, def.name, started, "aborted", attempts);
-                        return Ok(StepEnd::StateChanged);
+                        return Ok(ahead);
                     }
                     match delays.next() {
                         Some(delay) if started.elapsed() + delay < self.config.step_budget => {
@@ -607,9 +747,9 @@ impl<L: SagaLog> Engine<L> {
                             record.transition(SagaState::Failed, record.failure_reason.clone());
                             self.save(record, PaymentDeadline::Keep).await?;
                             step_ended(record, def.name, started, "failed", attempts);
-                            metrics().saga_failed(record.saga_type.name());
+                            count_end(record);
                             tracing::warn!(saga_id = %record.saga_id, step = def.name, "saga FAILED: step out of budget");
-                            return Ok(StepEnd::StateChanged);
+                            return Ok(None);
                         }
                     }
                 }
@@ -617,32 +757,27 @@ impl<L: SagaLog> Engine<L> {
         }
     }
 
+    /// Runs the compensation of step `index` until it succeeds or runs out
+    /// of attempts; `written` when its intent was saved ahead.
     async fn compensation_step(
         &self,
         record: &mut SagaRecord,
         index: usize,
-    ) -> Result<(), StorageError> {
+        mut written: bool,
+    ) -> Result<Option<Ahead>, StorageError> {
         let def = steps::definition(record.saga_type)[index];
         let Some(name) = def.compensation else {
-            return Ok(());
+            return Ok(None);
         };
         let mut delays = self.backoff(self.config.compensation_attempts);
         let fp = self.config.failpoint.as_ref();
         let started = Instant::now();
         metrics().compensation_started(record.saga_type.name(), name);
         loop {
-            {
-                let comp = record.steps[index].compensation.get_or_insert_with(|| {
-                    crate::model::RunRecord {
-                        name: name.to_owned(),
-                        ..Default::default()
-                    }
-                });
-                comp.status = StepStatus::Running;
-                comp.attempts += 1;
-                comp.started_at_ms.get_or_insert_with(now_ms);
+            if !std::mem::take(&mut written) {
+                Ahead::mark(record, index, true);
+                self.save(record, PaymentDeadline::Keep).await?;
             }
-            self.save(record, PaymentDeadline::Keep).await?;
             Failpoint::hit(fp, "intent", name).await;
             let result = steps::compensate(&self.participants, record, name).await;
             Failpoint::hit(fp, "rpc", name).await;
@@ -655,10 +790,10 @@ impl<L: SagaLog> Engine<L> {
                     comp.status = StepStatus::Succeeded;
                     comp.finished_at_ms = Some(now_ms());
                     let attempts = comp.attempts;
-                    self.save(record, PaymentDeadline::Keep).await?;
+                    let ahead = self.save_folding(record, &AtomicBool::new(false)).await?;
                     step_ended(record, name, started, "succeeded", attempts);
                     Failpoint::hit(fp, "result", name).await;
-                    return Ok(());
+                    return Ok(ahead);
                 }
                 Err(err) => {
                     let (status, transient) = match &err {
@@ -693,9 +828,9 @@ impl<L: SagaLog> Engine<L> {
                             record.transition(SagaState::Failed, record.failure_reason.clone());
                             self.save(record, PaymentDeadline::Keep).await?;
                             step_ended(record, name, started, "failed", attempts);
-                            metrics().saga_failed(record.saga_type.name());
+                            count_end(record);
                             tracing::error!(saga_id = %record.saga_id, compensation = name, "saga FAILED: compensation out of budget");
-                            return Ok(());
+                            return Ok(None);
                         }
                     }
                 }
@@ -771,7 +906,7 @@ impl<L: SagaLog> Engine<L> {
             match self.begin(SagaType::CancelOrder, key, input).await? {
                 Begin::Created(record) => {
                     tracing::info!(order_id = %order_id, saga_id = %record.saga_id, "payment expired: cancelling");
-                    drop(self.drive(&record.saga_id));
+                    drop(self.drive_created(record));
                     started += 1;
                 }
                 Begin::Existing(mut record) if record.state.is_terminal() => {
@@ -879,6 +1014,24 @@ fn step_ended(
     span.record("saga.step.outcome", outcome);
     if outcome != "succeeded" {
         span.record("otel.status_code", "error");
+    }
+}
+
+/// Marks step `index` skipped (not yet saved).
+fn skip(record: &mut SagaRecord, index: usize) {
+    let step = &mut record.steps[index].action;
+    step.status = StepStatus::Skipped;
+    step.finished_at_ms = Some(now_ms());
+}
+
+/// Counts a saga that has just been saved in an end state.
+fn count_end(record: &SagaRecord) {
+    let kind = record.saga_type.name();
+    match record.state {
+        SagaState::Completed => metrics().saga_completed(kind),
+        SagaState::Compensated => metrics().saga_compensated(kind),
+        SagaState::Failed => metrics().saga_failed(kind),
+        SagaState::Running | SagaState::Compensating => {}
     }
 }
 
