@@ -53,35 +53,70 @@ impl EmbeddedSagaLog {
     }
 }
 
-fn load(txn: &WriteTransaction, saga_id: &str) -> Result<Option<SagaRecord>, StorageError> {
-    let table = txn.open_table(SAGAS)?;
-    let found = table.get(saga_id)?;
-    found.map(|v| decode(v.value())).transpose()
+/// A stored saga: one byte of state (its [`SagaState::index`]), then the
+/// JSON record, so a save learns the state it moves the indexes from
+/// without decoding the record. Records written before the prefix start
+/// with `{` and are read whole.
+fn stored(record: &SagaRecord) -> Result<Vec<u8>, StorageError> {
+    let json = encode(record)?;
+    let mut bytes = Vec::with_capacity(json.len() + 1);
+    bytes.push(record.state.index());
+    bytes.extend_from_slice(&json);
+    Ok(bytes)
 }
 
-/// The stored state of a saga, without decoding the rest of its record
-/// (`save` needs only that to move the state index; serde skips the other
-/// fields without building them).
-fn load_state(txn: &WriteTransaction, saga_id: &str) -> Result<Option<SagaState>, StorageError> {
+fn record_of(bytes: &[u8]) -> Result<SagaRecord, StorageError> {
+    match bytes.first() {
+        Some(b'{') => decode(bytes),
+        _ => decode(bytes.get(1..).unwrap_or_default()),
+    }
+}
+
+fn state_of(bytes: &[u8]) -> Result<SagaState, StorageError> {
     #[derive(serde::Deserialize)]
     struct StateOnly {
         state: SagaState,
     }
+    match bytes.first() {
+        Some(b'{') => decode::<StateOnly>(bytes).map(|s| s.state),
+        Some(&index) => SagaState::from_index(index)
+            .ok_or_else(|| StorageError::Corrupt(format!("saga state byte {index}"))),
+        None => Err(StorageError::Corrupt("empty saga record".into())),
+    }
+}
+
+fn load(txn: &WriteTransaction, saga_id: &str) -> Result<Option<SagaRecord>, StorageError> {
     let table = txn.open_table(SAGAS)?;
     let found = table.get(saga_id)?;
-    found
-        .map(|v| decode::<StateOnly>(v.value()).map(|s| s.state))
-        .transpose()
+    found.map(|v| record_of(v.value())).transpose()
 }
 
 fn write_record(
     txn: &WriteTransaction,
     record: &SagaRecord,
-    old_state: Option<SagaState>,
+    is_new: bool,
 ) -> Result<(), StorageError> {
-    let bytes = encode(record)?;
-    txn.open_table(SAGAS)?
-        .insert(record.saga_id.as_str(), bytes.as_slice())?;
+    let bytes = stored(record)?;
+    let old_state = {
+        let mut sagas = txn.open_table(SAGAS)?;
+        let old = sagas.insert(record.saga_id.as_str(), bytes.as_slice())?;
+        match (old, is_new) {
+            (None, true) => None,
+            (Some(old), false) => Some(state_of(old.value())?),
+            (None, false) => {
+                return Err(StorageError::Corrupt(format!(
+                    "save of unknown saga {}",
+                    record.saga_id
+                )));
+            }
+            (Some(_), true) => {
+                return Err(StorageError::Corrupt(format!(
+                    "saga {} created twice",
+                    record.saga_id
+                )));
+            }
+        }
+    };
     if old_state != Some(record.state) {
         let mut by_state = txn.open_table(BY_STATE)?;
         if let Some(old) = old_state {
@@ -99,6 +134,11 @@ fn write_record(
 }
 
 fn apply_deadline(txn: &WriteTransaction, deadline: &PaymentDeadline) -> Result<(), StorageError> {
+    // Most saves keep the deadline: open no table for them (opening and
+    // closing a table costs a lookup and a flush of its root in redb).
+    if *deadline == PaymentDeadline::Keep {
+        return Ok(());
+    }
     let mut of = txn.open_table(DEADLINE_OF)?;
     let mut by_due = txn.open_table(DEADLINES)?;
     match deadline {
@@ -144,7 +184,7 @@ impl SagaLog for EmbeddedSagaLog {
                     .insert(record.idempotency_key.as_str(), record.saga_id.as_str())?;
                 txn.open_table(BY_SEQ)?
                     .insert(seq, record.saga_id.as_str())?;
-                write_record(txn, &record, None)?;
+                write_record(txn, &record, true)?;
                 Ok(Begin::Created(record))
             })
             .await
@@ -157,10 +197,7 @@ impl SagaLog for EmbeddedSagaLog {
     ) -> Result<(), StorageError> {
         self.db
             .write(move |txn| {
-                let old = load_state(txn, &record.saga_id)?.ok_or_else(|| {
-                    StorageError::Corrupt(format!("save of unknown saga {}", record.saga_id))
-                })?;
-                write_record(txn, &record, Some(old))?;
+                write_record(txn, &record, false)?;
                 apply_deadline(txn, &deadline)
             })
             .await
@@ -177,7 +214,7 @@ impl SagaLog for EmbeddedSagaLog {
             .read(move |txn| {
                 let table = txn.open_table(SAGAS)?;
                 let found = table.get(saga_id.as_str())?;
-                found.map(|v| decode(v.value())).transpose()
+                found.map(|v| record_of(v.value())).transpose()
             })
             .await
     }
@@ -191,7 +228,7 @@ impl SagaLog for EmbeddedSagaLog {
                 };
                 let table = txn.open_table(SAGAS)?;
                 let found = table.get(saga_id.value())?;
-                found.map(|v| decode(v.value())).transpose()
+                found.map(|v| record_of(v.value())).transpose()
             })
             .await
     }
@@ -233,7 +270,7 @@ impl SagaLog for EmbeddedSagaLog {
                 let mut page = Vec::with_capacity(ids.len());
                 for (_, id) in ids {
                     if let Some(v) = sagas.get(id.as_str())? {
-                        page.push(decode(v.value())?);
+                        page.push(record_of(v.value())?);
                     }
                 }
                 Ok(SagaPage { sagas: page, next })
@@ -278,5 +315,47 @@ impl SagaLog for EmbeddedSagaLog {
 impl microshop_storage::Ping for EmbeddedSagaLog {
     async fn ping(&self) -> Result<(), StorageError> {
         self.db.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::record;
+
+    #[test]
+    fn stored_records_carry_their_state_byte() {
+        let mut r = record(None);
+        for state in [
+            SagaState::Running,
+            SagaState::Compensating,
+            SagaState::Failed,
+        ] {
+            r.state = state;
+            let bytes = stored(&r).expect("encode");
+            assert_eq!(bytes[0], state.index());
+            assert_eq!(state_of(&bytes).expect("state"), state);
+            assert_eq!(record_of(&bytes).expect("record"), r);
+        }
+    }
+
+    #[test]
+    fn records_written_without_the_state_byte_still_load() {
+        let mut r = record(None);
+        r.state = SagaState::Compensated;
+        let legacy = encode(&r).expect("encode");
+        assert_eq!(legacy[0], b'{');
+        assert_eq!(state_of(&legacy).expect("state"), SagaState::Compensated);
+        assert_eq!(record_of(&legacy).expect("record"), r);
+    }
+
+    #[test]
+    fn a_bad_state_byte_is_corruption_not_a_panic() {
+        assert!(matches!(
+            state_of(&[9, b'{']),
+            Err(StorageError::Corrupt(_))
+        ));
+        assert!(matches!(state_of(&[]), Err(StorageError::Corrupt(_))));
+        assert!(record_of(&[1]).is_err());
     }
 }

@@ -66,6 +66,19 @@ impl SagaState {
             Self::Failed => 5,
         }
     }
+
+    /// The state of an [`SagaState::index`].
+    pub fn from_index(index: u8) -> Option<Self> {
+        [
+            Self::Running,
+            Self::Completed,
+            Self::Compensating,
+            Self::Compensated,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.index() == index)
+    }
 }
 
 /// Where a step's action or compensation is.
@@ -323,10 +336,11 @@ impl SagaRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(trace_parent: Option<String>) -> SagaRecord {
+    /// A small saga record for unit tests.
+    pub(crate) fn record(trace_parent: Option<String>) -> SagaRecord {
         SagaRecord {
             saga_id: "s-1".into(),
             saga_type: SagaType::PlaceOrder,
@@ -364,5 +378,20 @@ mod tests {
         let json = serde_json::to_string(&record(Some(tp.clone()))).expect("encode");
         let back: SagaRecord = serde_json::from_str(&json).expect("decode");
         assert_eq!(back.trace_parent, Some(tp));
+    }
+
+    #[test]
+    fn state_indexes_round_trip() {
+        for state in [
+            SagaState::Running,
+            SagaState::Completed,
+            SagaState::Compensating,
+            SagaState::Compensated,
+            SagaState::Failed,
+        ] {
+            assert_eq!(SagaState::from_index(state.index()), Some(state));
+        }
+        assert_eq!(SagaState::from_index(0), None);
+        assert_eq!(SagaState::from_index(b'{'), None);
     }
 }
