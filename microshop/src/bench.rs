@@ -448,8 +448,13 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// What one caller (or a whole phase, once merged) saw. Latencies are kept
+/// as raw samples and put in a histogram only for the phase's statistics:
+/// a histogram of this range and precision takes ~200 KiB, so one per
+/// caller would make the load generator, not the mesh, dominate the
+/// process's peak RSS with 1,000 callers.
 struct Tally {
-    hist: Histogram<u64>,
+    samples: Vec<u64>,
     ok: u64,
     errors: u64,
     first_error: Option<String>,
@@ -459,7 +464,7 @@ struct Tally {
 impl Tally {
     fn new() -> Self {
         Self {
-            hist: new_hist(),
+            samples: Vec::new(),
             ok: 0,
             errors: 0,
             first_error: None,
@@ -476,7 +481,7 @@ impl Tally {
         match result {
             Ok(r) => {
                 self.ok += 1;
-                self.hist.saturating_record(micros(took));
+                self.samples.push(micros(took));
                 if self.saga_ids.len() < keep_ids {
                     self.saga_ids.push(r.into_inner().saga_id);
                 }
@@ -490,7 +495,7 @@ impl Tally {
     }
 
     fn merge(&mut self, other: Self) {
-        let _ = self.hist.add(&other.hist);
+        self.samples.extend(other.samples);
         self.ok += other.ok;
         self.errors += other.errors;
         if self.first_error.is_none() {
@@ -500,11 +505,15 @@ impl Tally {
     }
 
     fn stats(&self, measured: Duration, cpu_s: f64, offered: Option<f64>) -> PhaseStats {
+        let mut hist = new_hist();
+        for &us in &self.samples {
+            hist.saturating_record(us);
+        }
         let q = |p: f64| {
-            if self.hist.is_empty() {
+            if hist.is_empty() {
                 0.0
             } else {
-                ms(self.hist.value_at_quantile(p))
+                ms(hist.value_at_quantile(p))
             }
         };
         PhaseStats {
@@ -517,11 +526,7 @@ impl Tally {
             p90_ms: q(0.9),
             p99_ms: q(0.99),
             p999_ms: q(0.999),
-            max_ms: if self.hist.is_empty() {
-                0.0
-            } else {
-                ms(self.hist.max())
-            },
+            max_ms: if hist.is_empty() { 0.0 } else { ms(hist.max()) },
             cpu_ms_per_call: if self.ok == 0 {
                 0.0
             } else {
