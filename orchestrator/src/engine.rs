@@ -602,7 +602,8 @@ impl<L: SagaLog> Engine<L> {
     /// Saves `record` together with what follows it without a call in
     /// between: skipped steps and the next call's intent, or the saga's
     /// end. Returns the intent saved ahead, if any. An abort requested
-    /// meanwhile stops the folding, so the run loop sees it first.
+    /// while running stops the folding, so the run loop sees it first
+    /// (compensating is not aborted).
     async fn save_folding(
         &self,
         record: &mut SagaRecord,
@@ -644,8 +645,7 @@ impl<L: SagaLog> Engine<L> {
     ) -> Result<Option<Ahead>, StorageError> {
         record.error.get_or_insert(error);
         record.transition(SagaState::Compensating, note);
-        // Aborting does not apply to compensating.
-        self.save_folding(record, &AtomicBool::new(false)).await
+        self.save_folding(record, &NO_ABORT).await
     }
 
     fn backoff(&self, attempts: usize) -> impl Iterator<Item = Duration> {
@@ -790,7 +790,7 @@ impl<L: SagaLog> Engine<L> {
                     comp.status = StepStatus::Succeeded;
                     comp.finished_at_ms = Some(now_ms());
                     let attempts = comp.attempts;
-                    let ahead = self.save_folding(record, &AtomicBool::new(false)).await?;
+                    let ahead = self.save_folding(record, &NO_ABORT).await?;
                     step_ended(record, name, started, "succeeded", attempts);
                     Failpoint::hit(fp, "result", name).await;
                     return Ok(ahead);
@@ -1016,6 +1016,10 @@ fn step_ended(
         span.record("otel.status_code", "error");
     }
 }
+
+/// The abort flag of code that runs only while compensating, which an
+/// abort request does not change.
+static NO_ABORT: AtomicBool = AtomicBool::new(false);
 
 /// Marks step `index` skipped (not yet saved).
 fn skip(record: &mut SagaRecord, index: usize) {
