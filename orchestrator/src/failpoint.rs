@@ -1,7 +1,8 @@
 //! Crash points for recovery tests: the driver calls [`Failpoint::hit`] at
 //! every write boundary of every step (`intent:OP` after the intent is
 //! recorded, `rpc:OP` after the participant answered but before the result
-//! is recorded, `result:OP` after the result is recorded). When the
+//! is recorded, `result:OP` after the result is recorded, in the same
+//! write as the next call's intent or the saga's end). When the
 //! configured one is reached, the process announces it on stderr and then
 //! holds (so a test can SIGKILL it at exactly that point) or aborts.
 //!
