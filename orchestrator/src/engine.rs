@@ -189,6 +189,16 @@ impl Ahead {
         }
     }
 
+    /// The first step's intent, which [`Engine::begin`] saves with a new
+    /// saga.
+    fn first_of_created(record: &SagaRecord) -> Self {
+        Self {
+            index: 0,
+            compensation: false,
+            attempts: record.steps.first().map_or(0, |s| s.action.attempts),
+        }
+    }
+
     /// Whether `record` (as stored now) still holds this intent unacted on.
     fn still_in(self, record: &SagaRecord) -> bool {
         let step = record.steps.get(self.index);
@@ -289,11 +299,7 @@ impl<L: SagaLog> Engine<L> {
     /// returned: no read of the log, and the first step's intent, saved
     /// with the creation, is not recorded again.
     pub fn drive_created(self: &Arc<Self>, record: SagaRecord) -> watch::Receiver<Option<Outcome>> {
-        let ahead = Ahead {
-            index: 0,
-            compensation: false,
-            attempts: record.steps.first().map_or(0, |s| s.action.attempts),
-        };
+        let ahead = Ahead::first_of_created(&record);
         let id = record.saga_id.clone();
         self.drive_from(&id, Some((record, ahead)))
     }
@@ -529,11 +535,11 @@ impl<L: SagaLog> Engine<L> {
                                 .instrument(span)
                                 .await?;
                         }
+                        // Every step done but the end not saved (a
+                        // record from before folding): save the end now.
+                        // The abort was checked just above.
                         None => {
-                            record.transition(SagaState::Completed, "every step succeeded");
-                            let deadline = self.deadline_on_completion(&record);
-                            self.save(&mut record, deadline).await?;
-                            count_end(&record);
+                            self.save_folding(&mut record, &NO_ABORT).await?;
                         }
                     }
                 }
@@ -547,9 +553,7 @@ impl<L: SagaLog> Engine<L> {
                             .await?;
                     }
                     None => {
-                        let deadline = self.end_compensation(&mut record);
-                        self.save(&mut record, deadline).await?;
-                        count_end(&record);
+                        self.save_folding(&mut record, &NO_ABORT).await?;
                     }
                 },
                 SagaState::Completed | SagaState::Compensated | SagaState::Failed => {
