@@ -1207,6 +1207,8 @@ fn running_record(tag: &str, i: usize, sku: &str, redeem_points: bool) -> SagaRe
         seq: 0,
         lease_epoch: 0,
         trace_parent: None,
+        waiting: None,
+        waits: 0,
     };
     record.transition(SagaState::Running, "saga started");
     record
@@ -1282,6 +1284,7 @@ async fn count_in_state(
                 state: state.into(),
                 page_size: 100,
                 page_token: token,
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -95,10 +95,17 @@ pub async fn check(clients: &MeshClients, universe: &Universe) -> Result<Summary
                 ));
             }
         }
-        if !keys.insert(s.idempotency_key.clone()) {
+        // Keys are scoped per customer for checkouts; payment and cancel
+        // sagas are keyed by order whoever calls.
+        let scope = if s.r#type == orch::SagaType::PlaceOrder as i32 {
+            s.customer_id.clone()
+        } else {
+            String::new()
+        };
+        if !keys.insert((scope, s.idempotency_key.clone())) {
             return broken(format!(
-                "idempotency key {:?} has more than one saga",
-                s.idempotency_key
+                "idempotency key {:?} of customer {:?} has more than one saga",
+                s.idempotency_key, s.customer_id
             ));
         }
         if s.r#type == orch::SagaType::PlaceOrder as i32 && state == orch::SagaState::Compensated {
@@ -261,6 +268,7 @@ pub async fn all_sagas(
                 state: 0,
                 page_size: 100,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .map_err(read_err("sagas"))?

@@ -170,13 +170,19 @@ struct EngineArgs {
     /// Unpaid orders are cancelled this many seconds after creation.
     #[arg(long, env = "MICROSHOP_PAYMENT_TTL_SECS", default_value_t = 600)]
     payment_ttl_secs: u64,
-    /// Attempts of one saga step before the saga is FAILED.
+    /// A checkout not completed this many seconds after it started is
+    /// compensated (CHECKOUT_EXPIRED) and its stock goes back on sale, even
+    /// while a participant it waits for is still down (default: the
+    /// payment TTL).
+    #[arg(long, env = "MICROSHOP_CHECKOUT_HOLD_SECS")]
+    checkout_hold_secs: Option<u64>,
+    /// Attempts of one saga step before the saga waits for its participant.
     #[arg(long, env = "MICROSHOP_STEP_ATTEMPTS", default_value_t = 8)]
     step_attempts: usize,
     /// Time budget of one saga step across its attempts, in milliseconds.
     #[arg(long, env = "MICROSHOP_STEP_BUDGET_MS", default_value_t = 10_000)]
     step_budget_ms: u64,
-    /// Attempts of one compensation before the saga is FAILED.
+    /// Attempts of one compensation before it waits for its participant.
     #[arg(long, env = "MICROSHOP_COMPENSATION_ATTEMPTS", default_value_t = 12)]
     compensation_attempts: usize,
     /// First retry delay, in milliseconds (doubles with jitter).
@@ -218,6 +224,9 @@ impl EngineArgs {
             backoff_max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_min_ms.max(1))),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             payment_ttl: Duration::from_secs(self.payment_ttl_secs),
+            checkout_hold: Duration::from_secs(
+                self.checkout_hold_secs.unwrap_or(self.payment_ttl_secs),
+            ),
             recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
             expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(10)),
             failpoint: self.failpoint.clone(),

@@ -14,15 +14,16 @@ use microshop_runtime::{
     auth::{self, Caller},
     deadline::parse_grpc_timeout,
     errors::unavailable_status,
+    metrics::metrics,
     validate::{MAX_AMOUNT, MAX_ID_BYTES, MAX_LINES, MAX_NAME_BYTES, MAX_QUANTITY, Violations},
 };
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
-    conversions::state_filter,
-    engine::Engine,
+    conversions::{millis_of, state_filter, type_filter},
+    engine::{Engine, Resume},
     error::OrchestratorError,
-    log::{Begin, PaymentDeadline, SagaLog},
+    log::{Begin, PaymentDeadline, SagaFilter, SagaLog},
     model::{Address, CartLine, SagaInput, SagaRecord, SagaState, SagaType},
     steps::order_snapshot,
 };
@@ -95,17 +96,14 @@ impl<L: SagaLog> Api<L> {
                         saga_id: record.saga_id,
                     });
                 }
-                if record.state == SagaState::Failed {
-                    // The client retrying is the natural moment to try again:
-                    // the participant may be back.
-                    self.revive(record, "retried by the client").await?
-                } else {
-                    record
-                }
+                record
             }
         };
         microshop_runtime::observe::record_saga_id(&record.saga_id);
-        if matches!(record.state, SagaState::Completed | SagaState::Compensated) {
+        // An ended saga answers as it ended (FAILED is the dead letter: an
+        // operator resumes it, not a client retry). A waiting one is
+        // driven only if its wait is over, else answers at once.
+        if record.state.is_terminal() {
             return Ok(record);
         }
         self.wait_for(&record.saga_id, wait).await
@@ -134,35 +132,29 @@ impl<L: SagaLog> Api<L> {
                 saga_id: saga_id.to_owned(),
                 why,
             }),
-            None => {
-                let state = self
-                    .engine
-                    .log()
-                    .get(saga_id.to_owned())
-                    .await?
-                    .map_or(SagaState::Running, |r| r.state);
-                Err(OrchestratorError::StillRunning {
-                    saga_id: saga_id.to_owned(),
-                    state,
-                })
-            }
+            None => match self.engine.log().get(saga_id.to_owned()).await? {
+                Some(record) => Err(still_running(&record)),
+                None => Err(OrchestratorError::UnknownSaga(saga_id.to_owned())),
+            },
         }
     }
 
-    /// Puts a FAILED saga back to where it failed from.
+    /// Puts a FAILED saga back to where it failed from, in `actor`'s name.
     async fn revive(
         &self,
         mut record: SagaRecord,
         note: &str,
+        actor: &str,
     ) -> Result<SagaRecord, OrchestratorError> {
         let resume = record.failed_from.unwrap_or(SagaState::Compensating);
         record.failure_reason.clear();
         record.failed_from = None;
-        record.transition(resume, note);
+        record.transition_by(resume, note, actor);
         self.engine
             .log()
             .save(record.clone(), PaymentDeadline::Keep)
             .await?;
+        metrics().dead_letters_changed(-1);
         Ok(record)
     }
 
@@ -224,7 +216,10 @@ fn check(v: Violations) -> Result<(), OrchestratorError> {
     }
 }
 
-/// Turns an ended saga into the answer's parts, or its error.
+/// Turns an ended saga into the answer's parts, or its error. A saga that
+/// compensates while waiting for a participant already has its outcome: it
+/// answers the error it compensates for (e.g. `CHECKOUT_EXPIRED`), which the
+/// log holds durably, instead of making the client wait for the outage.
 fn settle(record: SagaRecord) -> Result<(SagaRecord, Option<ord::Order>), OrchestratorError> {
     match record.state {
         SagaState::Completed => {
@@ -234,6 +229,7 @@ fn settle(record: SagaRecord) -> Result<(SagaRecord, Option<ord::Order>), Orches
         SagaState::Compensated => match record.error.clone() {
             Some(error) => Err(OrchestratorError::Rejected {
                 saga_id: record.saga_id,
+                state: SagaState::Compensated,
                 error: Box::new(error),
             }),
             None => Err(OrchestratorError::SagaFailed {
@@ -241,14 +237,45 @@ fn settle(record: SagaRecord) -> Result<(SagaRecord, Option<ord::Order>), Orches
                 reason: "compensated without a recorded error".into(),
             }),
         },
+        SagaState::Compensating if record.waiting.is_some() => match record.error.clone() {
+            Some(error) => Err(OrchestratorError::Rejected {
+                saga_id: record.saga_id,
+                state: SagaState::Compensating,
+                error: Box::new(error),
+            }),
+            None => Err(still_running(&record)),
+        },
         SagaState::Failed => Err(OrchestratorError::SagaFailed {
             saga_id: record.saga_id,
             reason: record.failure_reason,
         }),
-        SagaState::Running | SagaState::Compensating => Err(OrchestratorError::StillRunning {
-            saga_id: record.saga_id,
-            state: record.state,
-        }),
+        SagaState::Running | SagaState::Compensating => Err(still_running(&record)),
+    }
+}
+
+fn still_running(record: &SagaRecord) -> OrchestratorError {
+    OrchestratorError::StillRunning {
+        saga_id: record.saga_id.clone(),
+        state: record.state,
+        waiting_for: record
+            .waiting
+            .as_ref()
+            .map(|w| w.participants.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Who makes an admin call, for the saga's history.
+fn actor_of(caller: Option<&Caller>) -> String {
+    caller.map_or_else(|| "anonymous".to_owned(), |c| c.subject.clone())
+}
+
+/// `base`, with the caller's reason when one was given.
+fn with_reason(base: &str, reason: &str) -> String {
+    if reason.trim().is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}: {}", reason.trim())
     }
 }
 
@@ -451,25 +478,51 @@ impl<L: SagaLog> SagaAdminService for Api<L> {
             state,
             page_size,
             page_token,
+            r#type,
+            customer_id,
+            order_id,
+            updated_before,
         } = request.into_inner();
         let limit = page_limit(page_size)?;
-        let state = pb::SagaState::try_from(state).map_err(|_| {
-            OrchestratorError::Invalid(vec![("state".into(), "unknown saga state".into())])
-        })?;
+        let mut v = Violations::new();
+        let state = pb::SagaState::try_from(state).ok();
+        if state.is_none() {
+            v.add("state", "unknown saga state");
+        }
+        let saga_type = pb::SagaType::try_from(r#type).ok();
+        if saga_type.is_none() {
+            v.add("type", "unknown saga type");
+        }
+        if !customer_id.is_empty() {
+            v.id("customer_id", &customer_id);
+        }
+        if !order_id.is_empty() {
+            v.id("order_id", &order_id);
+        }
         let before = if page_token.is_empty() {
             None
         } else {
-            Some(page_token.parse::<u64>().map_err(|_| {
-                OrchestratorError::Invalid(vec![(
-                    "page_token".into(),
-                    "is not a token from a previous ListSagas page".into(),
-                )])
-            })?)
+            let parsed = page_token.parse::<u64>().ok();
+            if parsed.is_none() {
+                v.add(
+                    "page_token",
+                    "is not a token from a previous ListSagas page",
+                );
+            }
+            parsed
+        };
+        check(v)?;
+        let filter = SagaFilter {
+            state: state.and_then(state_filter),
+            saga_type: saga_type.and_then(type_filter),
+            customer_id: (!customer_id.is_empty()).then_some(customer_id),
+            order_id: (!order_id.is_empty()).then_some(order_id),
+            updated_before_ms: updated_before.as_ref().map(millis_of),
         };
         let page = self
             .engine
             .log()
-            .list(state_filter(state), before, limit)
+            .list(filter, before, limit)
             .await
             .map_err(OrchestratorError::from)?;
         Ok(Response::new(pb::ListSagasResponse {
@@ -483,18 +536,34 @@ impl<L: SagaLog> SagaAdminService for Api<L> {
         request: Request<pb::RetrySagaRequest>,
     ) -> Result<Response<pb::RetrySagaResponse>, Status> {
         let wait = self.wait_budget(request.metadata());
-        let pb::RetrySagaRequest { saga_id } = request.into_inner();
+        let actor = actor_of(auth::caller(&request).as_ref());
+        let pb::RetrySagaRequest { saga_id, reason } = request.into_inner();
+        let mut v = Violations::new();
+        v.text("reason", &reason, MAX_ID_BYTES * 2, false);
+        check(v)?;
         let record = self.load(&saga_id).await?;
-        if record.state != SagaState::Failed {
-            return Err(OrchestratorError::NotRetryable {
-                saga_id,
-                state: record.state,
-                operation: "RetrySaga",
+        let note = with_reason("retried by an operator", &reason);
+        let rx = match record.state {
+            SagaState::Failed => {
+                self.revive(record, &note, &actor).await?;
+                self.engine.drive(&saga_id)
             }
-            .into());
-        }
-        self.revive(record, "retried by an operator").await?;
-        let record = match self.wait_for(&saga_id, wait).await {
+            // Waiting for a participant, or not picked up yet (after a
+            // restart): drive it now. One being driven is left alone.
+            SagaState::Running | SagaState::Compensating if !self.engine.is_active(&saga_id) => {
+                self.engine.drive_now(&saga_id, Resume { actor, note })
+            }
+            state => {
+                return Err(OrchestratorError::NotRetryable {
+                    saga_id,
+                    state,
+                    operation: "RetrySaga",
+                    applies_to: "FAILED sagas and sagas waiting for a participant",
+                }
+                .into());
+            }
+        };
+        let record = match self.outcome(&saga_id, rx, wait).await {
             Ok(record) => record,
             Err(OrchestratorError::StillRunning { .. }) => self.load(&saga_id).await?,
             Err(e) => return Err(e.into()),
@@ -509,22 +578,20 @@ impl<L: SagaLog> SagaAdminService for Api<L> {
         request: Request<pb::AbortSagaRequest>,
     ) -> Result<Response<pb::AbortSagaResponse>, Status> {
         let wait = self.wait_budget(request.metadata());
+        let actor = actor_of(auth::caller(&request).as_ref());
         let pb::AbortSagaRequest { saga_id, reason } = request.into_inner();
         let mut v = Violations::new();
         v.text("reason", &reason, MAX_ID_BYTES * 2, false);
         check(v)?;
         let mut record = self.load(&saga_id).await?;
-        let note = if reason.trim().is_empty() {
-            "aborted by an operator".to_owned()
-        } else {
-            format!("aborted by an operator: {reason}")
-        };
-        match record.state {
+        let note = with_reason("aborted by an operator", &reason);
+        let rx = match record.state {
             SagaState::Completed | SagaState::Compensated => {
                 return Err(OrchestratorError::NotRetryable {
                     saga_id,
                     state: record.state,
                     operation: "AbortSaga",
+                    applies_to: "FAILED and unfinished sagas",
                 }
                 .into());
             }
@@ -539,21 +606,31 @@ impl<L: SagaLog> SagaAdminService for Api<L> {
                 });
                 record.failure_reason.clear();
                 record.failed_from = None;
-                record.transition(SagaState::Compensating, note);
+                record.transition_by(SagaState::Compensating, note, &actor);
                 self.engine
                     .log()
                     .save(record, PaymentDeadline::Keep)
                     .await
                     .map_err(OrchestratorError::from)?;
+                metrics().dead_letters_changed(-1);
+                self.engine.drive(&saga_id)
             }
             SagaState::Running | SagaState::Compensating => {
                 // Hand the abort to the task driving it, starting one if
-                // needed, so two writers never race on the record.
-                drop(self.engine.drive(&saga_id));
-                self.engine.request_abort(&saga_id);
+                // needed (now, even if it waits for a participant), so two
+                // writers never race on the record.
+                let rx = self.engine.drive_now(
+                    &saga_id,
+                    Resume {
+                        actor: actor.clone(),
+                        note: note.clone(),
+                    },
+                );
+                self.engine.request_abort(&saga_id, &actor, &note);
+                rx
             }
-        }
-        let record = match self.wait_for(&saga_id, wait).await {
+        };
+        let record = match self.outcome(&saga_id, rx, wait).await {
             Ok(record) => record,
             Err(OrchestratorError::StillRunning { .. }) => self.load(&saga_id).await?,
             Err(e) => return Err(e.into()),

@@ -5,7 +5,31 @@ use prost_types::Timestamp;
 
 use crate::model::{
     RunRecord, SagaError, SagaRecord, SagaState, SagaType, StepRecord, StepStatus, Transition,
+    Waiting,
 };
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+fn trace_id_of(traceparent: &str) -> Option<String> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
+/// The domain type of a wire filter; `None` for unspecified.
+pub fn type_filter(t: pb::SagaType) -> Option<SagaType> {
+    match t {
+        pb::SagaType::Unspecified => None,
+        pb::SagaType::PlaceOrder => Some(SagaType::PlaceOrder),
+        pb::SagaType::ConfirmPayment => Some(SagaType::ConfirmPayment),
+        pb::SagaType::CancelOrder => Some(SagaType::CancelOrder),
+    }
+}
+
+/// Unix millis of a protobuf timestamp.
+pub fn millis_of(ts: &Timestamp) -> i64 {
+    ts.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(ts.nanos.clamp(0, 999_999_999) / 1_000_000))
+}
 
 /// Unix millis as a protobuf timestamp.
 pub fn timestamp(ms: i64) -> Timestamp {
@@ -62,6 +86,7 @@ impl From<StepStatus> for pb::StepStatus {
             StepStatus::Succeeded => Self::Succeeded,
             StepStatus::Failed => Self::Failed,
             StepStatus::Skipped => Self::Skipped,
+            StepStatus::Waiting => Self::Waiting,
         }
     }
 }
@@ -106,11 +131,17 @@ impl From<StepRecord> for pb::SagaStep {
 
 impl From<Transition> for pb::SagaTransition {
     fn from(t: Transition) -> Self {
-        let Transition { state, at_ms, note } = t;
+        let Transition {
+            state,
+            at_ms,
+            note,
+            actor,
+        } = t;
         Self {
             state: pb::SagaState::from(state).into(),
             at: Some(timestamp(at_ms)),
             note,
+            actor,
         }
     }
 }
@@ -175,8 +206,18 @@ impl From<SagaRecord> for pb::Saga {
             updated_at_ms,
             seq: _,
             lease_epoch: _,
-            trace_parent: _,
+            trace_parent,
+            waiting,
+            waits: _,
         } = r;
+        let (waiting_for, next_attempt_at) = match waiting {
+            Some(Waiting {
+                participants,
+                since_ms: _,
+                next_attempt_ms,
+            }) => (participants, Some(timestamp(next_attempt_ms))),
+            None => (Vec::new(), None),
+        };
         Self {
             saga_id,
             r#type: pb::SagaType::from(saga_type).into(),
@@ -190,6 +231,12 @@ impl From<SagaRecord> for pb::Saga {
             failure_reason,
             created_at: Some(timestamp(created_at_ms)),
             updated_at: Some(timestamp(updated_at_ms)),
+            waiting_for,
+            next_attempt_at,
+            trace_id: trace_parent
+                .as_deref()
+                .and_then(trace_id_of)
+                .unwrap_or_default(),
         }
     }
 }

@@ -16,7 +16,7 @@ use microshop_storage::{
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::{
-    log::{Begin, PaymentDeadline, SagaLog, SagaPage},
+    log::{Begin, LIST_SCAN_LIMIT, PaymentDeadline, SagaFilter, SagaLog, SagaPage},
     model::{SagaRecord, SagaState},
 };
 
@@ -85,10 +85,46 @@ fn state_of(bytes: &[u8]) -> Result<SagaState, StorageError> {
     }
 }
 
-fn load(txn: &WriteTransaction, saga_id: &str) -> Result<Option<SagaRecord>, StorageError> {
-    let table = txn.open_table(SAGAS)?;
-    let found = table.get(saga_id)?;
-    found.map(|v| record_of(v.value())).transpose()
+/// The key of an idempotency key in [`KEYS`]: `scope NUL key`, or the key
+/// alone in the empty scope. Ids never hold control characters, so the two
+/// forms cannot collide, and the order-keyed sagas' keys (and every key
+/// written before keys were scoped) keep their old form.
+fn key_entry(scope: &str, key: &str) -> String {
+    if scope.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{scope}\0{key}")
+    }
+}
+
+/// The saga holding `key` in `scope`: its scoped entry, else (for a
+/// checkout) an entry written before keys were scoped whose saga is this
+/// customer's.
+fn saga_of_key(
+    keys: &impl ReadableTable<&'static str, &'static str>,
+    sagas: &impl ReadableTable<&'static str, &'static [u8]>,
+    scope: &str,
+    key: &str,
+) -> Result<Option<SagaRecord>, StorageError> {
+    let load = |saga_id: &str| -> Result<SagaRecord, StorageError> {
+        let found = sagas.get(saga_id)?.ok_or_else(|| {
+            StorageError::Corrupt(format!("key points to missing saga {saga_id}"))
+        })?;
+        record_of(found.value())
+    };
+    if let Some(saga_id) = keys.get(key_entry(scope, key).as_str())? {
+        return load(saga_id.value()).map(Some);
+    }
+    if scope.is_empty() {
+        return Ok(None);
+    }
+    match keys.get(key)? {
+        Some(saga_id) => {
+            let record = load(saga_id.value())?;
+            Ok((record.key_scope() == scope).then_some(record))
+        }
+        None => Ok(None),
+    }
 }
 
 fn write_record(
@@ -162,15 +198,13 @@ impl SagaLog for EmbeddedSagaLog {
     async fn begin(&self, mut record: SagaRecord) -> Result<Begin, StorageError> {
         self.db
             .write(move |txn| {
-                let existing = {
-                    let keys = txn.open_table(KEYS)?;
-                    let found = keys.get(record.idempotency_key.as_str())?;
-                    found.map(|v| v.value().to_owned())
-                };
-                if let Some(saga_id) = existing {
-                    let found = load(txn, &saga_id)?.ok_or_else(|| {
-                        StorageError::Corrupt(format!("key points to missing saga {saga_id}"))
-                    })?;
+                let existing = saga_of_key(
+                    &txn.open_table(KEYS)?,
+                    &txn.open_table(SAGAS)?,
+                    record.key_scope(),
+                    &record.idempotency_key,
+                )?;
+                if let Some(found) = existing {
                     return Ok(Begin::Existing(found));
                 }
                 let seq = {
@@ -180,8 +214,10 @@ impl SagaLog for EmbeddedSagaLog {
                     next
                 };
                 record.seq = seq;
-                txn.open_table(KEYS)?
-                    .insert(record.idempotency_key.as_str(), record.saga_id.as_str())?;
+                txn.open_table(KEYS)?.insert(
+                    key_entry(record.key_scope(), &record.idempotency_key).as_str(),
+                    record.saga_id.as_str(),
+                )?;
                 txn.open_table(BY_SEQ)?
                     .insert(seq, record.saga_id.as_str())?;
                 write_record(txn, &record, true)?;
@@ -219,23 +255,26 @@ impl SagaLog for EmbeddedSagaLog {
             .await
     }
 
-    async fn get_by_key(&self, key: String) -> Result<Option<SagaRecord>, StorageError> {
+    async fn get_by_key(
+        &self,
+        scope: String,
+        key: String,
+    ) -> Result<Option<SagaRecord>, StorageError> {
         self.db
             .read(move |txn| {
-                let keys = txn.open_table(KEYS)?;
-                let Some(saga_id) = keys.get(key.as_str())? else {
-                    return Ok(None);
-                };
-                let table = txn.open_table(SAGAS)?;
-                let found = table.get(saga_id.value())?;
-                found.map(|v| record_of(v.value())).transpose()
+                saga_of_key(
+                    &txn.open_table(KEYS)?,
+                    &txn.open_table(SAGAS)?,
+                    &scope,
+                    &key,
+                )
             })
             .await
     }
 
     async fn list(
         &self,
-        state: Option<SagaState>,
+        filter: SagaFilter,
         before: Option<u64>,
         limit: usize,
     ) -> Result<SagaPage, StorageError> {
@@ -243,37 +282,65 @@ impl SagaLog for EmbeddedSagaLog {
             .read(move |txn| {
                 let sagas = txn.open_table(SAGAS)?;
                 let upper = before.unwrap_or(u64::MAX);
-                let mut ids: Vec<(u64, String)> = Vec::with_capacity(limit + 1);
-                match state {
+                // Newest first through the state index when a state is
+                // asked, else through creation order; every other filter is
+                // checked on the records, within a bounded scan.
+                let mut found: Vec<SagaRecord> = Vec::new();
+                let mut scanned_to = None;
+                let mut visit = |seq: u64, id: &str| -> Result<bool, StorageError> {
+                    scanned_to = Some(seq);
+                    if let Some(v) = sagas.get(id)? {
+                        let record = record_of(v.value())?;
+                        if filter.matches(&record) {
+                            found.push(record);
+                        }
+                    }
+                    Ok(found.len() > limit)
+                };
+                let mut scanned = 0;
+                let mut exhausted = true;
+                match filter.state {
                     None => {
                         let table = txn.open_table(BY_SEQ)?;
-                        for entry in table.range(..upper)?.rev().take(limit + 1) {
+                        for entry in table.range(..upper)?.rev() {
+                            if scanned == LIST_SCAN_LIMIT {
+                                exhausted = false;
+                                break;
+                            }
+                            scanned += 1;
                             let (k, v) = entry?;
-                            ids.push((k.value(), v.value().to_owned()));
+                            if visit(k.value(), v.value())? {
+                                exhausted = false;
+                                break;
+                            }
                         }
                     }
                     Some(s) => {
                         let table = txn.open_table(BY_STATE)?;
                         let range = (s.index(), 0)..(s.index(), upper);
-                        for entry in table.range(range)?.rev().take(limit + 1) {
+                        for entry in table.range(range)?.rev() {
+                            if scanned == LIST_SCAN_LIMIT {
+                                exhausted = false;
+                                break;
+                            }
+                            scanned += 1;
                             let (k, v) = entry?;
-                            ids.push((k.value().1, v.value().to_owned()));
+                            if visit(k.value().1, v.value())? {
+                                exhausted = false;
+                                break;
+                            }
                         }
                     }
                 }
-                let next = if ids.len() > limit {
-                    ids.truncate(limit);
-                    ids.last().map(|(seq, _)| *seq)
-                } else {
+                let next = if found.len() > limit {
+                    found.truncate(limit);
+                    found.last().map(|r| r.seq)
+                } else if exhausted {
                     None
+                } else {
+                    scanned_to
                 };
-                let mut page = Vec::with_capacity(ids.len());
-                for (_, id) in ids {
-                    if let Some(v) = sagas.get(id.as_str())? {
-                        page.push(record_of(v.value())?);
-                    }
-                }
-                Ok(SagaPage { sagas: page, next })
+                Ok(SagaPage { sagas: found, next })
             })
             .await
     }
@@ -347,6 +414,74 @@ mod tests {
         assert_eq!(legacy[0], b'{');
         assert_eq!(state_of(&legacy).expect("state"), SagaState::Compensated);
         assert_eq!(record_of(&legacy).expect("record"), r);
+    }
+
+    fn checkout(customer: &str, key: &str) -> SagaRecord {
+        let mut r = record(None);
+        r.saga_id = uuid::Uuid::now_v7().to_string();
+        r.idempotency_key = key.to_owned();
+        r.input = crate::model::SagaInput::Place {
+            customer_id: customer.to_owned(),
+            items: Vec::new(),
+            coupon_code: String::new(),
+            points_to_redeem: 0,
+            shipping: Default::default(),
+        };
+        r
+    }
+
+    /// A data directory written before keys were scoped per customer holds
+    /// a checkout's key alone: it still answers its customer's retries, and
+    /// another customer may use the same key for a saga of their own.
+    #[tokio::test]
+    async fn keys_written_before_scoping_still_answer_their_customer() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let old = {
+            let log = EmbeddedSagaLog::open(dir.path(), Durable::Yes).expect("open");
+            let Begin::Created(old) = log.begin(checkout("alice", "k-old")).await.expect("begin")
+            else {
+                panic!("a fresh key")
+            };
+            let id = old.saga_id.clone();
+            log.db
+                .write(move |txn| {
+                    let mut keys = txn.open_table(KEYS)?;
+                    keys.remove(key_entry("alice", "k-old").as_str())?;
+                    keys.insert("k-old", id.as_str())?;
+                    Ok(())
+                })
+                .await
+                .expect("write the key in its old form");
+            old
+        };
+        let log = EmbeddedSagaLog::open(dir.path(), Durable::Yes).expect("reopen");
+        assert_eq!(
+            log.get_by_key("alice".into(), "k-old".into())
+                .await
+                .expect("get_by_key"),
+            Some(old.clone())
+        );
+        match log.begin(checkout("alice", "k-old")).await.expect("begin") {
+            Begin::Existing(found) => assert_eq!(found.saga_id, old.saga_id),
+            Begin::Created(c) => panic!("alice's old key started saga {}", c.saga_id),
+        }
+        assert_eq!(
+            log.get_by_key("bob".into(), "k-old".into())
+                .await
+                .expect("get_by_key"),
+            None
+        );
+        let Begin::Created(bobs) = log.begin(checkout("bob", "k-old")).await.expect("begin") else {
+            panic!("bob's first use of the key is his own saga")
+        };
+        assert_ne!(bobs.saga_id, old.saga_id);
+        assert_eq!(
+            log.get_by_key("bob".into(), "k-old".into())
+                .await
+                .expect("get_by_key")
+                .map(|r| r.saga_id),
+            Some(bobs.saga_id)
+        );
     }
 
     #[test]

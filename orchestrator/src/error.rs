@@ -44,12 +44,16 @@ pub enum OrchestratorError {
         state: SagaState,
         /// What was asked.
         operation: &'static str,
+        /// The sagas it applies to.
+        applies_to: &'static str,
     },
-    /// The saga ended compensated with a participant's rejection.
+    /// The saga compensated (or compensates) for a rejection.
     #[error("saga {saga_id} was rejected")]
     Rejected {
         /// The saga.
         saga_id: String,
+        /// COMPENSATED, or COMPENSATING while a compensation waits.
+        state: SagaState,
         /// The rejection.
         error: Box<SagaError>,
     },
@@ -61,13 +65,16 @@ pub enum OrchestratorError {
         /// Why.
         reason: String,
     },
-    /// The saga did not end within the caller's deadline.
+    /// The saga did not end within the caller's deadline, or waits for
+    /// unreachable participants.
     #[error("saga {saga_id} still running")]
     StillRunning {
         /// The saga.
         saga_id: String,
         /// Its state.
         state: SagaState,
+        /// The participants it waits for (none: still being driven).
+        waiting_for: Vec<String>,
     },
     /// Driving stopped (the log became unreachable).
     #[error("saga {saga_id} interrupted: {why}")]
@@ -107,12 +114,18 @@ impl From<OrchestratorError> for Status {
                 saga_id,
                 state,
                 operation,
+                applies_to,
             } => rich_status(
                 Code::FailedPrecondition,
                 Reason::SagaNotRetryable,
                 format!(
-                    "saga {saga_id} is {}; {operation} applies to FAILED or unfinished sagas only",
-                    state_name(state)
+                    "saga {saga_id} is {}{}; {operation} applies to {applies_to} only",
+                    state_name(state),
+                    if state.is_terminal() {
+                        ""
+                    } else {
+                        " and being driven"
+                    }
                 ),
                 [
                     ("sagaId", saga_id),
@@ -120,7 +133,11 @@ impl From<OrchestratorError> for Status {
                 ],
                 None,
             ),
-            OrchestratorError::Rejected { saga_id, error } => {
+            OrchestratorError::Rejected {
+                saga_id,
+                state,
+                error,
+            } => {
                 let SagaError {
                     code,
                     reason,
@@ -130,10 +147,7 @@ impl From<OrchestratorError> for Status {
                 } = *error;
                 let mut metadata: Vec<(String, String)> = metadata.into_iter().collect();
                 metadata.push(("sagaId".into(), saga_id));
-                metadata.push((
-                    "sagaState".into(),
-                    state_name(SagaState::Compensated).to_owned(),
-                ));
+                metadata.push(("sagaState".into(), state_name(state).to_owned()));
                 status_with_details(
                     Code::from_i32(code),
                     &reason,
@@ -153,18 +167,35 @@ impl From<OrchestratorError> for Status {
                 ],
                 Some(Duration::from_secs(1)),
             ),
-            OrchestratorError::StillRunning { saga_id, state } => rich_status(
+            OrchestratorError::StillRunning {
+                saga_id,
+                state,
+                waiting_for,
+            } => rich_status(
                 Code::Unavailable,
                 Reason::DependencyUnavailable,
-                format!(
-                    "saga {saga_id} is still {} (a participant is slow or down); \
-                     retry with the same idempotency key for its outcome",
-                    state_name(state)
-                ),
+                if waiting_for.is_empty() {
+                    format!(
+                        "saga {saga_id} is still {} (a participant is slow or down); \
+                         retry with the same idempotency key for its outcome",
+                        state_name(state)
+                    )
+                } else {
+                    format!(
+                        "saga {saga_id} is {} and waits for {}, which cannot be reached; it \
+                         resumes by itself once that is back; retry with the same idempotency \
+                         key for its outcome",
+                        state_name(state),
+                        waiting_for.join(", ")
+                    )
+                },
                 [
                     ("sagaId", saga_id),
                     ("sagaState", state_name(state).to_owned()),
-                ],
+                    ("waitingFor", waiting_for.join(",")),
+                ]
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty()),
                 Some(Duration::from_millis(500)),
             ),
             OrchestratorError::Interrupted { saga_id, why } => {

@@ -18,14 +18,9 @@ pub mod steps;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use microshop_proto::{
-    inventory::v1::inventory_service_server,
-    loyalty::v1::loyalty_service_server,
-    orchestrator::v1::{
-        checkout_service_server::CheckoutServiceServer,
-        saga_admin_service_server::SagaAdminServiceServer,
-    },
-    order::v1::order_service_server,
+use microshop_proto::orchestrator::v1::{
+    checkout_service_server::CheckoutServiceServer,
+    saga_admin_service_server::SagaAdminServiceServer,
 };
 use microshop_runtime::{HealthReporter, ServeError, ServerArgs};
 use microshop_storage::{StorageError, embedded::Durable, mongo::MongoDb};
@@ -38,7 +33,7 @@ pub use embedded::EmbeddedSagaLog;
 pub use engine::{Engine, EngineConfig};
 pub use log::SagaLog;
 pub use mongo::MongoSagaLog;
-pub use participants::{ParticipantUrls, Participants};
+pub use participants::{ParticipantUrls, Participants, Peer};
 
 /// The fully-qualified name of the checkout service (health reports it).
 pub const SERVICE_NAME: &str =
@@ -88,6 +83,18 @@ pub async fn run(
                 MongoSagaLog::open(db, config.engine.instance_id.clone(), config.engine.lease)
                     .await
                     .map_err(storage)?;
+            let backfill = log.clone();
+            tokio::spawn(async move {
+                match backfill.backfill_listing_fields().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(sagas = n, "gave older saga documents their listing fields")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot backfill the listing fields of older sagas; filters by customer, order or type may miss them until the next start")
+                    }
+                }
+            });
             serve(listener, config, log, shutdown).await
         }
         None => {
@@ -155,6 +162,7 @@ async fn serve<L: SagaLog>(
         config.participants.clone(),
         tls,
         health.clone(),
+        Arc::clone(&engine),
         stop_rx,
     ));
 
@@ -181,20 +189,23 @@ async fn serve<L: SagaLog>(
 
 /// Reports each participant's health under its service name on the
 /// orchestrator's own health service, so `grpc.health.v1.Health/Check`
-/// with e.g. `microshop.loyalty.v1.LoyaltyService` says which is down.
-async fn watch_participants(
+/// with e.g. `microshop.loyalty.v1.LoyaltyService` says which is down, and
+/// tells the engine, which re-drives the sagas waiting for a participant
+/// as soon as it is back.
+async fn watch_participants<L: SagaLog>(
     urls: ParticipantUrls,
     tls: Option<tonic::transport::ClientTlsConfig>,
     health: HealthReporter,
+    engine: Arc<Engine<L>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let targets = [
-        (inventory_service_server::SERVICE_NAME, urls.inventory),
-        (loyalty_service_server::SERVICE_NAME, urls.loyalty),
-        (order_service_server::SERVICE_NAME, urls.order),
+        (Peer::Inventory, urls.inventory),
+        (Peer::Loyalty, urls.loyalty),
+        (Peer::Order, urls.order),
     ];
     let mut clients = Vec::new();
-    for (name, url) in targets {
+    for (peer, url) in targets {
         let endpoint =
             tonic::transport::Endpoint::from_shared(url.clone()).and_then(|ep| match &tls {
                 Some(tls) => ep.tls_config(tls.clone()),
@@ -202,7 +213,7 @@ async fn watch_participants(
             });
         match endpoint {
             Ok(ep) => clients.push((
-                name,
+                peer,
                 url,
                 HealthClient::new(ep.connect_timeout(Duration::from_secs(1)).connect_lazy()),
                 None::<bool>,
@@ -211,27 +222,45 @@ async fn watch_participants(
         }
     }
     loop {
-        for (name, url, client, last) in &mut clients {
+        for (peer, url, client, last) in &mut clients {
+            let name = peer.service_name();
+            // Ask for the participant's own service, not the server as a
+            // whole: a URL that reaches another of our services (a swapped
+            // port) answers NOT_FOUND for it, and must not count as up.
             let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
+                service: name.to_owned(),
             });
             request.set_timeout(Duration::from_secs(1));
+            let answer = client.check(request).await;
             let up = matches!(
-                client.check(request).await,
+                &answer,
                 Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
             );
+            let misconfigured = matches!(&answer, Err(s) if s.code() == tonic::Code::NotFound);
+            if misconfigured && *last != Some(false) {
+                tracing::error!(
+                    participant = %name,
+                    %url,
+                    "{url} answers but does not serve {name}: the participant URL points at \
+                     another service; fix the orchestrator's --{}-url",
+                    peer.flag_name()
+                );
+            }
+            if engine.health().report(*peer, up, model::now_ms()) {
+                engine.participant_back(*peer);
+            }
             if *last != Some(up) {
                 if up {
                     tracing::info!(participant = %name, %url, "participant reachable");
-                } else {
-                    tracing::warn!(participant = %name, %url, "participant unreachable or not serving; sagas will retry");
+                } else if !misconfigured {
+                    tracing::warn!(participant = %name, %url, "participant unreachable or not serving; sagas will wait for it");
                 }
                 let status = if up {
                     ServingStatus::Serving
                 } else {
                     ServingStatus::NotServing
                 };
-                health.set_service_status(*name, status).await;
+                health.set_service_status(name, status).await;
                 *last = Some(up);
             }
         }

@@ -10,7 +10,7 @@ use std::future::Future;
 
 use microshop_storage::StorageError;
 
-use crate::model::{SagaRecord, SagaState};
+use crate::model::{SagaRecord, SagaState, SagaType};
 
 /// How a save changes the order's payment deadline.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +40,54 @@ pub enum Begin {
     Existing(SagaRecord),
 }
 
+/// What ListSagas asks for: every field set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SagaFilter {
+    /// In this state.
+    pub state: Option<SagaState>,
+    /// Of this kind.
+    pub saga_type: Option<SagaType>,
+    /// Of this customer.
+    pub customer_id: Option<String>,
+    /// Of this order (its place-order saga once the order exists, and its
+    /// confirm and cancel sagas).
+    pub order_id: Option<String>,
+    /// Last changed before this time (Unix millis).
+    pub updated_before_ms: Option<i64>,
+}
+
+impl SagaFilter {
+    /// Sagas in `state`.
+    pub fn state(state: SagaState) -> Self {
+        Self {
+            state: Some(state),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `record` matches.
+    pub fn matches(&self, record: &SagaRecord) -> bool {
+        self.state.is_none_or(|s| s == record.state)
+            && self.saga_type.is_none_or(|t| t == record.saga_type)
+            && self
+                .customer_id
+                .as_deref()
+                .is_none_or(|c| c == record.customer_id())
+            && self
+                .order_id
+                .as_deref()
+                .is_none_or(|o| record.order_id() == Some(o))
+            && self
+                .updated_before_ms
+                .is_none_or(|t| record.updated_at_ms < t)
+    }
+}
+
+/// Most index entries one page of a filtered listing looks at: a page may
+/// come back short (even empty) with a cursor to go on from, so a filter
+/// that matches little never makes one call scan the whole log.
+pub const LIST_SCAN_LIMIT: usize = 2_000;
+
 /// A page of sagas, newest first.
 #[derive(Clone, Debug, Default)]
 pub struct SagaPage {
@@ -58,7 +106,8 @@ pub struct SagaPage {
 /// new owner's progress. A store used by one process (the embedded file,
 /// which redb locks) grants every claim.
 pub trait SagaLog: microshop_storage::Ping + Clone {
-    /// Creates `record` unless its idempotency key is taken; assigns `seq`.
+    /// Creates `record` unless its idempotency key is taken in its scope
+    /// (`(customer, key)` for a checkout); assigns `seq`.
     fn begin(&self, record: SagaRecord)
     -> impl Future<Output = Result<Begin, StorageError>> + Send;
 
@@ -84,16 +133,22 @@ pub trait SagaLog: microshop_storage::Ping + Clone {
         saga_id: String,
     ) -> impl Future<Output = Result<Option<SagaRecord>, StorageError>> + Send;
 
-    /// The saga holding an idempotency key.
+    /// The saga holding idempotency key `key` in `scope` (see
+    /// [`SagaRecord::key_scope`]: the customer of a checkout, empty for
+    /// order-keyed sagas). Keys stored before keys were scoped are found
+    /// too, for the customer whose saga holds them.
     fn get_by_key(
         &self,
+        scope: String,
         key: String,
     ) -> impl Future<Output = Result<Option<SagaRecord>, StorageError>> + Send;
 
-    /// Sagas newest first, optionally of one state, from cursor `before`.
+    /// Sagas matching `filter`, newest first, from cursor `before`: at most
+    /// `limit`, possibly fewer with a next cursor when few match (see
+    /// [`LIST_SCAN_LIMIT`]).
     fn list(
         &self,
-        state: Option<SagaState>,
+        filter: SagaFilter,
         before: Option<u64>,
         limit: usize,
     ) -> impl Future<Output = Result<SagaPage, StorageError>> + Send;

@@ -25,6 +25,15 @@ pub enum SagaType {
 }
 
 impl SagaType {
+    /// A stable small number for stored fields.
+    pub fn index(self) -> u8 {
+        match self {
+            Self::PlaceOrder => 1,
+            Self::ConfirmPayment => 2,
+            Self::CancelOrder => 3,
+        }
+    }
+
     /// Its name in metrics and traces.
     pub fn name(self) -> &'static str {
         match self {
@@ -46,7 +55,11 @@ pub enum SagaState {
     Compensating,
     /// Every attempted step compensated.
     Compensated,
-    /// Out of budget: an operator must retry or abort.
+    /// The dead letter: automation cannot finish it (a compensation
+    /// refused for a non-transient reason, or an irreversible step done
+    /// before a rejection); an operator must retry or abort. A saga that
+    /// waits for an unreachable participant stays Running or Compensating
+    /// with [`SagaRecord::waiting`] set instead.
     Failed,
 }
 
@@ -95,6 +108,10 @@ pub enum StepStatus {
     Failed,
     /// Not needed.
     Skipped,
+    /// Out of its retry budget against an unreachable participant: run
+    /// again once the participant is back (the saga's `waiting` says for
+    /// whom). Its last attempt may or may not have been applied.
+    Waiting,
 }
 
 /// One run of an RPC (an action or a compensation).
@@ -148,15 +165,38 @@ impl StepRecord {
     }
 }
 
-/// One state transition.
+/// One state transition, or an action on the saga (the audit trail).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
-    /// State entered.
+    /// State entered (or kept).
     pub state: SagaState,
     /// When.
     pub at_ms: i64,
     /// Why.
     pub note: String,
+    /// Who: an operator's token subject, [`AUTOMATIC`] for the
+    /// orchestrator's own decisions, empty for the saga's own steps (and in
+    /// records written before actors were kept).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub actor: String,
+}
+
+/// The actor of what the orchestrator decides by itself: a re-drive once a
+/// participant is back, a probe, the end of a checkout hold.
+pub const AUTOMATIC: &str = "automatic";
+
+/// Why a saga is not being driven although it has not ended: a step or
+/// compensation ran out of its retry budget against unreachable
+/// participants. It is re-driven once health reports them back, or at
+/// `next_attempt_ms` at the latest (a capped backoff), never in a hot loop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// The participants' service names.
+    pub participants: Vec<String>,
+    /// When it started waiting.
+    pub since_ms: i64,
+    /// When it is tried again at the latest.
+    pub next_attempt_ms: i64,
 }
 
 /// A business error a saga ended with, kept to answer retries identically.
@@ -300,6 +340,16 @@ pub struct SagaRecord {
     /// Absent when traces were not exported, and in records written before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_parent: Option<String>,
+    /// Set while the saga waits for unreachable participants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+    /// How many times it has had to wait (sets the probe backoff).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waits: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl SagaRecord {
@@ -316,14 +366,48 @@ impl SagaRecord {
 
     /// Moves to `state`, appending to the history.
     pub fn transition(&mut self, state: SagaState, note: impl Into<String>) {
+        self.transition_by(state, note, "");
+    }
+
+    /// Moves to `state` (or stays), appending `actor`'s action to the
+    /// history. An entry repeating the last one (same state, note and
+    /// actor: a probe of a participant still down) only moves its time, so
+    /// a long outage does not grow the record.
+    pub fn transition_by(&mut self, state: SagaState, note: impl Into<String>, actor: &str) {
         let at_ms = now_ms();
+        let note = note.into();
         self.state = state;
         self.updated_at_ms = at_ms;
+        if let Some(last) = self.history.last_mut()
+            && last.state == state
+            && last.note == note
+            && last.actor == actor
+        {
+            last.at_ms = at_ms;
+            return;
+        }
         self.history.push(Transition {
             state,
             at_ms,
-            note: note.into(),
+            note,
+            actor: actor.to_owned(),
         });
+    }
+
+    /// The order, whatever the kind: acted on, or created (once it is).
+    pub fn order_id(&self) -> Option<&str> {
+        self.acted_order().or(self.outputs.order_id.as_deref())
+    }
+
+    /// The space its idempotency key lives in: a checkout's key is its
+    /// customer's (two customers never collide on a key); payment and
+    /// cancellation sagas are keyed by order whoever calls, in the empty
+    /// scope.
+    pub fn key_scope(&self) -> &str {
+        match &self.input {
+            SagaInput::Place { customer_id, .. } => customer_id,
+            SagaInput::Confirm { .. } | SagaInput::Cancel { .. } => "",
+        }
     }
 
     /// The customer, whatever the kind.
@@ -361,6 +445,8 @@ pub(crate) mod tests {
             seq: 3,
             lease_epoch: 0,
             trace_parent,
+            waiting: None,
+            waits: 0,
         }
     }
 

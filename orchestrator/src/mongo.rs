@@ -41,8 +41,8 @@ use mongodb::{
 };
 
 use crate::{
-    log::{Begin, PaymentDeadline, SagaLog, SagaPage},
-    model::{SagaRecord, SagaState, now_ms},
+    log::{Begin, PaymentDeadline, SagaFilter, SagaLog, SagaPage},
+    model::{SagaRecord, now_ms},
 };
 
 /// The saga log on MongoDB.
@@ -60,14 +60,25 @@ impl MongoSagaLog {
     /// Uses `db` as orchestrator `owner`, holding leases for `lease`;
     /// creates the indexes if missing.
     pub async fn open(db: MongoDb, owner: String, lease: Duration) -> Result<Self, StorageError> {
+        // One (customer, key) → one saga: `key_scope` is a checkout's
+        // customer and empty for order-keyed sagas (see
+        // `SagaRecord::key_scope`). The index replaces the global
+        // `idempotency_key_unique {key: 1}` of earlier versions: created
+        // first, then the older documents get their scope, then the old
+        // index goes, so uniqueness never lapses (see `upgrade_keys`).
         db.ensure_indexes(
             "sagas",
             vec![
-                unique_index(doc! { "key": 1 }, "idempotency_key_unique"),
+                unique_index(doc! { "key_scope": 1, "key": 1 }, "customer_key_unique"),
                 index(doc! { "seq": -1 }, "newest_first"),
                 index(doc! { "state": 1, "seq": -1 }, "by_state_newest_first"),
                 index(doc! { "unfinished": 1, "seq": 1 }, "unfinished"),
                 index(doc! { "turn_order": 1, "unfinished": 1 }, "order_turns"),
+                index(doc! { "order_id": 1, "seq": -1 }, "by_order_newest_first"),
+                index(
+                    doc! { "customer_id": 1, "seq": -1 },
+                    "by_customer_newest_first",
+                ),
             ],
         )
         .await?;
@@ -76,14 +87,86 @@ impl MongoSagaLog {
             vec![index(doc! { "due_ms": 1 }, "due_first")],
         )
         .await?;
-        Ok(Self {
+        let log = Self {
             sagas: db.collection("sagas"),
             deadlines: db.collection("payment_deadlines"),
             turns: db.collection("order_turns"),
             db,
             owner,
             lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
-        })
+        };
+        log.upgrade_keys().await?;
+        Ok(log)
+    }
+
+    /// Moves a database written before keys were scoped per customer to
+    /// the scoped key space, idempotently: gives every saga document
+    /// without `key_scope` its scope (from its record), then drops the old
+    /// global unique index. Documents an older orchestrator writes later
+    /// in a rolling upgrade have no scope; `begin` and `get_by_key` look
+    /// for those too, so a key they hold is still answered.
+    async fn upgrade_keys(&self) -> Result<(), StorageError> {
+        let mut scoped = 0_u64;
+        loop {
+            let cursor = self
+                .sagas
+                .find(doc! { "key_scope": { "$exists": false } })
+                .limit(500)
+                .await
+                .map_err(storage_error)?;
+            let docs = drain(cursor).await?;
+            if docs.is_empty() {
+                break;
+            }
+            for d in &docs {
+                let record = record_from(d)?;
+                self.sagas
+                    .update_one(
+                        doc! { "_id": &record.saga_id },
+                        doc! { "$set": { "key_scope": record.key_scope() } },
+                    )
+                    .await
+                    .map_err(storage_error)?;
+                scoped += 1;
+            }
+        }
+        if scoped > 0 {
+            tracing::info!(
+                sagas = scoped,
+                "idempotency keys of older sagas moved to the per-customer key space"
+            );
+        }
+        if self
+            .db
+            .drop_index_if_exists("sagas", "idempotency_key_unique")
+            .await?
+        {
+            tracing::info!("dropped the global idempotency key index (now per customer)");
+        }
+        Ok(())
+    }
+
+    /// The saga holding `key` in `scope`, or in no scope (a document an
+    /// older orchestrator wrote) if it is that scope's.
+    async fn find_key(&self, scope: &str, key: &str) -> Result<Option<SagaRecord>, StorageError> {
+        let cursor = self
+            .sagas
+            .find(doc! {
+                "key": key,
+                "$or": [ { "key_scope": scope }, { "key_scope": { "$exists": false } } ],
+            })
+            .limit(2)
+            .await
+            .map_err(storage_error)?;
+        let mut found = None;
+        for d in drain(cursor).await? {
+            let record = record_from(&d)?;
+            let scoped = d.get_str("key_scope").is_ok();
+            if record.key_scope() == scope && (scoped || found.is_none()) {
+                found = Some(record);
+            }
+        }
+        Ok(found)
     }
 
     /// The update that writes `record` and renews (or, once it has ended,
@@ -94,13 +177,15 @@ impl MongoSagaLog {
         } else {
             now_ms().saturating_add(self.lease_ms)
         };
-        Ok(doc! { "$set": {
+        let mut set = doc! {
             "state": i32::from(record.state.index()),
             "unfinished": !record.state.is_terminal(),
             "data": blob(record)?,
             "lease_owner": &self.owner,
             "lease_until": lease_until,
-        }})
+        };
+        set.extend(listing_fields(record));
+        Ok(doc! { "$set": set })
     }
 
     async fn apply_deadline(
@@ -158,6 +243,81 @@ impl microshop_storage::Ping for MongoSagaLog {
     }
 }
 
+/// The plain fields ListSagas filters on, beside the record's blob.
+fn listing_fields(record: &SagaRecord) -> Document {
+    let mut fields = doc! {
+        "type": i32::from(record.saga_type.index()),
+        "updated_ms": record.updated_at_ms,
+    };
+    let customer = record.customer_id();
+    if !customer.is_empty() {
+        fields.insert("customer_id", customer);
+    }
+    if let Some(order_id) = record.order_id() {
+        fields.insert("order_id", order_id);
+    }
+    fields
+}
+
+/// The query of a listing filter.
+fn filter_query(filter: &SagaFilter, before: Option<u64>) -> Document {
+    let mut query = Document::new();
+    if let Some(state) = filter.state {
+        query.insert("state", i32::from(state.index()));
+    }
+    if let Some(t) = filter.saga_type {
+        query.insert("type", i32::from(t.index()));
+    }
+    if let Some(c) = &filter.customer_id {
+        query.insert("customer_id", c);
+    }
+    if let Some(o) = &filter.order_id {
+        query.insert("order_id", o);
+    }
+    if let Some(t) = filter.updated_before_ms {
+        query.insert("updated_ms", doc! { "$lt": t });
+    }
+    if let Some(before) = before {
+        query.insert(
+            "seq",
+            doc! { "$lt": i64::try_from(before).unwrap_or(i64::MAX) },
+        );
+    }
+    query
+}
+
+impl MongoSagaLog {
+    /// Gives saga documents written before the listing fields existed (or
+    /// by an older orchestrator during a rolling upgrade) those fields, from
+    /// their records, in batches; run at start.
+    pub async fn backfill_listing_fields(&self) -> Result<u64, StorageError> {
+        let mut filled = 0;
+        loop {
+            let cursor = self
+                .sagas
+                .find(doc! { "type": { "$exists": false } })
+                .limit(500)
+                .await
+                .map_err(storage_error)?;
+            let docs = drain(cursor).await?;
+            if docs.is_empty() {
+                return Ok(filled);
+            }
+            for d in &docs {
+                let record = record_from(d)?;
+                self.sagas
+                    .update_one(
+                        doc! { "_id": &record.saga_id },
+                        doc! { "$set": listing_fields(&record) },
+                    )
+                    .await
+                    .map_err(storage_error)?;
+                filled += 1;
+            }
+        }
+    }
+}
+
 /// The record of a saga document, with the epoch it is stored under.
 fn record_from(doc: &Document) -> Result<SagaRecord, StorageError> {
     let mut record: SagaRecord = unblob(doc, "data")?;
@@ -173,6 +333,14 @@ fn fenced(saga_id: &str) -> StorageError {
 
 impl SagaLog for MongoSagaLog {
     async fn begin(&self, mut record: SagaRecord) -> Result<Begin, StorageError> {
+        // A key an older orchestrator took without a scope (rolling
+        // upgrade) still holds it for its customer.
+        if let Some(existing) = self
+            .find_key(record.key_scope(), &record.idempotency_key)
+            .await?
+        {
+            return Ok(Begin::Existing(existing));
+        }
         record.seq = self
             .db
             .next_seq("orchestrator_counters", "saga_seq")
@@ -182,6 +350,7 @@ impl SagaLog for MongoSagaLog {
         let mut document = doc! {
             "_id": &record.saga_id,
             "key": &record.idempotency_key,
+            "key_scope": record.key_scope(),
             "seq": seq,
             "state": i32::from(record.state.index()),
             "unfinished": !record.state.is_terminal(),
@@ -190,13 +359,16 @@ impl SagaLog for MongoSagaLog {
             "lease_until": now_ms().saturating_add(self.lease_ms),
             "epoch": 1_i64,
         };
+        document.extend(listing_fields(&record));
         if let Some(order_id) = record.acted_order() {
             document.insert("turn_order", order_id);
         }
         match self.sagas.insert_one(document).await {
             Ok(_) => Ok(Begin::Created(record)),
             Err(e) if is_duplicate_key(&e) => {
-                let existing = self.get_by_key(record.idempotency_key.clone()).await?;
+                let existing = self
+                    .find_key(record.key_scope(), &record.idempotency_key)
+                    .await?;
                 existing.map(Begin::Existing).ok_or_else(|| {
                     StorageError::Corrupt(format!(
                         "idempotency key {} is taken by no saga",
@@ -311,34 +483,23 @@ impl SagaLog for MongoSagaLog {
         found.as_ref().map(record_from).transpose()
     }
 
-    async fn get_by_key(&self, key: String) -> Result<Option<SagaRecord>, StorageError> {
-        let found = self
-            .sagas
-            .find_one(doc! { "key": &key })
-            .await
-            .map_err(storage_error)?;
-        found.as_ref().map(record_from).transpose()
+    async fn get_by_key(
+        &self,
+        scope: String,
+        key: String,
+    ) -> Result<Option<SagaRecord>, StorageError> {
+        self.find_key(&scope, &key).await
     }
 
     async fn list(
         &self,
-        state: Option<SagaState>,
+        filter: SagaFilter,
         before: Option<u64>,
         limit: usize,
     ) -> Result<SagaPage, StorageError> {
-        let mut filter = Document::new();
-        if let Some(state) = state {
-            filter.insert("state", i32::from(state.index()));
-        }
-        if let Some(before) = before {
-            filter.insert(
-                "seq",
-                doc! { "$lt": i64::try_from(before).unwrap_or(i64::MAX) },
-            );
-        }
         let cursor = self
             .sagas
-            .find(filter)
+            .find(filter_query(&filter, before))
             .sort(doc! { "seq": -1 })
             .limit(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
             .await

@@ -44,6 +44,103 @@ impl Default for ParticipantUrls {
     }
 }
 
+/// One of the three participants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// inventory-svc.
+    Inventory,
+    /// loyalty-svc.
+    Loyalty,
+    /// order-svc.
+    Order,
+}
+
+impl Peer {
+    /// All of them.
+    pub const ALL: [Self; 3] = [Self::Inventory, Self::Loyalty, Self::Order];
+
+    /// Its gRPC service name (what health reports it under).
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Self::Inventory => {
+                microshop_proto::inventory::v1::inventory_service_server::SERVICE_NAME
+            }
+            Self::Loyalty => microshop_proto::loyalty::v1::loyalty_service_server::SERVICE_NAME,
+            Self::Order => microshop_proto::order::v1::order_service_server::SERVICE_NAME,
+        }
+    }
+
+    /// Its name in the orchestrator's `--<name>-url` flag.
+    pub fn flag_name(self) -> &'static str {
+        match self {
+            Self::Inventory => "inventory",
+            Self::Loyalty => "loyalty",
+            Self::Order => "order",
+        }
+    }
+
+    /// The peer of a service name.
+    pub fn from_service_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.service_name() == name)
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Inventory => 0,
+            Self::Loyalty => 1,
+            Self::Order => 2,
+        }
+    }
+}
+
+/// What the orchestrator's health watcher last saw of each participant,
+/// shared with the engine: a saga waiting for participants is re-driven
+/// once all of them are up again, and compensations against a participant
+/// known to be down are put off instead of burning their budget first.
+///
+/// A participant never checked yet counts as up (the engine tries it).
+#[derive(Debug, Default)]
+pub struct PeerHealth {
+    /// Per peer: 0 while down, else when it was first seen up after being
+    /// down (or when first checked), Unix millis.
+    up_since_ms: [std::sync::atomic::AtomicI64; 3],
+    /// Per peer: whether it was ever checked.
+    checked: [std::sync::atomic::AtomicBool; 3],
+}
+
+impl PeerHealth {
+    /// Records a health check of `peer`; true when it just came back up.
+    pub fn report(&self, peer: Peer, up: bool, now_ms: i64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let i = peer.index();
+        let first = !self.checked[i].swap(true, SeqCst);
+        let was = self.up_since_ms[i].load(SeqCst);
+        if up {
+            if was == 0 {
+                self.up_since_ms[i].store(now_ms.max(1), SeqCst);
+                return !first;
+            }
+        } else {
+            self.up_since_ms[i].store(0, SeqCst);
+        }
+        false
+    }
+
+    /// Whether `peer` is known to be down.
+    pub fn is_down(&self, peer: Peer) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let i = peer.index();
+        self.checked[i].load(SeqCst) && self.up_since_ms[i].load(SeqCst) == 0
+    }
+
+    /// Whether `peer` was seen up again after `since_ms` (it went down and
+    /// came back since then).
+    pub fn back_since(&self, peer: Peer, since_ms: i64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.up_since_ms[peer.index()].load(SeqCst) > since_ms
+    }
+}
+
 /// A failed participant call, classified (ARCHITECTURE §5).
 #[derive(Clone, Debug)]
 pub enum CallError {

@@ -13,7 +13,7 @@ use prost::Message;
 
 use crate::{
     model::{CartLine, PricedLine, SagaInput, SagaOutputs, SagaRecord, SagaType},
-    participants::{CallError, Participants},
+    participants::{CallError, Participants, Peer},
 };
 
 /// A step of a saga definition.
@@ -27,6 +27,10 @@ pub struct StepDef {
     pub compensation: Option<&'static str>,
     /// Whether the action changes anything (reads need no compensation).
     pub effectful: bool,
+    /// The participants the action calls.
+    pub peers: &'static [Peer],
+    /// The participant the compensation calls.
+    pub compensation_peer: Option<Peer>,
 }
 
 const PLACE: &[StepDef] = &[
@@ -35,24 +39,32 @@ const PLACE: &[StepDef] = &[
         description: "price the cart from the catalog and check the coupon and points redemption",
         compensation: None,
         effectful: false,
+        peers: &[Peer::Inventory, Peer::Order],
+        compensation_peer: None,
     },
     StepDef {
         name: "reserve-stock",
         description: "reserve every cart line on inventory-svc",
         compensation: Some("release-stock"),
         effectful: true,
+        peers: &[Peer::Inventory],
+        compensation_peer: Some(Peer::Inventory),
     },
     StepDef {
         name: "deduct-points",
         description: "deduct the redeemed points on loyalty-svc (skipped when none are redeemed)",
         compensation: Some("refund-points"),
         effectful: true,
+        peers: &[Peer::Loyalty],
+        compensation_peer: Some(Peer::Loyalty),
     },
     StepDef {
         name: "create-order",
         description: "create the order and consume the coupon use on order-svc",
         compensation: Some("cancel-order"),
         effectful: true,
+        peers: &[Peer::Order],
+        compensation_peer: Some(Peer::Order),
     },
 ];
 
@@ -62,24 +74,32 @@ const CONFIRM: &[StepDef] = &[
         description: "read the order from order-svc",
         compensation: None,
         effectful: false,
+        peers: &[Peer::Order],
+        compensation_peer: None,
     },
     StepDef {
         name: "mark-paid",
         description: "mark the order paid on order-svc",
         compensation: None,
         effectful: true,
+        peers: &[Peer::Order],
+        compensation_peer: None,
     },
     StepDef {
         name: "commit-stock",
         description: "move the order's reserved stock to sold on inventory-svc",
         compensation: None,
         effectful: true,
+        peers: &[Peer::Inventory],
+        compensation_peer: None,
     },
     StepDef {
         name: "earn-points",
         description: "credit loyalty points for the amount paid on loyalty-svc",
         compensation: None,
         effectful: true,
+        peers: &[Peer::Loyalty],
+        compensation_peer: None,
     },
 ];
 
@@ -89,24 +109,32 @@ const CANCEL: &[StepDef] = &[
         description: "read the order from order-svc",
         compensation: None,
         effectful: false,
+        peers: &[Peer::Order],
+        compensation_peer: None,
     },
     StepDef {
         name: "cancel-order",
         description: "cancel the order and give its coupon use back on order-svc",
         compensation: None,
         effectful: true,
+        peers: &[Peer::Order],
+        compensation_peer: None,
     },
     StepDef {
         name: "release-stock",
         description: "release the order's reserved stock, or restock it if sold, on inventory-svc",
         compensation: None,
         effectful: true,
+        peers: &[Peer::Inventory],
+        compensation_peer: None,
     },
     StepDef {
         name: "refund-points",
         description: "refund the points the order redeemed on loyalty-svc",
         compensation: None,
         effectful: true,
+        peers: &[Peer::Loyalty],
+        compensation_peer: None,
     },
 ];
 

@@ -17,7 +17,7 @@ use microshop_runtime::testing::mongodb_for_tests;
 use microshop_storage::{StorageError, embedded::Durable};
 use orchestrator::{
     EmbeddedSagaLog, MongoSagaLog, SagaLog,
-    log::{Begin, PaymentDeadline},
+    log::{Begin, PaymentDeadline, SagaFilter},
     model::{
         Address, CartLine, PricedLine, SagaError, SagaInput, SagaOutputs, SagaRecord, SagaState,
         SagaType, StepRecord, StepStatus, now_ms,
@@ -46,6 +46,93 @@ async fn mongodb_store_conforms() {
         .await
         .expect("open the MongoDB log");
     suite("mongodb", log).await;
+}
+
+/// A database written before keys were scoped per customer (the global
+/// unique index `idempotency_key_unique {key: 1}`, documents without
+/// `key_scope`, as an older orchestrator writes them): opening it moves it
+/// to the scoped key space, idempotently; the old key still answers its
+/// customer, and another customer may now use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_keys_written_before_scoping_migrate() {
+    use microshop_storage::mongo::{blob, unique_index};
+    use mongodb::bson::doc;
+    let Some(db) = mongodb_for_tests("mongodb_keys_written_before_scoping_migrate").await else {
+        return;
+    };
+    db.ensure_indexes(
+        "sagas",
+        vec![unique_index(doc! { "key": 1 }, "idempotency_key_unique")],
+    )
+    .await
+    .expect("the old index");
+    let mut old = record_of("alice", "k-old");
+    old.seq = 1;
+    old.lease_epoch = 1;
+    db.collection("sagas")
+        .insert_one(doc! {
+            "_id": &old.saga_id,
+            "key": "k-old",
+            "seq": 1_i64,
+            "state": i32::from(old.state.index()),
+            "unfinished": true,
+            "data": blob(&old).expect("encode"),
+            "lease_owner": "old-orchestrator",
+            "lease_until": 0_i64,
+            "epoch": 1_i64,
+        })
+        .await
+        .expect("an old document");
+    for run in 0..2 {
+        // Twice: the upgrade is idempotent.
+        let log = MongoSagaLog::open(db.clone(), format!("new-{run}"), Duration::from_secs(30))
+            .await
+            .expect("open the older database");
+        log.backfill_listing_fields().await.expect("backfill");
+        let names = db
+            .collection("sagas")
+            .list_index_names()
+            .await
+            .expect("index names");
+        assert!(
+            !names.iter().any(|n| n == "idempotency_key_unique"),
+            "the global key index is gone: {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "customer_key_unique"),
+            "{names:?}"
+        );
+        assert_eq!(
+            log.get_by_key("alice".into(), "k-old".into())
+                .await
+                .expect("get_by_key")
+                .map(|r| r.saga_id),
+            Some(old.saga_id.clone())
+        );
+        match log.begin(record_of("alice", "k-old")).await.expect("begin") {
+            Begin::Existing(found) => assert_eq!(found.saga_id, old.saga_id),
+            Begin::Created(c) => panic!("alice's old key started saga {}", c.saga_id),
+        }
+        let listed = log
+            .list(
+                SagaFilter {
+                    customer_id: Some("alice".into()),
+                    ..SagaFilter::default()
+                },
+                None,
+                10,
+            )
+            .await
+            .expect("list");
+        assert_eq!(listed.sagas.len(), 1, "the old saga is listed by customer");
+    }
+    let log = MongoSagaLog::open(db, "new".into(), Duration::from_secs(30))
+        .await
+        .expect("open");
+    match log.begin(record_of("bob", "k-old")).await.expect("begin") {
+        Begin::Created(bobs) => assert_ne!(bobs.saga_id, old.saga_id),
+        Begin::Existing(found) => panic!("bob got alice's saga {}", found.saga_id),
+    }
 }
 
 /// Two orchestrators, "a" and "b", on one database with 300 ms leases: b
@@ -171,7 +258,9 @@ async fn mongodb_leases_fence_a_former_owner() {
         Some(progressed.clone())
     );
     assert_eq!(
-        a.get_by_key(key).await.expect("get_by_key"),
+        a.get_by_key(CUSTOMER.to_owned(), key)
+            .await
+            .expect("get_by_key"),
         Some(progressed)
     );
     assert_eq!(
@@ -231,7 +320,36 @@ async fn suite<L: SagaLog>(backend: &str, log: L) {
     unfinished_and_claims(&log, &mut book).await;
     payment_deadlines(&log, &mut book).await;
     list_pages_newest_first(&log, &mut book).await;
+    keys_are_scoped_per_customer(&log, &mut book).await;
+    list_filters(&log, &mut book).await;
     eprintln!("saga log conformance on {backend}: {:?}", started.elapsed());
+}
+
+/// The customer of the suite's checkouts.
+const CUSTOMER: &str = "conformance-customer";
+
+/// A checkout of `customer` under `key`.
+fn record_of(customer: &str, key: &str) -> SagaRecord {
+    let mut r = record(key);
+    if let SagaInput::Place { customer_id, .. } = &mut r.input {
+        *customer_id = customer.to_owned();
+    }
+    r
+}
+
+/// A confirm-payment saga of `order`, keyed as the API keys it.
+fn confirm_record(order: &str) -> SagaRecord {
+    let mut r = record(&format!("confirm:{order}"));
+    r.saga_type = SagaType::ConfirmPayment;
+    r.input = SagaInput::Confirm {
+        order_id: order.to_owned(),
+        payment_ref: "pay-1".to_owned(),
+    };
+    r.steps = steps::definition(SagaType::ConfirmPayment)
+        .iter()
+        .map(|d| StepRecord::new(d.name, d.description))
+        .collect();
+    r
 }
 
 /// A RUNNING PlaceOrder saga with a fresh UUIDv7 id, as the engine begins
@@ -244,7 +362,7 @@ fn record(key: &str) -> SagaRecord {
         state: SagaState::Running,
         idempotency_key: key.to_owned(),
         input: SagaInput::Place {
-            customer_id: "conformance-customer".to_owned(),
+            customer_id: CUSTOMER.to_owned(),
             items: vec![CartLine {
                 sku: "SKU-1".to_owned(),
                 quantity: 2,
@@ -271,6 +389,8 @@ fn record(key: &str) -> SagaRecord {
         seq: 0,
         lease_epoch: 0,
         trace_parent: None,
+        waiting: None,
+        waits: 0,
     };
     record.transition(SagaState::Running, "saga started");
     record
@@ -325,7 +445,7 @@ async fn begin_is_idempotent_by_key<L: SagaLog>(log: &L, book: &mut Book) {
         None
     );
     assert_eq!(
-        log.get_by_key("key-unknown".to_owned())
+        log.get_by_key(CUSTOMER.to_owned(), "key-unknown".to_owned())
             .await
             .expect("get_by_key"),
         None
@@ -333,7 +453,7 @@ async fn begin_is_idempotent_by_key<L: SagaLog>(log: &L, book: &mut Book) {
 
     let first = begin_new(log, book, record("key-1")).await;
     assert_eq!(
-        log.get_by_key("key-1".to_owned())
+        log.get_by_key(CUSTOMER.to_owned(), "key-1".to_owned())
             .await
             .expect("get_by_key"),
         Some(first.clone())
@@ -388,7 +508,7 @@ async fn concurrent_begins_make_one_saga<L: SagaLog>(log: &L, book: &mut Book) {
     );
     assert!(records.iter().any(|r| r.saga_id == winner.saga_id));
     assert_eq!(
-        log.get_by_key("key-race".to_owned())
+        log.get_by_key(CUSTOMER.to_owned(), "key-race".to_owned())
             .await
             .expect("get_by_key"),
         Some(winner.clone())
@@ -448,7 +568,7 @@ async fn save_round_trips<L: SagaLog>(log: &L, book: &mut Book) {
         Some(record.clone())
     );
     assert_eq!(
-        log.get_by_key("key-1".to_owned())
+        log.get_by_key(CUSTOMER.to_owned(), "key-1".to_owned())
             .await
             .expect("get_by_key"),
         Some(record.clone())
@@ -683,7 +803,11 @@ async fn list_pages_newest_first<L: SagaLog>(log: &L, book: &mut Book) {
         let mut sizes = Vec::new();
         let mut before = None;
         loop {
-            let page = log.list(state, before, 3).await.expect("list");
+            let filter = SagaFilter {
+                state,
+                ..SagaFilter::default()
+            };
+            let page = log.list(filter, before, 3).await.expect("list");
             assert!(page.sagas.len() <= 3, "at most `limit` per page");
             sizes.push(page.sagas.len());
             listed.extend(page.sagas);
@@ -727,4 +851,147 @@ async fn list_pages_newest_first<L: SagaLog>(log: &L, book: &mut Book) {
             "{state:?}: full pages, then the rest: {sizes:?}"
         );
     }
+}
+
+/// Idempotency keys live per customer: two customers with one key get a
+/// saga each, one customer's 20 concurrent begins of a key make one, and
+/// order-keyed sagas stay one per order whatever else differs.
+async fn keys_are_scoped_per_customer<L: SagaLog>(log: &L, book: &mut Book) {
+    let alice = begin_new(log, book, record_of("alice", "k-shared")).await;
+    let bob = begin_new(log, book, record_of("bob", "k-shared")).await;
+    assert_ne!(alice.saga_id, bob.saga_id);
+    for (who, theirs) in [("alice", &alice), ("bob", &bob)] {
+        assert_eq!(
+            log.get_by_key(who.to_owned(), "k-shared".to_owned())
+                .await
+                .expect("get_by_key")
+                .map(|r| r.saga_id),
+            Some(theirs.saga_id.clone()),
+            "{who}'s key holds {who}'s saga"
+        );
+    }
+    assert_eq!(
+        log.get_by_key("carol".to_owned(), "k-shared".to_owned())
+            .await
+            .expect("get_by_key"),
+        None,
+        "another customer's key is not visible"
+    );
+    match log
+        .begin(record_of("alice", "k-shared"))
+        .await
+        .expect("begin")
+    {
+        Begin::Existing(found) => assert_eq!(found.saga_id, alice.saga_id),
+        Begin::Created(c) => panic!("alice's key is taken, yet begin created {}", c.saga_id),
+    }
+
+    let mut tasks = JoinSet::new();
+    for _ in 0..20 {
+        let log = log.clone();
+        tasks.spawn(async move { log.begin(record_of("dave", "k-twenty")).await });
+    }
+    let mut created = Vec::new();
+    let mut seen = HashSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task").expect("begin") {
+            Begin::Created(r) => {
+                seen.insert(r.saga_id.clone());
+                created.push(r);
+            }
+            Begin::Existing(r) => {
+                seen.insert(r.saga_id);
+            }
+        }
+    }
+    assert_eq!(
+        created.len(),
+        1,
+        "20 begins of one (customer, key): one saga"
+    );
+    assert_eq!(seen.len(), 1, "every caller sees it: {seen:?}");
+    book.keep(&created[0]);
+
+    let confirm = begin_new(log, book, confirm_record("order-scoped")).await;
+    let mut again = confirm_record("order-scoped");
+    again.outputs.order_customer_id = Some("someone-else".to_owned());
+    match log.begin(again).await.expect("begin") {
+        Begin::Existing(found) => assert_eq!(found.saga_id, confirm.saga_id),
+        Begin::Created(c) => panic!("one confirm saga per order, yet a second: {}", c.saga_id),
+    }
+}
+
+/// ListSagas filters (type, customer, order, updated before) combine with
+/// the state and page as the book says, newest first, every match once.
+async fn list_filters<L: SagaLog>(log: &L, book: &mut Book) {
+    // An order with its checkout (order id known once created) and its
+    // confirm saga; a checkout of another customer.
+    let mut placed = begin_new(log, book, record_of("erin", "k-filter-1")).await;
+    placed.outputs.order_id = Some("order-filtered".to_owned());
+    placed.transition(SagaState::Completed, "every step succeeded");
+    save(log, book, &placed, PaymentDeadline::Keep).await;
+    let confirm = begin_new(log, book, confirm_record("order-filtered")).await;
+    let _other = begin_new(log, book, record_of("frank", "k-filter-2")).await;
+    let cutoff = now_ms() + 1;
+
+    let filters = [
+        SagaFilter {
+            order_id: Some("order-filtered".to_owned()),
+            ..SagaFilter::default()
+        },
+        SagaFilter {
+            customer_id: Some("erin".to_owned()),
+            ..SagaFilter::default()
+        },
+        SagaFilter {
+            saga_type: Some(SagaType::ConfirmPayment),
+            ..SagaFilter::default()
+        },
+        SagaFilter {
+            saga_type: Some(SagaType::PlaceOrder),
+            state: Some(SagaState::Completed),
+            ..SagaFilter::default()
+        },
+        SagaFilter {
+            updated_before_ms: Some(placed.updated_at_ms),
+            ..SagaFilter::default()
+        },
+        SagaFilter {
+            updated_before_ms: Some(cutoff),
+            customer_id: Some("frank".to_owned()),
+            ..SagaFilter::default()
+        },
+    ];
+    for filter in filters {
+        let mut expected: Vec<&SagaRecord> =
+            book.sagas.values().filter(|r| filter.matches(r)).collect();
+        expected.sort_by_key(|r| std::cmp::Reverse(r.seq));
+        let expected: Vec<String> = expected.iter().map(|r| r.saga_id.clone()).collect();
+        let mut listed = Vec::new();
+        let mut before = None;
+        for _ in 0..1_000 {
+            let page = log.list(filter.clone(), before, 2).await.expect("list");
+            assert!(page.sagas.len() <= 2, "at most `limit` per page");
+            listed.extend(page.sagas.into_iter().map(|r| r.saga_id));
+            match page.next {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(
+            listed, expected,
+            "{filter:?}: every match once, newest first"
+        );
+    }
+    let by_order: HashSet<String> = book
+        .sagas
+        .values()
+        .filter(|r| r.order_id() == Some("order-filtered"))
+        .map(|r| r.saga_id.clone())
+        .collect();
+    assert_eq!(
+        by_order,
+        HashSet::from([placed.saga_id.clone(), confirm.saga_id.clone()]),
+        "an order's checkout and confirm sagas"
+    );
 }

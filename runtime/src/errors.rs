@@ -41,6 +41,9 @@ pub enum Reason {
     CouponExhausted,
     /// FAILED_PRECONDITION: the order has shipped.
     OrderNotCancellable,
+    /// FAILED_PRECONDITION: the checkout hold ended before the saga could
+    /// finish; it was compensated.
+    CheckoutExpired,
     /// FAILED_PRECONDITION: the order was cancelled and can't be paid.
     OrderNotPayable,
     /// FAILED_PRECONDITION: the order is not in a state for that operation.
@@ -84,6 +87,7 @@ impl Reason {
             Self::CouponInvalid => "COUPON_INVALID",
             Self::CouponExhausted => "COUPON_EXHAUSTED",
             Self::OrderNotCancellable => "ORDER_NOT_CANCELLABLE",
+            Self::CheckoutExpired => "CHECKOUT_EXPIRED",
             Self::OrderNotPayable => "ORDER_NOT_PAYABLE",
             Self::OrderNotShippable => "ORDER_NOT_SHIPPABLE",
             Self::SagaAlreadyCompensated => "SAGA_ALREADY_COMPENSATED",
@@ -118,6 +122,7 @@ const ALL_REASONS: &[Reason] = &[
     Reason::CouponInvalid,
     Reason::CouponExhausted,
     Reason::OrderNotCancellable,
+    Reason::CheckoutExpired,
     Reason::OrderNotPayable,
     Reason::OrderNotShippable,
     Reason::SagaAlreadyCompensated,

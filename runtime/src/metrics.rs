@@ -82,6 +82,9 @@ pub struct Metrics {
     step_retries: Family<StepLabels, Counter>,
     compensations: Family<StepLabels, Counter>,
     failed_sagas: Gauge,
+    waiting_sagas: Gauge,
+    sagas_purged: Counter,
+    barrier_entries_purged: Counter,
     stock_out_rejections: Counter,
     /// `/pkg.Service/Method` → its interned (service, method).
     paths: RwLock<HashMap<Box<str>, (&'static str, &'static str)>>,
@@ -141,7 +144,7 @@ impl Metrics {
         let sagas_failed = Family::default();
         registry.register(
             "microshop_sagas_failed",
-            "Sagas that went FAILED (out of retry budget; an operator must retry or abort), by type",
+            "Sagas that went FAILED (the dead letter: automation cannot finish them; an operator must retry or abort), by type",
             sagas_failed.clone(),
         );
         let step_duration: HistogramFamily<StepLabels> =
@@ -169,6 +172,24 @@ impl Metrics {
             "Sagas now FAILED in the saga log (dead letters waiting for RetrySaga or AbortSaga)",
             failed_sagas.clone(),
         );
+        let waiting_sagas = Gauge::default();
+        registry.register(
+            "microshop_sagas_waiting",
+            "Sagas this orchestrator holds waiting for an unreachable participant (re-driven by themselves once it is back)",
+            waiting_sagas.clone(),
+        );
+        let sagas_purged = Counter::default();
+        registry.register(
+            "microshop_sagas_purged",
+            "Finished sagas removed from the saga log after the retention period",
+            sagas_purged.clone(),
+        );
+        let barrier_entries_purged = Counter::default();
+        registry.register(
+            "microshop_barrier_entries_purged",
+            "Participant barrier entries removed after the retention period",
+            barrier_entries_purged.clone(),
+        );
         let stock_out_rejections = Counter::default();
         registry.register(
             "microshop_stock_out_rejections",
@@ -187,6 +208,9 @@ impl Metrics {
             step_retries,
             compensations,
             failed_sagas,
+            waiting_sagas,
+            sagas_purged,
+            barrier_entries_purged,
             stock_out_rejections,
             paths: RwLock::new(HashMap::new()),
         }
@@ -291,6 +315,30 @@ impl Metrics {
     /// How many sagas the log holds FAILED now.
     pub fn set_dead_letters(&self, count: i64) {
         self.failed_sagas.set(count);
+    }
+
+    /// A saga went FAILED (+1) or left FAILED (-1): the gauge follows at
+    /// once; the periodic count corrects what other orchestrators did.
+    pub fn dead_letters_changed(&self, delta: i64) {
+        let now = self.failed_sagas.inc_by(delta) + delta;
+        if now < 0 {
+            self.failed_sagas.set(0);
+        }
+    }
+
+    /// How many sagas wait for a participant in this process.
+    pub fn set_waiting(&self, count: i64) {
+        self.waiting_sagas.set(count);
+    }
+
+    /// Finished sagas purged.
+    pub fn sagas_purged(&self, count: u64) {
+        self.sagas_purged.inc_by(count);
+    }
+
+    /// Barrier entries purged.
+    pub fn barrier_entries_purged(&self, count: u64) {
+        self.barrier_entries_purged.inc_by(count);
     }
 
     /// ReserveStock refused for want of stock.

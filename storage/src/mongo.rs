@@ -186,6 +186,25 @@ impl MongoDb {
         }
     }
 
+    /// Drops index `name` of `collection` if it exists (an index replaced
+    /// by another: create the new one first, so uniqueness never lapses).
+    pub async fn drop_index_if_exists(
+        &self,
+        collection: &str,
+        name: &str,
+    ) -> Result<bool, StorageError> {
+        /// Server error code of a missing index.
+        const INDEX_NOT_FOUND: i32 = 27;
+        match self.collection(collection).drop_index(name).await {
+            Ok(()) => Ok(true),
+            Err(e) if error_code(&e) == Some(INDEX_NOT_FOUND) => Ok(false),
+            // Some servers answer a missing index (or collection) with
+            // another code and this message.
+            Err(e) if e.to_string().contains("index not found") => Ok(false),
+            Err(e) => Err(storage_error(e)),
+        }
+    }
+
     /// The next number of the counter `name` in `collection` (1, 2, ...):
     /// one atomic `$inc`, outside any transaction, so concurrent callers
     /// each get their own number and never conflict. Listing keys come from

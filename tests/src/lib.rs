@@ -492,6 +492,7 @@ impl Shop {
                     state: state.into(),
                     page_size: 100,
                     page_token: token,
+                    ..Default::default()
                 })
                 .await
                 .unwrap_or_else(|e| panic!("ListSagas {}: {e:?}", state.as_str_name()))
@@ -686,6 +687,23 @@ pub async fn listen(addr: SocketAddr) -> TcpListener {
     TcpListener::bind(addr)
         .await
         .unwrap_or_else(|e| panic!("bind {addr}: {e}"))
+}
+
+/// Binds `addr` again after the server that held it stopped, retrying
+/// (bounded) while the port is still in use: a port released a moment ago
+/// may be held briefly by the kernel or taken by a parallel test's
+/// outgoing connection.
+pub async fn listen_again(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + CONNECT_WITHIN;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("bind {addr} again within {CONNECT_WITHIN:?}: {e}"),
+        }
+    }
 }
 
 /// A free loopback address.

@@ -796,3 +796,68 @@ async fn without_authentication_the_rate_limit_is_per_peer_ip() {
         .expect("the mesh stops")
         .expect("no service failed");
 }
+
+/// Idempotency keys are scoped per customer (the old shop's keys were
+/// `order_${userId}_${Date.now()}`, easy to guess): with authentication
+/// on, bob's checkout under the key alice used gets his own order, and the
+/// refusal of a reused key never says another customer used it; alice
+/// reusing her key with another cart still gets ALREADY_EXISTS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_customers_may_use_one_idempotency_key() {
+    let secured = Secured::start(None).await;
+    secured.seed().await;
+    let (alice, bob) = (token("alice", "customer"), token("bob", "customer"));
+    let hers = secured
+        .place(
+            &alice,
+            order_request("k-shared", "alice", &[("TSHIRT", 1)], "", 0),
+        )
+        .await
+        .expect("alice's checkout");
+    let his = secured
+        .place(
+            &bob,
+            order_request("k-shared", "bob", &[("TSHIRT", 2)], "", 0),
+        )
+        .await
+        .expect("bob's checkout under the same key is his own");
+    assert_ne!(hers.saga_id, his.saga_id);
+    assert_ne!(hers.order_id, his.order_id);
+    assert_eq!(his.order.expect("his order").customer_id, "bob");
+    // Each retry answers its own customer's order.
+    let again = secured
+        .place(
+            &alice,
+            order_request("k-shared", "alice", &[("TSHIRT", 1)], "", 0),
+        )
+        .await
+        .expect("alice's retry");
+    assert_eq!(again.order_id, hers.order_id);
+    let again = secured
+        .place(
+            &bob,
+            order_request("k-shared", "bob", &[("TSHIRT", 2)], "", 0),
+        )
+        .await
+        .expect("bob's retry");
+    assert_eq!(again.order_id, his.order_id);
+    // Alice's key with another cart is still a conflict.
+    let status = secured
+        .place(
+            &alice,
+            order_request("k-shared", "alice", &[("TSHIRT", 3)], "", 0),
+        )
+        .await
+        .expect_err("a reused key with another cart");
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert_eq!(
+        microshop_runtime::errors::reason_of(&status),
+        Some(Reason::IdempotencyKeyReused)
+    );
+    assert!(
+        !status.message().contains("bob") && !status.message().contains(&his.saga_id),
+        "{}",
+        status.message()
+    );
+    secured.stop().await;
+}

@@ -452,8 +452,12 @@ impl Client {
             Err(status) => {
                 check_refusal(&self.tally, op, status, PLACE_REFUSALS);
                 if status.code() == Code::Unavailable {
+                    // A dead letter, or a saga waiting for a participant
+                    // (out of budget against a held-back call): an operator
+                    // may abort either.
                     let failed = microshop_runtime::errors::metadata_of(status, "sagaState")
-                        .is_some_and(|s| s == SagaState::Failed.as_str_name());
+                        .is_some_and(|s| s == SagaState::Failed.as_str_name())
+                        || microshop_runtime::errors::metadata_of(status, "waitingFor").is_some();
                     if failed
                         && let Some(id) = microshop_runtime::errors::metadata_of(status, "sagaId")
                     {
@@ -632,6 +636,7 @@ impl Client {
                             state: SagaState::Failed.into(),
                             page_size: 10,
                             page_token: String::new(),
+                            ..Default::default()
                         })
                         .await;
                     self.tally
@@ -679,6 +684,7 @@ async fn settle(shop: &Shop, stats: &FaultStats) -> u64 {
                         .clone()
                         .retry_saga(orch::RetrySagaRequest {
                             saga_id: s.saga_id.clone(),
+                            ..Default::default()
                         })
                         .await;
                     if let Err(st) = result
@@ -1327,7 +1333,10 @@ async fn bad_input_table_has_contract_codes_and_no_effect() {
             InvalidRequest,
         );
         let r = admin
-            .retry_saga(orch::RetrySagaRequest { saga_id: v.clone() })
+            .retry_saga(orch::RetrySagaRequest {
+                saga_id: v.clone(),
+                ..Default::default()
+            })
             .await;
         t.expect(
             &format!("RetrySaga.sagaId {what}"),
@@ -1354,7 +1363,10 @@ async fn bad_input_table_has_contract_codes_and_no_effect() {
             .await;
         t.expect(&format!("GetSaga.sagaId {what}"), r, NotFound, UnknownSaga);
         let r = admin
-            .retry_saga(orch::RetrySagaRequest { saga_id: v.clone() })
+            .retry_saga(orch::RetrySagaRequest {
+                saga_id: v.clone(),
+                ..Default::default()
+            })
             .await;
         t.expect(
             &format!("RetrySaga.sagaId {what}"),
@@ -1400,6 +1412,7 @@ async fn bad_input_table_has_contract_codes_and_no_effect() {
                 state: 0,
                 page_size: size,
                 page_token: String::new(),
+                ..Default::default()
             })
             .await;
         t.expect(
@@ -1415,6 +1428,7 @@ async fn bad_input_table_has_contract_codes_and_no_effect() {
                 state,
                 page_size: 0,
                 page_token: String::new(),
+                ..Default::default()
             })
             .await;
         t.expect(
@@ -1437,6 +1451,7 @@ async fn bad_input_table_has_contract_codes_and_no_effect() {
                 state: 0,
                 page_size: 0,
                 page_token: token.into(),
+                ..Default::default()
             })
             .await;
         t.expect(

@@ -1,0 +1,719 @@
+//! The saga engine: drives every saga to its end, one task per saga, and
+//! resumes what was left unfinished.
+//!
+//! - `run.rs`: running one claimed saga, step by step and back through
+//!   compensations, writing the log before and after every call;
+//! - `waiting.rs`: sagas that wait for an unreachable participant, how they
+//!   are re-driven by themselves, and the checkout hold;
+//! - here: starting sagas, the one task per saga (the `active` map), leases
+//!   and turns, recovery, payment expiry, and the background loops.
+//!
+//! One task drives a saga at a time in this process; callers waiting for
+//! the same saga (duplicates of one idempotency key, admin calls) subscribe
+//! to its outcome instead of driving it again. The task is detached from
+//! the request that started it, so a client that gives up never leaves a
+//! saga half-driven.
+
+mod run;
+mod waiting;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use microshop_runtime::{metrics::metrics, telemetry};
+use microshop_storage::StorageError;
+use tokio::{
+    sync::watch,
+    time::{Instant, sleep, timeout},
+};
+use tracing::{Instrument, Span, field::Empty};
+
+use self::{run::Ahead, waiting::WaitMap};
+use crate::{
+    failpoint::Failpoint,
+    log::{Begin, PaymentDeadline, SagaFilter, SagaLog},
+    model::{AUTOMATIC, SagaInput, SagaRecord, SagaState, SagaType, StepRecord, now_ms},
+    participants::{Participants, PeerHealth},
+    steps,
+};
+
+/// Budgets and periods of the driver.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Attempts of one forward step before the saga waits.
+    pub step_attempts: usize,
+    /// Time one forward step may take across its attempts.
+    pub step_budget: Duration,
+    /// Attempts of one compensation before it waits.
+    pub compensation_attempts: usize,
+    /// First retry delay (doubles, with jitter).
+    pub backoff_min: Duration,
+    /// Largest retry delay.
+    pub backoff_max: Duration,
+    /// Timeout of one participant call.
+    pub call_timeout: Duration,
+    /// Unpaid orders are cancelled this long after creation.
+    pub payment_ttl: Duration,
+    /// A checkout not completed this long after it started is compensated
+    /// (`CHECKOUT_EXPIRED`), so its stock goes back on sale.
+    pub checkout_hold: Duration,
+    /// How often unfinished sagas are looked for.
+    pub recovery_interval: Duration,
+    /// Longest pause between two tries of a saga waiting for a participant
+    /// that health does not report back (the first is `recovery_interval`,
+    /// doubling per wait).
+    pub probe_max: Duration,
+    /// How often payment deadlines are checked.
+    pub expiry_interval: Duration,
+    /// Longest a call waits for its saga when the client set no deadline.
+    pub max_wait: Duration,
+    /// Sagas recovery drives at once; the rest wait their turn, so a
+    /// restart with thousands of unfinished sagas keeps memory bounded.
+    pub recovery_concurrency: usize,
+    /// Crash point for recovery tests.
+    pub failpoint: Option<Failpoint>,
+    /// This orchestrator's name as the owner of saga leases (shared log).
+    pub instance_id: String,
+    /// How long a saga's lease lasts unless renewed; every save renews it.
+    /// Must exceed the longest gap between two saves of a saga (a call
+    /// timeout plus the largest retry delay), or another orchestrator takes
+    /// over sagas still being driven (safe, thanks to fencing, but wasted).
+    pub lease: Duration,
+}
+
+/// A name for this process as a lease owner: host and process id, plus a
+/// random part so a restarted process with a recycled pid is a new owner.
+pub fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "orchestrator".into());
+    let nonce = uuid::Uuid::now_v7().simple().to_string();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &nonce[nonce.len() - 6..]
+    )
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            step_attempts: 8,
+            step_budget: Duration::from_secs(10),
+            compensation_attempts: 12,
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(3),
+            payment_ttl: Duration::from_secs(600),
+            checkout_hold: Duration::from_secs(600),
+            recovery_interval: Duration::from_secs(5),
+            probe_max: Duration::from_secs(60),
+            expiry_interval: Duration::from_secs(1),
+            max_wait: Duration::from_secs(25),
+            recovery_concurrency: 256,
+            failpoint: None,
+            instance_id: default_instance_id(),
+            lease: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The outcome published to waiters: the saga as it ended (or as it waits
+/// for a participant), or why driving stopped (the log was unreachable;
+/// recovery resumes it later).
+pub type Outcome = Result<SagaRecord, String>;
+
+/// An operator's request to abort a saga being driven, and who made it.
+#[derive(Debug, Default)]
+pub(super) struct AbortFlag {
+    set: AtomicBool,
+    by: Mutex<Option<(String, String)>>,
+}
+
+impl AbortFlag {
+    fn request(&self, actor: &str, note: &str) {
+        *self.by.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((actor.to_owned(), note.to_owned()));
+        self.set.store(true, Ordering::SeqCst);
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
+
+    /// `(actor, note)` once requested.
+    fn requested(&self) -> Option<(String, String)> {
+        self.is_set().then(|| {
+            self.by
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_else(|| (String::new(), "aborted by an operator".into()))
+        })
+    }
+}
+
+/// The abort flag of code that runs only while compensating, which an
+/// abort request does not change.
+static NO_ABORT: AbortFlag = AbortFlag {
+    set: AtomicBool::new(false),
+    by: Mutex::new(None),
+};
+
+/// Who re-drives a waiting saga, for its history.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    /// An operator's token subject, or [`AUTOMATIC`].
+    pub actor: String,
+    /// What the history says.
+    pub note: String,
+}
+
+impl Resume {
+    /// A re-drive the orchestrator decided.
+    pub fn automatic(note: String) -> Self {
+        Self {
+            actor: AUTOMATIC.to_owned(),
+            note,
+        }
+    }
+}
+
+struct Active {
+    done: watch::Receiver<Option<Outcome>>,
+    abort: Arc<AbortFlag>,
+}
+
+/// The saga engine.
+pub struct Engine<L> {
+    log: L,
+    participants: Participants,
+    config: EngineConfig,
+    active: Mutex<HashMap<String, Active>>,
+    /// Bounds the sagas recovery drives at once.
+    recovery_slots: Arc<tokio::sync::Semaphore>,
+    /// Whether a recovery pass is under way (passes never overlap).
+    recovering: AtomicBool,
+    /// One payment or cancellation saga at a time per order (see
+    /// [`Engine::order_turn`]).
+    order_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What the health watcher sees of the participants.
+    health: Arc<PeerHealth>,
+    /// The sagas of this process that wait for a participant.
+    waiting: WaitMap,
+}
+
+impl<L> std::fmt::Debug for Engine<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl<L: SagaLog> Engine<L> {
+    /// A new engine over `log` and `participants`.
+    pub fn new(log: L, participants: Participants, config: EngineConfig) -> Arc<Self> {
+        let recovery_slots = Arc::new(tokio::sync::Semaphore::new(
+            config.recovery_concurrency.max(1),
+        ));
+        Arc::new(Self {
+            log,
+            participants,
+            config,
+            active: Mutex::new(HashMap::new()),
+            recovery_slots,
+            recovering: AtomicBool::new(false),
+            order_turns: Mutex::new(HashMap::new()),
+            health: Arc::new(PeerHealth::default()),
+            waiting: WaitMap::default(),
+        })
+    }
+
+    /// The log.
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The participants' clients.
+    pub fn participants(&self) -> &Participants {
+        &self.participants
+    }
+
+    /// What the health watcher reports of the participants (it writes here).
+    pub fn health(&self) -> &PeerHealth {
+        &self.health
+    }
+
+    /// Starts a saga for `key` or finds the one holding it.
+    pub async fn begin(
+        &self,
+        saga_type: SagaType,
+        key: String,
+        input: SagaInput,
+    ) -> Result<Begin, StorageError> {
+        let now = now_ms();
+        let steps = steps::definition(saga_type)
+            .iter()
+            .map(|d| StepRecord::new(d.name, d.description))
+            .collect();
+        let mut record = SagaRecord {
+            saga_id: uuid::Uuid::now_v7().to_string(),
+            saga_type,
+            state: SagaState::Running,
+            idempotency_key: key,
+            input,
+            steps,
+            outputs: Default::default(),
+            history: Vec::new(),
+            error: None,
+            failure_reason: String::new(),
+            failed_from: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            seq: 0,
+            lease_epoch: 0,
+            trace_parent: microshop_runtime::telemetry::current_traceparent(),
+            waiting: None,
+            waits: 0,
+        };
+        record.transition(SagaState::Running, "saga started");
+        // The first step's intent goes in with the creation (see
+        // `drive_created`); no saga type skips its first step.
+        Ahead::mark(&mut record, 0, false);
+        let begun = self.log.begin(record).await?;
+        if let Begin::Created(record) = &begun {
+            metrics().saga_started(record.saga_type.name());
+        }
+        Ok(begun)
+    }
+
+    /// Makes sure a task drives `saga_id` and returns a receiver of its
+    /// outcome. A terminal saga is not driven again; a waiting one only
+    /// once its wait is over.
+    pub fn drive(self: &Arc<Self>, saga_id: &str) -> watch::Receiver<Option<Outcome>> {
+        self.drive_from(saga_id, None, None)
+    }
+
+    /// Like [`Engine::drive`], re-driving a waiting saga now, in `resume`'s
+    /// name.
+    pub fn drive_now(
+        self: &Arc<Self>,
+        saga_id: &str,
+        resume: Resume,
+    ) -> watch::Receiver<Option<Outcome>> {
+        self.drive_from(saga_id, None, Some(resume))
+    }
+
+    /// Drives a saga [`Engine::begin`] just created, from the record it
+    /// returned: no read of the log, and the first step's intent, saved
+    /// with the creation, is not recorded again.
+    pub fn drive_created(self: &Arc<Self>, record: SagaRecord) -> watch::Receiver<Option<Outcome>> {
+        let ahead = Ahead::first_of_created(&record);
+        let id = record.saga_id.clone();
+        self.drive_from(&id, Some((record, ahead)), None)
+    }
+
+    fn drive_from(
+        self: &Arc<Self>,
+        saga_id: &str,
+        first: Option<(SagaRecord, Ahead)>,
+        resume: Option<Resume>,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = active.get(saga_id) {
+            return a.done.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        let abort = Arc::new(AbortFlag::default());
+        active.insert(
+            saga_id.to_owned(),
+            Active {
+                done: rx.clone(),
+                abort: Arc::clone(&abort),
+            },
+        );
+        drop(active);
+        let engine = Arc::clone(self);
+        let id = saga_id.to_owned();
+        tokio::spawn(async move {
+            let outcome = engine.drive_task(&id, &abort, first, resume).await;
+            if let Err(e) = &outcome {
+                tracing::warn!(saga_id = %id, error = %e, "saga driving stopped; recovery will resume it");
+            }
+            engine
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            let _ = tx.send(Some(outcome));
+        });
+        rx
+    }
+
+    /// Drives `saga_id` under one of the recovery slots, which it keeps
+    /// until the saga ends or waits; `Err` when the engine shuts down.
+    async fn drive_in_slot(
+        self: &Arc<Self>,
+        saga_id: &str,
+        resume: Option<Resume>,
+    ) -> Result<(), ()> {
+        let slot = Arc::clone(&self.recovery_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| ())?;
+        if self.is_active(saga_id) {
+            return Ok(());
+        }
+        let mut done = self.drive_from(saga_id, None, resume);
+        tokio::spawn(async move {
+            let _ = done.wait_for(Option::is_some).await;
+            drop(slot);
+        });
+        Ok(())
+    }
+
+    /// Claims `saga_id` and drives it to its end (or until it waits). While
+    /// another orchestrator holds the saga (a shared log), follows it
+    /// instead until it ends or its lease runs out, then claims it; gives
+    /// up after `max_wait` (recovery, here or there, finishes it).
+    async fn drive_task(
+        &self,
+        id: &str,
+        abort: &AbortFlag,
+        mut first: Option<(SagaRecord, Ahead)>,
+        mut resume: Option<Resume>,
+    ) -> Outcome {
+        let started = Instant::now();
+        let mut poll = Duration::from_millis(20);
+        loop {
+            // A saga this process just created is held under the lease its
+            // creation took.
+            let claimed = match first.take() {
+                Some((record, ahead)) => Some((record, Some(ahead))),
+                None => self
+                    .log
+                    .claim(id.to_owned())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(|record| (record, None)),
+            };
+            if let Some((record, ahead)) = claimed {
+                match self.run_in_turn(record, abort, ahead, resume.take()).await {
+                    Err(StorageError::Fenced(why)) => {
+                        tracing::info!(saga_id = %id, %why, "saga taken over; following it");
+                    }
+                    other => return other.map_err(|e| e.to_string()),
+                }
+            }
+            match self
+                .log
+                .get(id.to_owned())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => return Err(format!("no saga {id}")),
+                Some(record) if record.state.is_terminal() || record.waiting.is_some() => {
+                    return Ok(record);
+                }
+                Some(_) if started.elapsed() >= self.config.max_wait => {
+                    return Err("another orchestrator is still driving the saga".into());
+                }
+                Some(_) => {
+                    sleep(poll).await;
+                    poll = (poll * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// Runs a saga in its span, and records on the span how it ended.
+    async fn run_traced(
+        &self,
+        record: SagaRecord,
+        abort: &AbortFlag,
+        ahead: Option<Ahead>,
+        resume: Option<Resume>,
+    ) -> Result<SagaRecord, StorageError> {
+        let span = saga_span(&record);
+        // Without export, the saga's logs and its participant calls keep
+        // the trace id of the request that started it (a log-only one).
+        let log_trace = if telemetry::tracing_enabled() {
+            None
+        } else {
+            record
+                .trace_parent
+                .as_deref()
+                .and_then(telemetry::LogTrace::from_traceparent)
+        };
+        if let Some(trace) = &log_trace {
+            span.record("trace_id", trace.as_str());
+        }
+        let outcome = telemetry::LogTrace::scope(
+            log_trace,
+            self.run(record, abort, ahead, resume)
+                .instrument(span.clone()),
+        )
+        .await;
+        if let Ok(record) = &outcome {
+            if let Some(order_id) = &record.outputs.order_id {
+                span.record("order.id", order_id.as_str());
+            }
+            span.record("saga.state", tracing::field::debug(record.state));
+            if record.state == SagaState::Failed {
+                span.record("otel.status_code", "error");
+            }
+        }
+        outcome
+    }
+
+    /// Runs a claimed saga, in its order's turn if it acts on an order.
+    async fn run_in_turn(
+        &self,
+        record: SagaRecord,
+        abort: &AbortFlag,
+        ahead: Option<Ahead>,
+        resume: Option<Resume>,
+    ) -> Result<SagaRecord, StorageError> {
+        let Some(order_id) = record.acted_order().map(str::to_owned) else {
+            return self.run_traced(record, abort, ahead, resume).await;
+        };
+        let turn = self.order_turn(&order_id);
+        let held = turn.lock().await;
+        // Reload: the saga may have been changed by an operator while this
+        // task waited for its turn.
+        let epoch = record.lease_epoch;
+        let mut record = self
+            .log
+            .get(record.saga_id.clone())
+            .await?
+            .unwrap_or(record);
+        // Saves stay fenced by the epoch this task claimed under.
+        record.lease_epoch = epoch;
+        let ahead = ahead.filter(|a| a.still_in(&record));
+        let outcome = self.run_traced(record, abort, ahead, resume).await;
+        drop(held);
+        drop(turn);
+        self.end_order_turn(&order_id);
+        outcome
+    }
+
+    /// The turn of `order_id`: payment and cancellation sagas of one order
+    /// run one after the other. Interleaved, a cancellation could release
+    /// the reservation between a payment's mark-paid and its commit-stock,
+    /// leaving the payment FAILED with an order paid and nothing to commit.
+    fn order_turn(&self, order_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.order_turns.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(turns.entry(order_id.to_owned()).or_default())
+    }
+
+    /// Forgets the turn of `order_id` once no saga holds or awaits it.
+    fn end_order_turn(&self, order_id: &str) {
+        let mut turns = self.order_turns.lock().unwrap_or_else(|e| e.into_inner());
+        if turns
+            .get(order_id)
+            .is_some_and(|t| Arc::strong_count(t) == 1)
+        {
+            turns.remove(order_id);
+        }
+    }
+
+    /// Asks the task driving `saga_id` to compensate, in `actor`'s name;
+    /// false if none is.
+    pub fn request_abort(&self, saga_id: &str, actor: &str, note: &str) -> bool {
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active.get(saga_id).is_some_and(|a| {
+            a.abort.request(actor, note);
+            true
+        })
+    }
+
+    /// Whether a task of this process drives `saga_id` now.
+    pub fn is_active(&self, saga_id: &str) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(saga_id)
+    }
+
+    /// Waits up to `wait` for an outcome; `None` if the saga is still going.
+    pub async fn wait(mut rx: watch::Receiver<Option<Outcome>>, wait: Duration) -> Option<Outcome> {
+        match timeout(wait, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(v)) => v.clone(),
+            Ok(Err(_)) => Some(Err("saga driver stopped".into())),
+            Err(_) => None,
+        }
+    }
+
+    /// Resumes every unfinished saga of the log (at start and periodically),
+    /// at most `recovery_concurrency` at a time. Sagas waiting for a
+    /// participant are left alone until their wait is over.
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, StorageError> {
+        let ids = self.log.unfinished().await?;
+        let mut started = 0;
+        for id in ids {
+            if self.is_active(&id) || self.waits_undisturbed(&id) {
+                continue;
+            }
+            self.drive_in_slot(&id, None)
+                .await
+                .map_err(|()| StorageError::Unavailable("the engine is shutting down".into()))?;
+            started += 1;
+        }
+        if started > 0 {
+            tracing::debug!(sagas = started, "recovery drove unfinished sagas");
+        }
+        Ok(started)
+    }
+
+    /// Sagas FAILED in the log now (dead letters), for the gauge.
+    pub async fn count_failed(&self) -> Result<i64, StorageError> {
+        let mut count = 0_i64;
+        let mut cursor = None;
+        loop {
+            let page = self
+                .log
+                .list(SagaFilter::state(SagaState::Failed), cursor, 1_000)
+                .await?;
+            count += i64::try_from(page.sagas.len()).unwrap_or(i64::MAX);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(count),
+            }
+        }
+    }
+
+    /// Starts cancel sagas for orders unpaid past their deadline.
+    pub async fn expire_unpaid(self: &Arc<Self>) -> Result<usize, StorageError> {
+        let due = self.log.due_payments(now_ms(), 256).await?;
+        let mut started = 0;
+        for order_id in due {
+            let key = format!("expire:{order_id}");
+            let input = SagaInput::Cancel {
+                order_id: order_id.clone(),
+                reason: "payment expired".into(),
+                only_if_unpaid: true,
+            };
+            match self.begin(SagaType::CancelOrder, key, input).await? {
+                Begin::Created(record) => {
+                    tracing::info!(order_id = %order_id, saga_id = %record.saga_id, "payment expired: cancelling");
+                    drop(self.drive_created(record));
+                    started += 1;
+                }
+                Begin::Existing(mut record) if record.state.is_terminal() => {
+                    // Ended without clearing (e.g. FAILED): stop re-checking.
+                    self.save(&mut record, PaymentDeadline::Clear { order_id })
+                        .await?;
+                }
+                Begin::Existing(record) => drop(self.drive(&record.saga_id)),
+            }
+        }
+        Ok(started)
+    }
+
+    /// Runs recovery and expiry until `stop` flips.
+    pub async fn background(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut recovery = tokio::time::interval(self.config.recovery_interval);
+        let mut expiry = tokio::time::interval(self.config.expiry_interval);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = recovery.tick() => {
+                    // A long pass runs on its own task, so payment expiry
+                    // and the next ticks are not held up behind it.
+                    if !self.recovering.swap(true, Ordering::SeqCst) {
+                        let engine = Arc::clone(&self);
+                        tokio::spawn(async move {
+                            if let Err(e) = engine.recover().await {
+                                tracing::warn!(error = %e, "recovery pass failed");
+                            }
+                            match engine.count_failed().await {
+                                Ok(n) => metrics().set_dead_letters(n),
+                                Err(e) => tracing::warn!(error = %e, "cannot count FAILED sagas"),
+                            }
+                            engine.recovering.store(false, Ordering::SeqCst);
+                        });
+                    }
+                }
+                _ = expiry.tick() => {
+                    if let Err(e) = self.expire_unpaid().await {
+                        tracing::warn!(error = %e, "payment expiry pass failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The span a saga's driving runs in: a child of the request that started
+/// the saga, also when recovery drives it in another process lifetime.
+fn saga_span(record: &SagaRecord) -> Span {
+    let order_id = record
+        .acted_order()
+        .map(str::to_owned)
+        .or_else(|| record.outputs.order_id.clone());
+    let span = tracing::info_span!(
+        parent: None,
+        "saga",
+        otel.name = %format_args!("saga {}", record.saga_type.name()),
+        saga.id = %record.saga_id,
+        saga.type = record.saga_type.name(),
+        order.id = order_id,
+        saga.state = Empty,
+        otel.status_code = Empty,
+        trace_id = Empty,
+    );
+    if telemetry::tracing_enabled() {
+        telemetry::continue_from_traceparent(&span, record.trace_parent.as_deref());
+    }
+    span
+}
+
+/// The span of one step's action or compensation, across its attempts
+/// (each attempt's participant call is a client span inside it, and each
+/// retry an event).
+fn step_span(record: &SagaRecord, index: usize, compensation: bool) -> Span {
+    let def = steps::definition(record.saga_type)[index];
+    let (kind, name) = match (compensation, def.compensation) {
+        (true, Some(undo)) => ("compensation", undo),
+        _ => ("action", def.name),
+    };
+    tracing::info_span!(
+        "saga.step",
+        otel.name = %format_args!("{kind} {name}"),
+        otel.status_code = Empty,
+        saga.id = %record.saga_id,
+        saga.type = record.saga_type.name(),
+        saga.step = name,
+        saga.step.kind = kind,
+        saga.step.attempts = Empty,
+        saga.step.outcome = Empty,
+    )
+}
+
+/// Records how a step or compensation ended, on its span and in metrics.
+fn step_ended(
+    record: &SagaRecord,
+    name: &'static str,
+    started: Instant,
+    outcome: &'static str,
+    attempts: u32,
+) {
+    metrics().step_finished(record.saga_type.name(), name, started.elapsed());
+    let span = Span::current();
+    span.record("saga.step.attempts", attempts);
+    span.record("saga.step.outcome", outcome);
+    if outcome != "succeeded" {
+        span.record("otel.status_code", "error");
+    }
+}

@@ -1,0 +1,546 @@
+//! Participant outages over loopback gRPC, each service on its own
+//! listener so it can be stopped and started again on the same port and
+//! data: a saga out of its retry budget waits for the participant and is
+//! re-driven by itself once it is back (no operator), a checkout hold that
+//! ends gives the stock back while the participant is still down, and
+//! RetrySaga / AbortSaga act on waiting sagas and say who did it.
+//!
+//! Every wait is bounded polling; every scenario ends with the invariants
+//! of ARCHITECTURE §8.
+
+use std::{net::SocketAddr, time::Duration};
+
+use microshop::mesh::{MeshAddrs, MeshClients};
+use microshop_proto::orchestrator::v1::{
+    self as orch, SagaState, StepStatus, checkout_service_client::CheckoutServiceClient,
+    saga_admin_service_client::SagaAdminServiceClient,
+};
+use microshop_runtime::Reason;
+use microshop_tests::{
+    CONNECT_WITHIN, Participant, SETTLE_WITHIN, Server, Shop, action_attempts, action_status,
+    any_port, compensation_status, error_reason, eventually, expect_error, health_client, listen,
+    listen_again, order_request, saga_id_of, saga_state, short_budget_engine, spawn_orchestrator,
+    spawn_participant, step, wait_health,
+};
+use orchestrator::{EngineConfig, ParticipantUrls};
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+
+const INVENTORY: &str = "microshop.inventory.v1.InventoryService";
+const LOYALTY: &str = "microshop.loyalty.v1.LoyaltyService";
+const ORDER: &str = "microshop.order.v1.OrderService";
+const CHECKOUT: &str = "microshop.orchestrator.v1.CheckoutService";
+
+/// The four services, each on its own listener, over one data directory.
+struct Cluster {
+    dir: tempfile::TempDir,
+    inventory: Option<Server>,
+    loyalty: Option<Server>,
+    order: Option<Server>,
+    orch: Server,
+    addrs: MeshAddrs,
+    health: HealthClient<Channel>,
+}
+
+impl Cluster {
+    async fn start(engine: EngineConfig) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary data directory");
+        let inventory =
+            spawn_participant(Participant::Inventory, listen(any_port()).await, dir.path());
+        let loyalty = spawn_participant(Participant::Loyalty, listen(any_port()).await, dir.path());
+        let order = spawn_participant(Participant::Order, listen(any_port()).await, dir.path());
+        let urls = ParticipantUrls {
+            inventory: inventory.url(),
+            loyalty: loyalty.url(),
+            order: order.url(),
+        };
+        let orch = spawn_orchestrator(listen(any_port()).await, dir.path(), urls, engine);
+        let addrs = MeshAddrs {
+            orchestrator: orch.addr,
+            inventory: inventory.addr,
+            loyalty: loyalty.addr,
+            order: order.addr,
+        };
+        let health = health_client(orch.addr);
+        for name in [INVENTORY, LOYALTY, ORDER] {
+            wait_health(&health, name, ServingStatus::Serving, SETTLE_WITHIN).await;
+        }
+        Self {
+            dir,
+            inventory: Some(inventory),
+            loyalty: Some(loyalty),
+            order: Some(order),
+            orch,
+            addrs,
+            health,
+        }
+    }
+
+    async fn stop_loyalty(&mut self) {
+        if let Some(server) = self.loyalty.take() {
+            server.stop().await;
+        }
+        wait_health(
+            &self.health,
+            LOYALTY,
+            ServingStatus::NotServing,
+            SETTLE_WITHIN,
+        )
+        .await;
+    }
+
+    async fn start_loyalty(&mut self) {
+        let listener = listen_again(self.addrs.loyalty).await;
+        self.loyalty = Some(spawn_participant(
+            Participant::Loyalty,
+            listener,
+            self.dir.path(),
+        ));
+        wait_health(&self.health, LOYALTY, ServingStatus::Serving, SETTLE_WITHIN).await;
+    }
+
+    async fn stop(self) {
+        self.orch.stop().await;
+        for server in [self.inventory, self.loyalty, self.order]
+            .into_iter()
+            .flatten()
+        {
+            server.stop().await;
+        }
+    }
+}
+
+/// Engine settings of these scenarios: short budgets (a step against a dead
+/// participant gives up within about a second) and a recovery pass every
+/// 300 ms, so waits end promptly once their cause is gone.
+fn outage_engine() -> EngineConfig {
+    EngineConfig {
+        recovery_interval: Duration::from_millis(300),
+        ..short_budget_engine()
+    }
+}
+
+/// Polls GetSaga until `done` accepts the saga.
+async fn saga_until(
+    shop: &Shop,
+    saga_id: &str,
+    what: &str,
+    done: impl Fn(&orch::Saga) -> bool,
+) -> orch::Saga {
+    eventually(what, SETTLE_WITHIN, || {
+        let shop = shop.clone();
+        let saga_id = saga_id.to_owned();
+        let done = &done;
+        async move {
+            let saga = shop.saga(&saga_id).await;
+            if done(&saga) {
+                Ok(saga)
+            } else {
+                Err(format!(
+                    "{} {:?} waiting for {:?}",
+                    saga_id,
+                    saga_state(&saga),
+                    saga.waiting_for
+                ))
+            }
+        }
+    })
+    .await
+}
+
+fn has_history(saga: &orch::Saga, actor: &str, note: &str) -> bool {
+    saga.history
+        .iter()
+        .any(|t| t.actor == actor && t.note.contains(note))
+}
+
+// ---------------------------------------------------------------------------
+
+/// loyalty-svc goes down: a checkout redeeming points runs out of its
+/// budget at deduct-points and waits (RUNNING, not FAILED); an operator
+/// aborts a second one; when loyalty-svc is back the first completes with
+/// no operator action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_heals_without_an_operator() {
+    let mut cluster = Cluster::start(outage_engine()).await;
+    let mut shop = Shop::connect(&cluster.addrs).await;
+    shop.put_product("BIKE", 500_000, 10).await;
+    shop.grant_points("una", 100).await;
+    shop.grant_points("vic", 100).await;
+    shop.place_ok(order_request("warm-1", "una", &[("BIKE", 1)], "", 10))
+        .await;
+
+    cluster.stop_loyalty().await;
+
+    let status = expect_error(
+        shop.place_order(order_request("down-1", "una", &[("BIKE", 2)], "", 20))
+            .await,
+        Code::Unavailable,
+        Reason::DependencyUnavailable,
+    );
+    assert!(
+        status.message().contains(LOYALTY),
+        "the answer says what it waits for: {}",
+        status.message()
+    );
+    let waiting_id = saga_id_of(&status);
+    let saga = shop.saga(&waiting_id).await;
+    assert_eq!(saga_state(&saga), SagaState::Running, "{saga:#?}");
+    assert_eq!(saga.waiting_for, vec![LOYALTY.to_owned()], "{saga:#?}");
+    assert!(saga.next_attempt_at.is_some(), "{saga:#?}");
+    assert!(
+        saga.failure_reason.is_empty(),
+        "not a dead letter: {saga:#?}"
+    );
+    let deduct = step(&saga, "deduct-points");
+    assert_eq!(action_status(deduct), StepStatus::Waiting, "{saga:#?}");
+    assert!(
+        (1..=4).contains(&action_attempts(deduct)),
+        "bounded attempts: {saga:#?}"
+    );
+    assert_eq!(action_attempts(step(&saga, "create-order")), 0);
+    assert!(
+        shop.sagas_in(SagaState::Failed).await.is_empty(),
+        "no dead letter"
+    );
+    let listed = shop.sagas_in(SagaState::Running).await;
+    assert!(
+        listed
+            .iter()
+            .any(|s| s.saga_id == waiting_id && !s.waiting_for.is_empty()),
+        "ListSagas(RUNNING) shows the waiting saga: {listed:#?}"
+    );
+
+    // The client's retry while loyalty is away answers at once, still
+    // waiting: no new round of calls at a participant that is down.
+    let status = expect_error(
+        shop.place_order(order_request("down-1", "una", &[("BIKE", 2)], "", 20))
+            .await,
+        Code::Unavailable,
+        Reason::DependencyUnavailable,
+    );
+    assert_eq!(saga_id_of(&status), waiting_id);
+    let again = shop.saga(&waiting_id).await;
+    assert_eq!(
+        action_attempts(step(&again, "deduct-points")),
+        action_attempts(deduct),
+        "a retry while waiting makes no call: {again:#?}"
+    );
+
+    // A second checkout, which an operator aborts while it waits.
+    let status = expect_error(
+        shop.place_order(order_request("down-2", "vic", &[("BIKE", 3)], "", 30))
+            .await,
+        Code::Unavailable,
+        Reason::DependencyUnavailable,
+    );
+    let aborted_id = saga_id_of(&status);
+    let bike = shop.product("BIKE").await;
+    assert_eq!(
+        (bike.available, bike.reserved),
+        (4, 6),
+        "waiting checkouts hold their stock: {bike:?}"
+    );
+    let aborted = shop
+        .clients
+        .admin
+        .clone()
+        .abort_saga(orch::AbortSagaRequest {
+            saga_id: aborted_id.clone(),
+            reason: "customer gave up".into(),
+        })
+        .await
+        .expect("AbortSaga")
+        .into_inner()
+        .saga
+        .expect("the saga");
+    // Its refund waits for loyalty-svc; its stock is released meanwhile.
+    let aborted = if saga_state(&aborted) == SagaState::Compensated {
+        aborted
+    } else {
+        saga_until(
+            &shop,
+            &aborted_id,
+            "the aborted saga to wait for loyalty",
+            |s| saga_state(s) == SagaState::Compensating && !s.waiting_for.is_empty(),
+        )
+        .await
+    };
+    assert_eq!(
+        compensation_status(step(&aborted, "reserve-stock")),
+        Some(StepStatus::Succeeded),
+        "{aborted:#?}"
+    );
+    assert!(
+        has_history(
+            &aborted,
+            "anonymous",
+            "aborted by an operator: customer gave up"
+        ),
+        "the abort is in the history with who did it: {:#?}",
+        aborted.history
+    );
+    let bike = shop.product("BIKE").await;
+    assert_eq!(
+        (bike.available, bike.reserved),
+        (7, 3),
+        "the aborted checkout's stock is back on sale: {bike:?}"
+    );
+
+    // loyalty-svc comes back: both sagas finish by themselves.
+    cluster.start_loyalty().await;
+    shop.clients = MeshClients::connect(&cluster.addrs, CONNECT_WITHIN)
+        .await
+        .expect("reconnect");
+    let done = saga_until(
+        &shop,
+        &waiting_id,
+        "the waiting checkout to complete",
+        |s| saga_state(s) == SagaState::Completed,
+    )
+    .await;
+    assert!(done.waiting_for.is_empty(), "{done:#?}");
+    assert!(
+        has_history(&done, "automatic", "re-driven automatically"),
+        "the re-drive is in the history: {:#?}",
+        done.history
+    );
+    let answer = shop
+        .place_ok(order_request("down-1", "una", &[("BIKE", 2)], "", 20))
+        .await;
+    assert_eq!(
+        answer.order_id, done.order_id,
+        "the retry answers the order"
+    );
+    assert_eq!(answer.order.expect("the order").redeemed_points, 20);
+    let aborted = saga_until(&shop, &aborted_id, "the aborted saga to end", |s| {
+        saga_state(s) == SagaState::Compensated
+    })
+    .await;
+    assert_eq!(
+        compensation_status(step(&aborted, "deduct-points")),
+        Some(StepStatus::Succeeded),
+        "the refund ran once loyalty-svc was back: {aborted:#?}"
+    );
+    let status = shop
+        .place_order(order_request("down-2", "vic", &[("BIKE", 3)], "", 30))
+        .await
+        .expect_err("the aborted checkout answers its abort");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(error_reason(&status).as_deref(), Some("SAGA_ABORTED"));
+
+    let una = shop.balance("una").await;
+    assert_eq!(una.points, 100 - 10 - 20, "{una:?}");
+    let vic = shop.balance("vic").await;
+    assert_eq!(
+        (vic.points, vic.deducted - vic.refunded),
+        (100, 0),
+        "{vic:?}"
+    );
+    shop.assert_invariants().await;
+    cluster.stop().await;
+}
+
+/// The checkout hold ends while loyalty-svc is down: the checkout is
+/// compensated, its stock goes back on sale at once, a retry with its key
+/// answers CHECKOUT_EXPIRED, and the refund (a null compensation: the
+/// deduction never arrived) runs once loyalty-svc is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkout_hold_gives_the_stock_back_while_a_participant_is_down() {
+    let hold = Duration::from_secs(3);
+    let mut cluster = Cluster::start(EngineConfig {
+        checkout_hold: hold,
+        ..outage_engine()
+    })
+    .await;
+    let mut shop = Shop::connect(&cluster.addrs).await;
+    shop.put_product("BIKE", 500_000, 10).await;
+    shop.grant_points("una", 100).await;
+
+    cluster.stop_loyalty().await;
+    let status = expect_error(
+        shop.place_order(order_request("hold-1", "una", &[("BIKE", 2)], "", 20))
+            .await,
+        Code::Unavailable,
+        Reason::DependencyUnavailable,
+    );
+    let saga_id = saga_id_of(&status);
+
+    // Once the hold has ended, and with loyalty-svc still down, the
+    // reservation is released.
+    let saga = saga_until(
+        &shop,
+        &saga_id,
+        "the expired checkout to release its stock",
+        |s| compensation_status(step(s, "reserve-stock")) == Some(StepStatus::Succeeded),
+    )
+    .await;
+    assert!(cluster.loyalty.is_none(), "loyalty-svc is still down");
+    assert_eq!(saga_state(&saga), SagaState::Compensating, "{saga:#?}");
+    assert_eq!(saga.waiting_for, vec![LOYALTY.to_owned()], "{saga:#?}");
+    assert_eq!(
+        saga.error.as_ref().map(|e| e.reason.as_str()),
+        Some("CHECKOUT_EXPIRED"),
+        "{saga:#?}"
+    );
+    assert_eq!(
+        compensation_status(step(&saga, "deduct-points")),
+        Some(StepStatus::Waiting),
+        "{saga:#?}"
+    );
+    assert!(
+        has_history(&saga, "automatic", "checkout hold"),
+        "{:#?}",
+        saga.history
+    );
+    let bike = shop.product("BIKE").await;
+    assert_eq!((bike.available, bike.reserved), (10, 0), "{bike:?}");
+
+    // The outcome is decided: a retry answers it without waiting.
+    let status = expect_error(
+        shop.place_order(order_request("hold-1", "una", &[("BIKE", 2)], "", 20))
+            .await,
+        Code::FailedPrecondition,
+        Reason::CheckoutExpired,
+    );
+    assert_eq!(saga_id_of(&status), saga_id);
+
+    cluster.start_loyalty().await;
+    shop.clients = MeshClients::connect(&cluster.addrs, CONNECT_WITHIN)
+        .await
+        .expect("reconnect");
+    let saga = saga_until(&shop, &saga_id, "the expired checkout to end", |s| {
+        saga_state(s) == SagaState::Compensated
+    })
+    .await;
+    assert_eq!(
+        compensation_status(step(&saga, "deduct-points")),
+        Some(StepStatus::Succeeded),
+        "{saga:#?}"
+    );
+    expect_error(
+        shop.place_order(order_request("hold-1", "una", &[("BIKE", 2)], "", 20))
+            .await,
+        Code::FailedPrecondition,
+        Reason::CheckoutExpired,
+    );
+    let una = shop.balance("una").await;
+    assert_eq!(
+        (una.points, una.deducted - una.refunded),
+        (100, 0),
+        "{una:?}"
+    );
+    shop.assert_invariants().await;
+    cluster.stop().await;
+}
+
+/// The orchestrator starts while every participant is down: a checkout
+/// waits for them, and completes by itself once they are up, without
+/// RetrySaga.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_orchestrator_starts_with_participants_down() {
+    let dir = tempfile::tempdir().expect("a temporary data directory");
+    // Three addresses nothing listens on (bound, then released; the
+    // participants bind them again later with `listen_again`).
+    let held: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind(any_port()).expect("bind"))
+        .collect();
+    let dead: Vec<SocketAddr> = held
+        .iter()
+        .map(|l| l.local_addr().expect("an address"))
+        .collect();
+    drop(held);
+    let (inv_addr, loy_addr, ord_addr) = (dead[0], dead[1], dead[2]);
+    let urls = ParticipantUrls {
+        inventory: format!("http://{inv_addr}"),
+        loyalty: format!("http://{loy_addr}"),
+        order: format!("http://{ord_addr}"),
+    };
+    let orch = spawn_orchestrator(listen(any_port()).await, dir.path(), urls, outage_engine());
+    let health = health_client(orch.addr);
+    wait_health(&health, "", ServingStatus::Serving, SETTLE_WITHIN).await;
+    wait_health(&health, CHECKOUT, ServingStatus::Serving, SETTLE_WITHIN).await;
+    for name in [INVENTORY, LOYALTY, ORDER] {
+        wait_health(&health, name, ServingStatus::NotServing, SETTLE_WITHIN).await;
+    }
+
+    let channel: Channel = microshop::mesh::connect(&orch.url(), CONNECT_WITHIN)
+        .await
+        .expect("connect to the orchestrator");
+    let mut checkout = CheckoutServiceClient::new(channel.clone());
+    let admin = SagaAdminServiceClient::new(channel);
+    let request = order_request("dark-1", "wes", &[("BIKE", 1)], "", 0);
+    let mut call = tonic::Request::new(request.clone());
+    call.set_timeout(Duration::from_secs(5));
+    let status = expect_error(
+        checkout.place_order(call).await,
+        Code::Unavailable,
+        Reason::DependencyUnavailable,
+    );
+    let saga_id = saga_id_of(&status);
+    let saga = admin
+        .clone()
+        .get_saga(orch::GetSagaRequest {
+            saga_id: saga_id.clone(),
+        })
+        .await
+        .expect("GetSaga")
+        .into_inner()
+        .saga
+        .expect("the saga");
+    assert_eq!(saga_state(&saga), SagaState::Running, "{saga:#?}");
+    assert!(!saga.waiting_for.is_empty(), "{saga:#?}");
+    assert!(!orch.is_finished(), "the orchestrator must not stop");
+
+    // inventory-svc first, with the product, then the others: the saga is
+    // re-driven once all it waits for are back.
+    let inventory = spawn_participant(
+        Participant::Inventory,
+        listen_again(inv_addr).await,
+        dir.path(),
+    );
+    let addrs = MeshAddrs {
+        orchestrator: orch.addr,
+        inventory: inv_addr,
+        loyalty: loy_addr,
+        order: ord_addr,
+    };
+    let mut inv_client =
+        microshop_proto::inventory::v1::inventory_service_client::InventoryServiceClient::new(
+            microshop::mesh::connect(&inventory.url(), CONNECT_WITHIN)
+                .await
+                .expect("connect to inventory-svc"),
+        );
+    inv_client
+        .put_product(microshop_proto::inventory::v1::PutProductRequest {
+            sku: "BIKE".into(),
+            name: "Bike".into(),
+            unit_price: 500_000,
+            stock: 4,
+        })
+        .await
+        .expect("PutProduct");
+    let loyalty = spawn_participant(
+        Participant::Loyalty,
+        listen_again(loy_addr).await,
+        dir.path(),
+    );
+    let order = spawn_participant(Participant::Order, listen_again(ord_addr).await, dir.path());
+    let mut shop = Shop::connect(&addrs).await;
+    shop.universe.skus.insert("BIKE".into(), 4);
+    shop.universe.customers.insert("wes".into());
+    let saga = saga_until(&shop, &saga_id, "the checkout to complete by itself", |s| {
+        saga_state(s) == SagaState::Completed
+    })
+    .await;
+    let answer = shop.place_ok(request).await;
+    assert_eq!(answer.order_id, saga.order_id);
+    let bike = shop.product("BIKE").await;
+    assert_eq!((bike.available, bike.reserved), (3, 1), "{bike:?}");
+
+    shop.assert_invariants().await;
+    orch.stop().await;
+    for server in [inventory, loyalty, order] {
+        server.stop().await;
+    }
+}
