@@ -8,6 +8,7 @@
 //! compensation, needs only the saga id and gives the coupon use back.
 
 pub mod conversions;
+pub mod currency;
 pub mod domain;
 pub mod embedded;
 pub mod error;
@@ -27,6 +28,7 @@ use tonic::service::Routes;
 
 use crate::store::{CouponStore, OrderQueries, OrderStore};
 
+pub use currency::Currency;
 pub use embedded::EmbeddedOrders;
 pub use mongo::MongoOrders;
 pub use pricing::PricingRules;
