@@ -1327,3 +1327,41 @@ async fn a_restart_with_new_settings_never_changes_existing_orders() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_pricing_rules_refuse_to_serve() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (rules, setting) in [
+        (
+            PricingRules {
+                tax_rate_bp: 10_001,
+                ..PricingRules::default()
+            },
+            "--tax-rate-bp",
+        ),
+        (
+            PricingRules {
+                point_value: 0,
+                ..PricingRules::default()
+            },
+            "--point-value",
+        ),
+        (
+            PricingRules {
+                shipping_price: -1,
+                ..PricingRules::default()
+            },
+            "--shipping-price",
+        ),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut config = OrderConfig::new(microshop_runtime::testing::server_args(dir.path()));
+        config.pricing = rules;
+        let err = run(listener, config, std::future::pending())
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains(setting), "{err}");
+    }
+}
