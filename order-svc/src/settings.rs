@@ -122,12 +122,12 @@ fn check_range(
 ) {
     if value < 0 {
         problems.push(format!(
-            "{} must not be negative (got {value})",
+            "{} must not be negative, got {value}",
             setting(flag, env)
         ));
     } else if !(min..=max).contains(&value) {
         problems.push(format!(
-            "{} must be {min} to {max}{unit} (got {value})",
+            "{} must be {min} to {max}{unit}, got {value}",
             setting(flag, env)
         ));
     }
@@ -176,7 +176,7 @@ pub fn check(rules: &PricingRules) -> Result<(), InvalidPricing> {
         point_value,
         1,
         MAX_AMOUNT,
-        " (a point must be worth something)",
+        "",
     );
     check_range(
         &mut problems,

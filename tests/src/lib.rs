@@ -576,7 +576,7 @@ impl TestMesh {
         let mut config = MeshConfig::ephemeral(dir.path());
         config.server = microshop_runtime::testing::server_args(dir.path());
         config.engine = engine;
-        config.earn_amount_per_point = EARN_AMOUNT_PER_POINT;
+        config.pricing.earn_amount_per_point = EARN_AMOUNT_PER_POINT;
         configure(&mut config);
         let mesh = Mesh::start(config).await.expect("the mesh starts");
         let addrs = mesh.addrs.clone();
