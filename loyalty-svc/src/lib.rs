@@ -63,7 +63,8 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     if config.earn_amount_per_point <= 0 {
         return Err(ServeError::Setup(format!(
-            "the earn rate must be greater than zero (got {} per point)",
+            "invalid pricing settings: --earn-amount-per-point \
+             (MICROSHOP_EARN_AMOUNT_PER_POINT) must be greater than zero (got {})",
             config.earn_amount_per_point
         )));
     }

@@ -156,14 +156,25 @@ impl<S: AccountStore + PointsLedgerStore> LoyaltyService for Loyalty<S> {
             saga_id,
             customer_id,
             amount_paid,
+            earn_amount_per_point,
         } = request.into_inner();
         let mut v = Violations::new();
         v.id("saga_id", &saga_id);
         microshop_runtime::observe::record_saga_id(&saga_id);
         v.id("customer_id", &customer_id);
         v.non_negative("amount_paid", amount_paid, MAX_AMOUNT);
+        v.non_negative("earn_amount_per_point", earn_amount_per_point, MAX_AMOUNT);
         check(v)?;
-        let points = points_for(amount_paid, self.earn_amount_per_point);
+        // The order's own rate, so a payment confirmed after a change of
+        // settings earns what the order promised; callers that predate the
+        // field send 0 and get the configured rate. A repeated delivery
+        // replays the first credit whatever it sends (the barrier).
+        let rate = if earn_amount_per_point > 0 {
+            earn_amount_per_point
+        } else {
+            self.earn_amount_per_point
+        };
+        let points = points_for(amount_paid, rate);
         let outcome = self
             .store
             .earn(saga_id.clone(), customer_id, points)

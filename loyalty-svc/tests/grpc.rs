@@ -107,11 +107,23 @@ async fn earn(
     customer_id: &str,
     amount_paid: i64,
 ) -> EarnPointsResponse {
+    earn_at(client, saga_id, customer_id, amount_paid, 0).await
+}
+
+/// EarnPoints at the order's recorded `rate` (0: the configured one).
+async fn earn_at(
+    client: &mut Client,
+    saga_id: &str,
+    customer_id: &str,
+    amount_paid: i64,
+    rate: i64,
+) -> EarnPointsResponse {
     client
         .earn_points(EarnPointsRequest {
             saga_id: saga_id.into(),
             customer_id: customer_id.into(),
             amount_paid,
+            earn_amount_per_point: rate,
         })
         .await
         .expect("earn points")
@@ -331,6 +343,29 @@ async fn earn_follows_the_rate_once_per_saga() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn earn_uses_the_rate_the_order_recorded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start(dir.path()).await;
+    let client = &mut server.client;
+    grant(client, "ann", 0).await;
+
+    // The order recorded 1 point per 100 (cents): 3,798 paid earns 37,
+    // whatever the service's own rate (1 per 100,000) says.
+    assert_eq!(
+        earn_at(client, "saga-1", "ann", 3_798, 100).await.points,
+        37
+    );
+    // A repeat replays the first credit, even with another rate.
+    assert_eq!(earn_at(client, "saga-1", "ann", 3_798, 1).await.points, 37);
+    // No rate given (a caller from before the field): the configured one.
+    assert_eq!(earn_at(client, "saga-2", "ann", 250_000, 0).await.points, 2);
+    let ann = balance(client, "ann").await;
+    assert_eq!((ann.points, ann.earned), (39, 39));
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn invalid_inputs_are_refused_without_effect() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut server = Server::start(dir.path()).await;
@@ -388,6 +423,16 @@ async fn invalid_inputs_are_refused_without_effect() {
                 saga_id: "saga-4".into(),
                 customer_id: "ann".into(),
                 amount_paid: -1,
+                earn_amount_per_point: 0,
+            })
+            .await
+            .map(drop),
+        client
+            .earn_points(EarnPointsRequest {
+                saga_id: "saga-5".into(),
+                customer_id: "ann".into(),
+                amount_paid: 100,
+                earn_amount_per_point: -1,
             })
             .await
             .map(drop),

@@ -11,6 +11,7 @@ use microshop_proto::{
     order::v1 as ord,
 };
 use microshop_runtime::errors::reason_of;
+use order_svc::PricingRules;
 use tokio::task::JoinSet;
 
 use crate::{
@@ -97,18 +98,21 @@ impl Expect {
     }
 }
 
-/// Runs the demo; `Ok(true)` when every expectation and invariant holds.
-pub async fn run(data_dir: Option<PathBuf>) -> anyhow::Result<bool> {
+/// Runs the demo with `pricing`; `Ok(true)` when every expectation and
+/// invariant holds.
+pub async fn run(data_dir: Option<PathBuf>, pricing: PricingRules) -> anyhow::Result<bool> {
     let tmp = tempfile::tempdir()?;
     let dir = data_dir.unwrap_or_else(|| tmp.path().to_owned());
-    let mesh = Mesh::start(MeshConfig::ephemeral(&dir)).await?;
+    let mut config = MeshConfig::ephemeral(&dir);
+    config.pricing = pricing;
+    let mesh = Mesh::start(config).await?;
     let c = MeshClients::connect(&mesh.addrs, Duration::from_secs(10)).await?;
-    let result = scenarios(&c).await;
+    let result = scenarios(&c, &pricing).await;
     mesh.shutdown().await?;
     result
 }
 
-async fn scenarios(c: &MeshClients) -> anyhow::Result<bool> {
+async fn scenarios(c: &MeshClients, pricing: &PricingRules) -> anyhow::Result<bool> {
     let mut expect = Expect { failures: 0 };
     let mut universe = Universe::default();
     println!("microshop demo — the old shop's failures against the saga mesh\n");
@@ -146,8 +150,10 @@ async fn scenarios(c: &MeshClients) -> anyhow::Result<bool> {
         })
         .await?;
     universe.coupons.insert("LASTONE".into());
+    // Catalog prices are in the configured currency's smallest unit.
+    let cur = pricing.currency;
     println!(
-        "seeded: TSHIRT 150,000₫ ×10, MUG 90,000₫ ×20; alice has 300 points; coupon LASTONE (50,000₫ off, 1 use)\n"
+        "seeded (amounts in the smallest unit of {cur}): TSHIRT 150,000 ×10, MUG 90,000 ×20; alice has 300 points; coupon LASTONE (50,000 off, 1 use)\n"
     );
 
     // 1. The oversell race.

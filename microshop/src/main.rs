@@ -11,6 +11,7 @@ use microshop::mesh::{Mesh, MeshAddrs, MeshConfig};
 use microshop_runtime::{ServerArgs, metrics::serve_metrics, shutdown_signal, telemetry};
 use microshop_storage::embedded::Durable;
 use orchestrator::{EngineConfig, OrchestratorConfig, ParticipantUrls, failpoint::Failpoint};
+use order_svc::PricingArgs;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -72,7 +73,7 @@ struct UpArgs {
     #[command(flatten)]
     engine: EngineArgs,
     #[command(flatten)]
-    loyalty: LoyaltyArgs,
+    pricing: PricingArgs,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -145,8 +146,10 @@ struct ServeArgs {
     insecure_no_auth: bool,
     #[command(flatten)]
     engine: EngineArgs,
+    /// Pricing rules (order-svc) and the earn rate (order-svc records it,
+    /// loyalty-svc earns by it).
     #[command(flatten)]
-    loyalty: LoyaltyArgs,
+    pricing: PricingArgs,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -156,6 +159,8 @@ struct DemoArgs {
     /// Keep the demo's data here instead of a temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pricing: PricingArgs,
 }
 
 #[derive(Debug, Args)]
@@ -240,17 +245,6 @@ impl EngineArgs {
     }
 }
 
-#[derive(Clone, Debug, Args)]
-struct LoyaltyArgs {
-    /// Points earned per this much paid (smallest currency unit).
-    #[arg(
-        long,
-        env = "MICROSHOP_EARN_AMOUNT_PER_POINT",
-        default_value_t = 100_000
-    )]
-    earn_amount_per_point: i64,
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The blocking pool runs redb reads, which the page cache answers in
@@ -272,7 +266,8 @@ fn main() -> anyhow::Result<()> {
                     "warn",
                 );
                 warn_no_auth("demo");
-                let ok = microshop::demo::run(args.data_dir).await?;
+                let pricing = args.pricing.rules()?;
+                let ok = microshop::demo::run(args.data_dir, pricing).await?;
                 if !ok {
                     anyhow::bail!("the demo found an invariant violation");
                 }
@@ -314,6 +309,8 @@ async fn start_metrics(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
+    // Checked before anything starts: a wrong rule would misprice orders.
+    let pricing = args.pricing.rules()?;
     // One process, one trace resource: spans tell the services apart by
     // their rpc.service attribute.
     let _telemetry = telemetry::init(args.server.log_format, "microshop");
@@ -342,7 +339,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         },
         engine: args.engine.config(),
         durable: Durable::Yes,
-        earn_amount_per_point: args.loyalty.earn_amount_per_point,
+        pricing,
     };
     let data_dir = config.server.data_dir.clone();
     let mesh = Mesh::start(config).await?;
@@ -353,6 +350,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         loyalty = %a.loyalty,
         order = %a.order,
         data_dir = %data_dir.display(),
+        currency = %pricing.currency,
+        tax_rate_bp = pricing.tax_rate_bp,
         "microshop mesh is up; Ctrl-C to stop"
     );
     mesh.run_until(shutdown_signal()).await?;
@@ -378,6 +377,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         warn_no_auth("serve");
     }
+    // Checked before the port is bound: a wrong rule would misprice every
+    // order. Only order-svc prices; loyalty-svc checks its earn rate itself.
+    let order_pricing = args.pricing.rules();
+    if args.service == Service::Order
+        && let Err(invalid) = &order_pricing
+    {
+        anyhow::bail!("{invalid}");
+    }
     let addr = args
         .listen
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], args.service.default_port())));
@@ -396,11 +403,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Service::Loyalty => {
             let mut config = loyalty_svc::LoyaltyConfig::new(args.server);
-            config.earn_amount_per_point = args.loyalty.earn_amount_per_point;
+            config.earn_amount_per_point = args.pricing.earn_amount_per_point;
             loyalty_svc::run(listener, config, shutdown).await?;
         }
         Service::Order => {
-            order_svc::run(listener, order_svc::OrderConfig::new(args.server), shutdown).await?;
+            let mut config = order_svc::OrderConfig::new(args.server);
+            config.pricing = order_pricing?;
+            order_svc::run(listener, config, shutdown).await?;
         }
         Service::Orchestrator => {
             let urls = ParticipantUrls {

@@ -18,7 +18,7 @@ use microshop_proto::{
 use microshop_runtime::{ServeError, ServerArgs};
 use microshop_storage::embedded::Durable;
 use orchestrator::{EngineConfig, OrchestratorConfig, ParticipantUrls};
-use order_svc::OrderConfig;
+use order_svc::{InvalidPricing, OrderConfig, PricingRules};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tonic::transport::Channel;
 
@@ -46,8 +46,9 @@ pub struct MeshConfig {
     pub engine: EngineConfig,
     /// Durable commits (off only for benchmark baselines).
     pub durable: Durable,
-    /// Points earned per this much paid.
-    pub earn_amount_per_point: i64,
+    /// Pricing rules of order-svc; loyalty-svc earns by their
+    /// `earn_amount_per_point` when a caller gives no rate of its own.
+    pub pricing: PricingRules,
 }
 
 impl MeshConfig {
@@ -64,7 +65,7 @@ impl MeshConfig {
             },
             engine: EngineConfig::default(),
             durable: Durable::Yes,
-            earn_amount_per_point: 100_000,
+            pricing: PricingRules::default(),
         }
     }
 }
@@ -92,6 +93,9 @@ pub enum MeshError {
         #[source]
         source: std::io::Error,
     },
+    /// The pricing settings would misprice orders: nothing was started.
+    #[error(transparent)]
+    Pricing(#[from] InvalidPricing),
     /// A service stopped with an error.
     #[error("{service} stopped")]
     Service {
@@ -118,8 +122,10 @@ fn local(l: &TcpListener) -> SocketAddr {
 }
 
 impl Mesh {
-    /// Binds every port, then starts the four services.
+    /// Checks the pricing rules, binds every port, then starts the four
+    /// services.
     pub async fn start(config: MeshConfig) -> Result<Self, MeshError> {
+        order_svc::settings::check(&config.pricing)?;
         let inv = bind("inventory", config.listen.inventory).await?;
         let loy = bind("loyalty", config.listen.loyalty).await?;
         let ord = bind("order", config.listen.order).await?;
@@ -148,7 +154,7 @@ impl Mesh {
 
         let mut loy_cfg = LoyaltyConfig::new(config.server.clone());
         loy_cfg.durable = config.durable;
-        loy_cfg.earn_amount_per_point = config.earn_amount_per_point;
+        loy_cfg.earn_amount_per_point = config.pricing.earn_amount_per_point;
         tasks.spawn({
             let s = stopped();
             async move { ("loyalty", loyalty_svc::run(loy, loy_cfg, s).await) }
@@ -156,6 +162,7 @@ impl Mesh {
 
         let mut ord_cfg = OrderConfig::new(config.server.clone());
         ord_cfg.durable = config.durable;
+        ord_cfg.pricing = config.pricing;
         tasks.spawn({
             let s = stopped();
             async move { ("order", order_svc::run(ord, ord_cfg, s).await) }

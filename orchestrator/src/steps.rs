@@ -192,6 +192,15 @@ pub fn order_snapshot(outputs: &SagaOutputs) -> Option<ord::Order> {
     ord::Order::decode(hex_decode(hex)?.as_slice()).ok()
 }
 
+/// The earn rate the saga's order recorded (its `pricing_rules`), so its
+/// payment earns by the rules it was priced with; 0 (loyalty-svc's own
+/// rate) when the snapshot predates recorded rules.
+fn earn_rate_of(outputs: &SagaOutputs) -> i64 {
+    order_snapshot(outputs)
+        .and_then(|order| order.pricing_rules)
+        .map_or(0, |rules| rules.earn_amount_per_point)
+}
+
 fn hex_encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -367,6 +376,7 @@ pub async fn act(
                     saga_id,
                     customer_id: record.customer_id().to_owned(),
                     amount_paid: record.outputs.order_total,
+                    earn_amount_per_point: earn_rate_of(&record.outputs),
                 }))
                 .await?;
             Ok(StepOutput::Nothing)

@@ -9,8 +9,9 @@ use microshop_proto::order::v1 as pb;
 use prost_types::Timestamp;
 
 use crate::{
+    currency::Currency,
     domain::{Coupon, CouponKind, NewOrder, Order, OrderLine, OrderStatus, Shipping, StatusChange},
-    pricing::Pricing,
+    pricing::{Pricing, PricingRules},
 };
 
 /// A wire message that cannot be a domain value (an unset enum, a missing
@@ -224,6 +225,53 @@ impl From<pb::Pricing> for Pricing {
     }
 }
 
+impl From<PricingRules> for pb::PricingRules {
+    fn from(r: PricingRules) -> Self {
+        let PricingRules {
+            tax_rate_bp,
+            shipping_price,
+            free_shipping_from,
+            point_value,
+            earn_amount_per_point,
+            currency,
+        } = r;
+        Self {
+            tax_rate_bp,
+            shipping_price,
+            free_shipping_from,
+            point_value,
+            earn_amount_per_point,
+            currency: currency.to_string(),
+        }
+    }
+}
+
+impl TryFrom<pb::PricingRules> for PricingRules {
+    type Error = WireError;
+
+    fn try_from(r: pb::PricingRules) -> Result<Self, WireError> {
+        let pb::PricingRules {
+            tax_rate_bp,
+            shipping_price,
+            free_shipping_from,
+            point_value,
+            earn_amount_per_point,
+            currency,
+        } = r;
+        Ok(Self {
+            tax_rate_bp,
+            shipping_price,
+            free_shipping_from,
+            point_value,
+            earn_amount_per_point,
+            currency: Currency::try_from(currency.as_str()).map_err(|why| WireError {
+                field: "pricing_rules.currency",
+                why,
+            })?,
+        })
+    }
+}
+
 impl From<Order> for pb::Order {
     fn from(order: Order) -> Self {
         let Order {
@@ -246,6 +294,7 @@ impl From<Order> for pb::Order {
             shipping,
             payment_ref,
             cancelled_at_ms,
+            pricing_rules,
         } = order;
         Self {
             order_id,
@@ -267,6 +316,7 @@ impl From<Order> for pb::Order {
             shipping: Some(shipping.into()),
             payment_ref,
             cancelled_at: cancelled_at_ms.map(timestamp),
+            pricing_rules: Some(pricing_rules.into()),
         }
     }
 }
@@ -295,6 +345,7 @@ impl TryFrom<pb::Order> for Order {
             shipping,
             payment_ref,
             cancelled_at,
+            pricing_rules,
         } = order;
         Ok(Self {
             order_id,
@@ -322,6 +373,12 @@ impl TryFrom<pb::Order> for Order {
             shipping: shipping.map(Into::into).unwrap_or_default(),
             payment_ref,
             cancelled_at_ms: cancelled_at.as_ref().map(millis),
+            // Absent only from a sender that predates recorded rules, whose
+            // orders were priced by the seed rules.
+            pricing_rules: pricing_rules
+                .map(PricingRules::try_from)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -465,6 +522,14 @@ mod tests {
             },
             payment_ref: "pay-1".into(),
             cancelled_at_ms: Some(1_700_000_002_789),
+            pricing_rules: PricingRules {
+                tax_rate_bp: 825,
+                shipping_price: 599,
+                free_shipping_from: 5_000,
+                point_value: 1,
+                earn_amount_per_point: 250,
+                currency: "USD".parse().expect("ISO 4217"),
+            },
         }
     }
 
@@ -507,6 +572,66 @@ mod tests {
         };
         let back = Order::try_from(pb::Order::from(order.clone())).expect("valid");
         assert_eq!(back, order);
+    }
+
+    /// An order exactly as the store wrote it before orders recorded their
+    /// pricing rules: it loads with the seed rules it was priced by.
+    #[test]
+    fn an_order_stored_before_pricing_rules_loads_with_the_seed_rules() {
+        let stored = r#"{"order_id":"0190f5c2-7a1b-7c3d-8e4f-123456789abc","customer_id":"cust-1","lines":[{"sku":"SKU-A","name":"Áo thun","quantity":2,"unit_price":150000}],"items_price":300000,"tax_price":30000,"shipping_price":50000,"discount_price":0,"coupon_code":null,"redeemed_points":0,"points_discount_price":0,"total_price":380000,"status":"Paid","status_history":[{"status":"PendingPayment","at_ms":1700000000123,"note":"order created"},{"status":"Paid","at_ms":1700000001456,"note":"payment pay-1 received"}],"created_at_ms":1700000000123,"paid_at_ms":1700000001456,"saga_id":"saga-1","shipping":{"name":"","address":"","phone":""},"payment_ref":"pay-1","cancelled_at_ms":null}"#;
+        let order: Order = decode(stored.as_bytes()).expect("an old record decodes");
+        assert_eq!(order.total_price, 380_000);
+        assert_eq!(order.status, OrderStatus::Paid);
+        let seed = PricingRules {
+            tax_rate_bp: 1_000,
+            shipping_price: 50_000,
+            free_shipping_from: 2_000_000,
+            point_value: 1_000,
+            earn_amount_per_point: 100_000,
+            currency: Currency::VND,
+        };
+        assert_eq!(order.pricing_rules, seed);
+        // GetOrder shows them.
+        let wire = pb::Order::from(order);
+        assert_eq!(
+            wire.pricing_rules,
+            Some(pb::PricingRules {
+                tax_rate_bp: 1_000,
+                shipping_price: 50_000,
+                free_shipping_from: 2_000_000,
+                point_value: 1_000,
+                earn_amount_per_point: 100_000,
+                currency: "VND".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn recorded_rules_round_trip_through_the_wire() {
+        let wire = pb::Order::from(full_order());
+        let rules = wire.pricing_rules.clone().expect("recorded");
+        assert_eq!(rules.tax_rate_bp, 825);
+        assert_eq!(rules.currency, "USD");
+        assert_eq!(rules.earn_amount_per_point, 250);
+        // A sender that predates recorded rules: the seed rules.
+        let old = pb::Order {
+            pricing_rules: None,
+            ..wire.clone()
+        };
+        let back = Order::try_from(old).expect("valid");
+        assert_eq!(back.pricing_rules, PricingRules::default());
+        // A malformed currency is refused, not guessed.
+        let bad = pb::Order {
+            pricing_rules: Some(pb::PricingRules {
+                currency: "dollar".into(),
+                ..rules
+            }),
+            ..wire
+        };
+        assert_eq!(
+            Order::try_from(bad).unwrap_err().field,
+            "pricing_rules.currency"
+        );
     }
 
     #[test]

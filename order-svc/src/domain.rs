@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::pricing::PricingRules;
+
 /// One priced line of an order (prices from the inventory reservation).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderLine {
@@ -110,6 +112,12 @@ pub struct Order {
     pub payment_ref: String,
     /// When it was cancelled, if it was.
     pub cancelled_at_ms: Option<i64>,
+    /// The rules it was priced with, kept for its whole life: a later
+    /// change of settings never reprices it, and its payment earns points
+    /// at its own `earn_amount_per_point`. Orders stored before the rules
+    /// were recorded were priced by the seed rules, hence the default.
+    #[serde(default)]
+    pub pricing_rules: PricingRules,
 }
 
 impl Order {

@@ -8,6 +8,7 @@
 //! compensation, needs only the saga id and gives the coupon use back.
 
 pub mod conversions;
+pub mod currency;
 pub mod domain;
 pub mod embedded;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod lifecycle;
 pub mod mongo;
 pub mod pricing;
 pub mod service;
+pub mod settings;
 pub mod store;
 
 use std::future::Future;
@@ -27,10 +29,12 @@ use tonic::service::Routes;
 
 use crate::store::{CouponStore, OrderQueries, OrderStore};
 
+pub use currency::Currency;
 pub use embedded::EmbeddedOrders;
 pub use mongo::MongoOrders;
 pub use pricing::PricingRules;
 pub use service::Orders;
+pub use settings::{InvalidPricing, PricingArgs};
 
 /// The fully-qualified gRPC service name (health reports it).
 pub const SERVICE_NAME: &str = microshop_proto::order::v1::order_service_server::SERVICE_NAME;
@@ -42,7 +46,8 @@ pub struct OrderConfig {
     pub server: ServerArgs,
     /// Whether commits are fsync'd (always, but for benchmark baselines).
     pub durable: Durable,
-    /// Tax, shipping and point rules.
+    /// Tax, shipping, point and earn rules and the currency, recorded on
+    /// every order created; checked by [`run`] before it serves.
     pub pricing: PricingRules,
 }
 
@@ -58,12 +63,14 @@ impl OrderConfig {
 }
 
 /// Opens the store (MongoDB when `MONGODB_URI` is set, else the embedded
-/// file) and serves order-svc on `listener` until `shutdown`.
+/// file) and serves order-svc on `listener` until `shutdown`. Refuses to
+/// start on invalid pricing rules ([`settings::check`]).
 pub async fn run(
     listener: TcpListener,
     config: OrderConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    settings::check(&config.pricing).map_err(|e| ServeError::Setup(e.to_string()))?;
     let storage = |e: StorageError| ServeError::Storage(Box::new(e));
     match &config.server.mongodb_uri {
         Some(uri) => {

@@ -115,6 +115,7 @@ pub fn build_order(
         shipping,
         payment_ref: String::new(),
         cancelled_at_ms: None,
+        pricing_rules: *rules,
     })
 }
 

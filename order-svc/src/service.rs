@@ -139,6 +139,7 @@ impl<S: CouponStore + OrderStore + OrderQueries> OrderService for Orders<S> {
         )?;
         Ok(Response::new(pb::QuoteOrderResponse {
             pricing: Some(pricing.into()),
+            pricing_rules: Some(self.rules.into()),
         }))
     }
 

@@ -9,15 +9,15 @@ use std::{
 use microshop_proto::order::v1::{
     CancelOrderRequest, CouponKind, CreateOrderRequest, GetCouponRequest, GetCouponResponse,
     GetOrderRequest, ListOrdersRequest, ListOrdersResponse, MarkPaidRequest, MarkShippedRequest,
-    Order, OrderLine, OrderStatus, Pricing, PutCouponRequest, QuoteOrderRequest, Shipping,
-    StatusChange, order_service_client::OrderServiceClient,
+    Order, OrderLine, OrderStatus, Pricing, PricingRules as WireRules, PutCouponRequest,
+    QuoteOrderRequest, Shipping, StatusChange, order_service_client::OrderServiceClient,
 };
 use microshop_runtime::{
     Reason,
     errors::{metadata_of, reason_of},
     testing::TestServer,
 };
-use order_svc::{OrderConfig, run};
+use order_svc::{OrderConfig, PricingRules, run};
 use prost_types::Timestamp;
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
@@ -31,16 +31,18 @@ struct Server {
 }
 
 impl Server {
-    /// Serves `dir` on a fresh loopback port and connects to it.
+    /// Serves `dir` on a fresh loopback port with the seed pricing rules and
+    /// connects to it.
     async fn start(dir: &Path) -> Self {
-        let inner = TestServer::start(|listener, shutdown| {
-            run(
-                listener,
-                OrderConfig::new(microshop_runtime::testing::server_args(dir)),
-                shutdown,
-            )
-        })
-        .await;
+        Self::start_with(dir, PricingRules::default()).await
+    }
+
+    /// Serves `dir` pricing by `rules`.
+    async fn start_with(dir: &Path, rules: PricingRules) -> Self {
+        let mut config = OrderConfig::new(microshop_runtime::testing::server_args(dir));
+        config.pricing = rules;
+        let inner =
+            TestServer::start(|listener, shutdown| run(listener, config.clone(), shutdown)).await;
         Self {
             client: OrderServiceClient::new(inner.channel.clone()),
             inner,
@@ -417,6 +419,7 @@ async fn order_round_trip_keeps_every_field() {
         shipping: got_shipping,
         payment_ref,
         cancelled_at,
+        pricing_rules,
     } = order;
     assert_eq!(order_id, created.order_id);
     assert!(uuid_like(&order_id), "order id {order_id}");
@@ -458,6 +461,11 @@ async fn order_round_trip_keeps_every_field() {
     assert_eq!(got_shipping, Some(shipping));
     assert_eq!(payment_ref, "pay-42");
     assert_eq!(cancelled_at, None);
+    assert_eq!(
+        pricing_rules,
+        Some(seed_rules()),
+        "priced by the seed rules"
+    );
 
     // The created order carried the same pricing and creation time.
     assert_eq!(created.created_at, created_at);
@@ -1110,4 +1118,250 @@ async fn data_survives_a_restart() {
     let ids: Vec<&str> = page.orders.iter().map(|o| o.order_id.as_str()).collect();
     assert_eq!(ids, [newer.order_id.as_str(), order.order_id.as_str()]);
     server.stop().await;
+}
+
+/// The seed rules as GetOrder shows them.
+fn seed_rules() -> WireRules {
+    WireRules {
+        tax_rate_bp: 1_000,
+        shipping_price: 50_000,
+        free_shipping_from: 2_000_000,
+        point_value: 1_000,
+        earn_amount_per_point: 100_000,
+        currency: "VND".into(),
+    }
+}
+
+/// A US shop: 8.25% tax, $5.99 shipping below $50, 1 point = 1¢, one point
+/// earned per $1 paid; amounts in cents.
+fn usd_rules() -> PricingRules {
+    PricingRules {
+        tax_rate_bp: 825,
+        shipping_price: 599,
+        free_shipping_from: 5_000,
+        point_value: 1,
+        earn_amount_per_point: 100,
+        currency: "USD".parse().expect("ISO 4217"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quote_and_create_price_by_the_configured_rules() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start_with(dir.path(), usd_rules()).await;
+    let client = &mut server.client;
+    // 2 × $12.99 + $4.50 = $30.48; tax 8.25% = 251.46¢ → 251¢; shipping
+    // $5.99; 100 points = $1.00; total $39.98.
+    let lines = vec![line("SHIRT", 2, 1_299), line("CAP", 1, 450)];
+    let quoted = client
+        .quote_order(QuoteOrderRequest {
+            lines: lines.clone(),
+            coupon_code: String::new(),
+            points_to_redeem: 100,
+        })
+        .await
+        .expect("quote")
+        .into_inner();
+    let want = Pricing {
+        items_price: 3_048,
+        tax_price: 251,
+        shipping_price: 599,
+        discount_price: 0,
+        redeemed_points: 100,
+        points_discount_price: 100,
+        total_price: 3_798,
+    };
+    assert_eq!(quoted.pricing, Some(want));
+    let rules = WireRules {
+        tax_rate_bp: 825,
+        shipping_price: 599,
+        free_shipping_from: 5_000,
+        point_value: 1,
+        earn_amount_per_point: 100,
+        currency: "USD".into(),
+    };
+    assert_eq!(quoted.pricing_rules, Some(rules.clone()));
+
+    let order = create(
+        client,
+        CreateOrderRequest {
+            saga_id: "saga-usd".into(),
+            customer_id: "ann".into(),
+            lines,
+            redeemed_points: 100,
+            ..CreateOrderRequest::default()
+        },
+    )
+    .await
+    .expect("create");
+    assert_eq!(
+        (order.items_price, order.tax_price, order.shipping_price),
+        (3_048, 251, 599)
+    );
+    assert_eq!(order.total_price, 3_798);
+    assert_eq!(order.pricing_rules, Some(rules));
+    // From $50.00 of items shipping is free.
+    let free = quote(client, vec![line("COAT", 1, 5_000)], "", 0)
+        .await
+        .expect("quote");
+    assert_eq!((free.tax_price, free.shipping_price), (413, 0)); // 412.5 → 413
+    server.stop().await;
+}
+
+/// Orders keep the rules they were priced with across a restart with other
+/// settings: reads, a replayed CreateOrder (what recovery sends), payment
+/// and cancellation all use the order's own figures; only new orders get
+/// the new rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_with_new_settings_never_changes_existing_orders() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start_with(dir.path(), usd_rules()).await;
+    put_coupon(&mut server.client, "TEN", CouponKind::Percentage, 10, 5).await;
+    let request_a = CreateOrderRequest {
+        saga_id: "saga-a".into(),
+        customer_id: "ann".into(),
+        lines: vec![line("SHIRT", 2, 1_299)],
+        coupon_code: "TEN".into(),
+        redeemed_points: 50,
+        ..CreateOrderRequest::default()
+    };
+    let a = create(&mut server.client, request_a.clone())
+        .await
+        .expect("create a");
+    let b = create(
+        &mut server.client,
+        CreateOrderRequest {
+            saga_id: "saga-b".into(),
+            customer_id: "ann".into(),
+            lines: vec![line("CAP", 1, 450)],
+            ..CreateOrderRequest::default()
+        },
+    )
+    .await
+    .expect("create b");
+    // 2,598 items; tax 214.335 → 214; shipping 599; coupon 259; 50 points.
+    assert_eq!(
+        (a.tax_price, a.discount_price, a.total_price),
+        (214, 259, 2_598 + 214 + 599 - 259 - 50)
+    );
+    server.stop().await;
+
+    // Everything changes: rate, shipping, point value, earn rate, currency.
+    let new_rules = PricingRules {
+        tax_rate_bp: 1_900,
+        shipping_price: 0,
+        free_shipping_from: 0,
+        point_value: 5,
+        earn_amount_per_point: 1,
+        currency: "EUR".parse().expect("ISO 4217"),
+    };
+    let mut server = Server::start_with(dir.path(), new_rules).await;
+    let client = &mut server.client;
+    assert_eq!(get_order(client, &a.order_id).await.expect("get a"), a);
+    assert_eq!(get_order(client, &b.order_id).await.expect("get b"), b);
+
+    // Recovery re-sending create-order gets the first order, unchanged, and
+    // takes no second coupon use.
+    let replay = create(client, request_a).await.expect("replay");
+    assert_eq!(replay, a, "the barrier replays the order as first priced");
+    assert_eq!(coupon(client, "TEN").await.times_used, 1);
+
+    // Paying and cancelling old orders keep their figures and rules.
+    let paid = mark_paid(client, "saga-a", &a.order_id, "pay-1")
+        .await
+        .expect("pay a");
+    assert_eq!(paid.status(), OrderStatus::Paid);
+    assert_eq!(
+        Order {
+            status: a.status,
+            status_history: a.status_history.clone(),
+            paid_at: None,
+            payment_ref: String::new(),
+            ..paid.clone()
+        },
+        a,
+        "payment changes the status only"
+    );
+    let cancelled = cancel(client, "saga-b", "changed my mind")
+        .await
+        .expect("cancel b")
+        .expect("b was created");
+    assert_eq!(
+        Order {
+            status: b.status,
+            status_history: b.status_history.clone(),
+            cancelled_at: None,
+            ..cancelled.clone()
+        },
+        b,
+        "cancelling changes the status only"
+    );
+
+    // A new order is priced by the new rules and records them.
+    let c = create(
+        client,
+        CreateOrderRequest {
+            saga_id: "saga-c".into(),
+            customer_id: "ann".into(),
+            lines: vec![line("SHIRT", 2, 1_299)],
+            redeemed_points: 10,
+            ..CreateOrderRequest::default()
+        },
+    )
+    .await
+    .expect("create c");
+    // 2,598 items; tax 19% = 493.62 → 494; always free shipping; 10 × 5.
+    assert_eq!(
+        (c.tax_price, c.shipping_price, c.points_discount_price),
+        (494, 0, 50)
+    );
+    assert_eq!(c.total_price, 2_598 + 494 - 50);
+    let recorded = c.pricing_rules.expect("recorded");
+    assert_eq!(
+        (recorded.currency.as_str(), recorded.tax_rate_bp),
+        ("EUR", 1_900)
+    );
+    assert_eq!(
+        a.pricing_rules.as_ref().map(|r| r.currency.as_str()),
+        Some("USD")
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_pricing_rules_refuse_to_serve() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (rules, setting) in [
+        (
+            PricingRules {
+                tax_rate_bp: 10_001,
+                ..PricingRules::default()
+            },
+            "--tax-rate-bp",
+        ),
+        (
+            PricingRules {
+                point_value: 0,
+                ..PricingRules::default()
+            },
+            "--point-value",
+        ),
+        (
+            PricingRules {
+                shipping_price: -1,
+                ..PricingRules::default()
+            },
+            "--shipping-price",
+        ),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut config = OrderConfig::new(microshop_runtime::testing::server_args(dir.path()));
+        config.pricing = rules;
+        let err = run(listener, config, std::future::pending())
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains(setting), "{err}");
+    }
 }

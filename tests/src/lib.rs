@@ -560,7 +560,7 @@ pub struct TestMesh {
     pub shop: Shop,
     mesh: Option<Mesh>,
     addrs: MeshAddrs,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl TestMesh {
@@ -574,20 +574,38 @@ impl TestMesh {
     /// participants' saga RPCs: see `microshop_runtime::faults`).
     pub async fn start_with(engine: EngineConfig, configure: impl FnOnce(&mut MeshConfig)) -> Self {
         let dir = tempfile::tempdir().expect("a temporary data directory");
-        let mut config = MeshConfig::ephemeral(dir.path());
-        config.server = microshop_runtime::testing::server_args(dir.path());
-        config.engine = engine;
-        config.earn_amount_per_point = EARN_AMOUNT_PER_POINT;
-        configure(&mut config);
-        let mesh = Mesh::start(config).await.expect("the mesh starts");
+        let mesh = start_mesh(dir.path(), engine, configure).await;
         let addrs = mesh.addrs.clone();
         let shop = Shop::connect(&addrs).await;
         Self {
             shop,
             mesh: Some(mesh),
             addrs,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// Stops every service gracefully, then starts them again on the same
+    /// data with `engine` and `configure`'s settings (new ports; the shop
+    /// reconnects and keeps its universe): what an operator's restart with
+    /// changed settings does.
+    pub async fn restart_with(
+        &mut self,
+        engine: EngineConfig,
+        configure: impl FnOnce(&mut MeshConfig),
+    ) {
+        if let Some(mesh) = self.mesh.take() {
+            timeout(STOP_WITHIN, mesh.shutdown())
+                .await
+                .expect("the mesh stops within its bound")
+                .expect("no service stopped with an error");
+        }
+        let mesh = start_mesh(self.dir.path(), engine, configure).await;
+        self.addrs = mesh.addrs.clone();
+        self.shop.clients = MeshClients::connect(&self.addrs, CONNECT_WITHIN)
+            .await
+            .expect("reconnect to the restarted mesh");
+        self.mesh = Some(mesh);
     }
 
     /// Where each service listens.
@@ -617,6 +635,20 @@ impl DerefMut for TestMesh {
     fn deref_mut(&mut self) -> &mut Shop {
         &mut self.shop
     }
+}
+
+/// The test mesh's settings on `dir`, adjusted by `configure`, started.
+async fn start_mesh(
+    dir: &Path,
+    engine: EngineConfig,
+    configure: impl FnOnce(&mut MeshConfig),
+) -> Mesh {
+    let mut config = MeshConfig::ephemeral(dir);
+    config.server = microshop_runtime::testing::server_args(dir);
+    config.engine = engine;
+    config.pricing.earn_amount_per_point = EARN_AMOUNT_PER_POINT;
+    configure(&mut config);
+    Mesh::start(config).await.expect("the mesh starts")
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,156 @@
+//! The pricing settings refuse to start the real binary when they would
+//! misprice orders: `serve order`, `up` and `demo` exit non-zero, before
+//! serving anything, with a message naming the setting, whether it came
+//! from a flag or a `MICROSHOP_*` variable.
+
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_microshop");
+
+/// How long a refusal may take; a binary still running then has started
+/// despite the bad setting (it is killed and the test fails).
+const REFUSE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Runs `microshop ARGS` with `env` (and no other `MICROSHOP_*` variable)
+/// and returns its output once it exits, or panics if it keeps running.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MICROSHOP_") || key == "MONGODB_URI" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("the binary runs");
+    let deadline = Instant::now() + REFUSE_WITHIN;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if child.try_wait().expect("wait for the binary").is_some() {
+            return child.wait_with_output().expect("its output");
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("its output");
+            panic!(
+                "microshop {args:?} {env:?} is still running after {REFUSE_WITHIN:?}: it \
+                 started despite the setting; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+#[track_caller]
+fn assert_refused(out: &Output, names: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exited 0: {stderr}");
+    for name in names {
+        assert!(stderr.contains(name), "{name:?} not named in: {stderr}");
+    }
+}
+
+/// `serve order` on a free port.
+const SERVE_ORDER: &[&str] = &[
+    "serve",
+    "order",
+    "--insecure-no-auth",
+    "--listen",
+    "127.0.0.1:0",
+];
+
+/// `up` on free ports, metrics off its default port.
+const UP: &[&str] = &[
+    "up",
+    "--orchestrator-listen",
+    "127.0.0.1:0",
+    "--inventory-listen",
+    "127.0.0.1:0",
+    "--loyalty-listen",
+    "127.0.0.1:0",
+    "--order-listen",
+    "127.0.0.1:0",
+    "--metrics-addr",
+    "127.0.0.1:0",
+];
+
+fn with(base: &[&'static str], more: &[&'static str]) -> Vec<&'static str> {
+    base.iter().chain(more).copied().collect()
+}
+
+#[test]
+fn serve_order_refuses_bad_pricing_flags() {
+    for (flags, named) in [
+        (&["--tax-rate-bp", "10001"][..], "--tax-rate-bp"),
+        (&["--tax-rate-bp", "-1"], "must not be negative"),
+        (&["--shipping-price", "-599"], "--shipping-price"),
+        (&["--free-shipping-from", "-1"], "--free-shipping-from"),
+        (&["--point-value", "0"], "--point-value"),
+        (&["--earn-amount-per-point", "0"], "--earn-amount-per-point"),
+        (&["--currency", "XYZ"], "--currency"),
+    ] {
+        let out = run(&with(SERVE_ORDER, flags), &[]);
+        assert_refused(&out, &[named]);
+    }
+}
+
+#[test]
+fn serve_order_refuses_bad_pricing_variables() {
+    for (var, value) in [
+        ("MICROSHOP_TAX_RATE_BP", "20000"),
+        ("MICROSHOP_SHIPPING_PRICE", "-1"),
+        ("MICROSHOP_FREE_SHIPPING_FROM", "-2000000"),
+        ("MICROSHOP_POINT_VALUE", "0"),
+        ("MICROSHOP_CURRENCY", "dollars"),
+    ] {
+        let out = run(SERVE_ORDER, &[(var, value)]);
+        assert_refused(&out, &[var]);
+    }
+}
+
+#[test]
+fn up_refuses_bad_pricing_settings_naming_each() {
+    let out = run(
+        &with(UP, &["--tax-rate-bp", "12000", "--currency", "usdollar"]),
+        &[("MICROSHOP_POINT_VALUE", "0")],
+    );
+    assert_refused(
+        &out,
+        &["--tax-rate-bp", "--currency", "MICROSHOP_POINT_VALUE"],
+    );
+}
+
+#[test]
+fn demo_refuses_an_unknown_currency() {
+    let out = run(&["demo", "--currency", "ABC"], &[]);
+    assert_refused(
+        &out,
+        &["--currency", "\"ABC\" is not an ISO 4217 currency code"],
+    );
+}
+
+#[test]
+fn serve_loyalty_refuses_a_zero_earn_rate() {
+    let out = run(
+        &[
+            "serve",
+            "loyalty",
+            "--insecure-no-auth",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("MICROSHOP_EARN_AMOUNT_PER_POINT", "0")],
+    );
+    assert_refused(&out, &["--earn-amount-per-point"]);
+}
