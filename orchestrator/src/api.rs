@@ -262,6 +262,7 @@ fn still_running(record: &SagaRecord) -> OrchestratorError {
             .as_ref()
             .map(|w| w.participants.clone())
             .unwrap_or_default(),
+        misconfigured: record.waiting.as_ref().is_some_and(|w| w.misconfigured),
     }
 }
 

@@ -215,6 +215,7 @@ impl From<SagaRecord> for pb::Saga {
                 participants,
                 since_ms: _,
                 next_attempt_ms,
+                misconfigured: _,
             }) => (participants, Some(timestamp(next_attempt_ms))),
             None => (Vec::new(), None),
         };

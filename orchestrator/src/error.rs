@@ -75,6 +75,9 @@ pub enum OrchestratorError {
         state: SagaState,
         /// The participants it waits for (none: still being driven).
         waiting_for: Vec<String>,
+        /// Whether one of them is misconfigured (its URL serves another
+        /// service).
+        misconfigured: bool,
     },
     /// Driving stopped (the log became unreachable).
     #[error("saga {saga_id} interrupted: {why}")]
@@ -171,6 +174,30 @@ impl From<OrchestratorError> for Status {
                 saga_id,
                 state,
                 waiting_for,
+                misconfigured: true,
+            } => rich_status(
+                Code::Unavailable,
+                Reason::DependencyMisconfigured,
+                format!(
+                    "saga {saga_id} is {} and waits for {}: its URL reaches a server that does \
+                     not serve it (the orchestrator is misconfigured; an operator must fix its \
+                     participant URLs); the saga resumes by itself once that is fixed; retry \
+                     with the same idempotency key for its outcome",
+                    state_name(state),
+                    waiting_for.join(", ")
+                ),
+                [
+                    ("sagaId", saga_id),
+                    ("sagaState", state_name(state).to_owned()),
+                    ("waitingFor", waiting_for.join(",")),
+                ],
+                Some(Duration::from_secs(5)),
+            ),
+            OrchestratorError::StillRunning {
+                saga_id,
+                state,
+                waiting_for,
+                misconfigured: false,
             } => rich_status(
                 Code::Unavailable,
                 Reason::DependencyUnavailable,

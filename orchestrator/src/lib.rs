@@ -237,6 +237,7 @@ async fn watch_participants<L: SagaLog>(
                 Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
             );
             let misconfigured = matches!(&answer, Err(s) if s.code() == tonic::Code::NotFound);
+            engine.health().report_misconfigured(*peer, misconfigured);
             if misconfigured && *last != Some(false) {
                 tracing::error!(
                     participant = %name,

@@ -197,6 +197,10 @@ pub struct Waiting {
     pub since_ms: i64,
     /// When it is tried again at the latest.
     pub next_attempt_ms: i64,
+    /// Whether a participant it waits for is misconfigured: its URL
+    /// answers but does not serve it (UNIMPLEMENTED, or health NOT_FOUND).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub misconfigured: bool,
 }
 
 /// A business error a saga ended with, kept to answer retries identically.

@@ -106,6 +106,8 @@ pub struct PeerHealth {
     up_since_ms: [std::sync::atomic::AtomicI64; 3],
     /// Per peer: whether it was ever checked.
     checked: [std::sync::atomic::AtomicBool; 3],
+    /// Per peer: whether its URL answers without serving it.
+    misconfigured: [std::sync::atomic::AtomicBool; 3],
 }
 
 impl PeerHealth {
@@ -124,6 +126,16 @@ impl PeerHealth {
             self.up_since_ms[i].store(0, SeqCst);
         }
         false
+    }
+
+    /// Records whether `peer`'s URL answers but serves another service.
+    pub fn report_misconfigured(&self, peer: Peer, misconfigured: bool) {
+        self.misconfigured[peer.index()].store(misconfigured, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether `peer`'s URL was last seen serving another service.
+    pub fn is_misconfigured(&self, peer: Peer) -> bool {
+        self.misconfigured[peer.index()].load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether `peer` is known to be down.
@@ -156,9 +168,13 @@ impl From<Status> for CallError {
             // INTERNAL and UNKNOWN cover a participant's store failing and
             // transport-level resets; the barrier makes a retry safe.
             // UNAUTHENTICATED means our service token expired or is not yet
-            // rotated in: the saga waits (or goes FAILED) rather than
-            // telling the customer their order was refused.
+            // rotated in: the saga waits rather than telling the customer
+            // their order was refused. UNIMPLEMENTED means the URL reaches a
+            // server that does not serve this participant (a swapped port
+            // in a ConfigMap) or an older version of it: a misconfigured
+            // dependency, never the customer's fault.
             Code::Unauthenticated
+            | Code::Unimplemented
             | Code::Unavailable
             | Code::DeadlineExceeded
             | Code::ResourceExhausted
@@ -173,7 +189,6 @@ impl From<Status> for CallError {
             | Code::PermissionDenied
             | Code::FailedPrecondition
             | Code::OutOfRange
-            | Code::Unimplemented
             | Code::DataLoss => Self::Rejected(status),
         }
     }

@@ -58,6 +58,9 @@ pub enum Reason {
     IdempotencyKeyReused,
     /// UNAVAILABLE: a dependency (participant or store) is down.
     DependencyUnavailable,
+    /// UNAVAILABLE: a participant URL reaches a server that does not serve
+    /// that participant (e.g. swapped ports); an operator must fix it.
+    DependencyMisconfigured,
     /// DEADLINE_EXCEEDED: the saga did not end within the caller's deadline.
     DeadlineExceeded,
     /// RESOURCE_EXHAUSTED: too many requests.
@@ -95,6 +98,7 @@ impl Reason {
             Self::StockBelowReserved => "STOCK_BELOW_RESERVED",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::DependencyUnavailable => "DEPENDENCY_UNAVAILABLE",
+            Self::DependencyMisconfigured => "DEPENDENCY_MISCONFIGURED",
             Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Self::Overloaded => "OVERLOADED",
             Self::Internal => "INTERNAL",
@@ -130,6 +134,7 @@ const ALL_REASONS: &[Reason] = &[
     Reason::StockBelowReserved,
     Reason::IdempotencyKeyReused,
     Reason::DependencyUnavailable,
+    Reason::DependencyMisconfigured,
     Reason::DeadlineExceeded,
     Reason::Overloaded,
     Reason::Internal,

@@ -254,12 +254,14 @@ impl MongoDb {
             .build();
         let mut last = None;
         loop {
-            session
+            if let Err(err) = session
                 .start_transaction()
                 .read_concern(ReadConcern::snapshot())
                 .write_concern(WriteConcern::majority())
                 .await
-                .map_err(storage_error)?;
+            {
+                return Err(self.cannot_start_transaction(err).await);
+            }
             let err = match body(&mut session).await {
                 Ok(value) => match commit(&mut session).await {
                     Ok(()) => return Ok(value),
@@ -288,6 +290,29 @@ impl MongoDb {
                         "the database is too busy with conflicting writes, retry".into(),
                     ));
                 }
+            }
+        }
+    }
+}
+
+impl MongoDb {
+    /// Why a transaction could not start. While the server cannot be
+    /// reached (at start-up, or in an outage) the driver does not know the
+    /// deployment yet and refuses transactions as "not supported": that is
+    /// an outage (UNAVAILABLE, retry), not a configuration error. A server
+    /// that answers and still refuses them is not a replica set.
+    async fn cannot_start_transaction(&self, err: MongoError) -> StorageError {
+        if !matches!(*err.kind, ErrorKind::Transaction { .. }) {
+            return storage_error(err);
+        }
+        match self.ping().await {
+            Err(unreachable @ StorageError::Unavailable(_)) => unreachable,
+            _ => {
+                tracing::error!(error = %err, "the MongoDB deployment refuses transactions");
+                StorageError::Backend(format!(
+                    "MongoDB refuses transactions ({err}): the stores need a replica set \
+                     (a one-member set is fine: mongod --replSet rs0, then rs.initiate())"
+                ))
             }
         }
     }

@@ -544,3 +544,89 @@ async fn the_orchestrator_starts_with_participants_down() {
         server.stop().await;
     }
 }
+
+/// The orchestrator's inventory URL points at loyalty-svc (a swapped port):
+/// its health says inventory is NOT_SERVING, a checkout answers UNAVAILABLE
+/// / DEPENDENCY_MISCONFIGURED (never a business rejection) and waits; with
+/// the URL fixed and the orchestrator restarted on the same log, it
+/// completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_participant_url_that_serves_another_service_is_a_misconfiguration() {
+    let mut cluster = Cluster::start(outage_engine()).await;
+    let mut shop = Shop::connect(&cluster.addrs).await;
+    shop.put_product("BIKE", 500_000, 10).await;
+    cluster.orch.stop().await;
+    let swapped = ParticipantUrls {
+        inventory: format!("http://{}", cluster.addrs.loyalty),
+        loyalty: format!("http://{}", cluster.addrs.loyalty),
+        order: format!("http://{}", cluster.addrs.order),
+    };
+    cluster.orch = spawn_orchestrator(
+        listen_again(cluster.addrs.orchestrator).await,
+        cluster.dir.path(),
+        swapped,
+        outage_engine(),
+    );
+    wait_health(
+        &cluster.health,
+        INVENTORY,
+        ServingStatus::NotServing,
+        SETTLE_WITHIN,
+    )
+    .await;
+    wait_health(
+        &cluster.health,
+        LOYALTY,
+        ServingStatus::Serving,
+        SETTLE_WITHIN,
+    )
+    .await;
+    shop.clients = MeshClients::connect(&cluster.addrs, CONNECT_WITHIN)
+        .await
+        .expect("reconnect");
+    let status = expect_error(
+        shop.place_order(order_request("swap-1", "una", &[("BIKE", 1)], "", 0))
+            .await,
+        Code::Unavailable,
+        Reason::DependencyMisconfigured,
+    );
+    assert!(status.message().contains(INVENTORY), "{}", status.message());
+    let saga_id = saga_id_of(&status);
+    let saga = shop.saga(&saga_id).await;
+    assert_eq!(
+        saga_state(&saga),
+        SagaState::Running,
+        "not compensated: {saga:#?}"
+    );
+    assert_eq!(
+        saga.waiting_for.len(),
+        2,
+        "the quote's participants: {saga:#?}"
+    );
+
+    cluster.orch.stop().await;
+    let fixed = ParticipantUrls {
+        inventory: format!("http://{}", cluster.addrs.inventory),
+        loyalty: format!("http://{}", cluster.addrs.loyalty),
+        order: format!("http://{}", cluster.addrs.order),
+    };
+    cluster.orch = spawn_orchestrator(
+        listen_again(cluster.addrs.orchestrator).await,
+        cluster.dir.path(),
+        fixed,
+        outage_engine(),
+    );
+    shop.clients = MeshClients::connect(&cluster.addrs, CONNECT_WITHIN)
+        .await
+        .expect("reconnect");
+    saga_until(
+        &shop,
+        &saga_id,
+        "the checkout to complete once fixed",
+        |s| saga_state(s) == SagaState::Completed,
+    )
+    .await;
+    shop.universe.customers.insert("una".into());
+    shop.assert_invariants().await;
+    cluster.stop().await;
+}

@@ -94,10 +94,20 @@ impl<L: SagaLog> Engine<L> {
         record.waits = record.waits.saturating_add(1);
         let delay = self.probe_delay(record.waits);
         let names: Vec<String> = peers.iter().map(|p| p.service_name().to_owned()).collect();
+        let misconfigured = peers.iter().any(|p| self.health.is_misconfigured(*p))
+            || record.steps.iter().any(|s| {
+                [Some(&s.action), s.compensation.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|r| {
+                        r.status == StepStatus::Waiting && r.last_error.starts_with("Unimplemented")
+                    })
+            });
         record.waiting = Some(Waiting {
             participants: names.clone(),
             since_ms: now,
             next_attempt_ms: now.saturating_add(millis(delay)),
+            misconfigured,
         });
         let state = record.state;
         record.transition_by(
@@ -109,12 +119,21 @@ impl<L: SagaLog> Engine<L> {
             AUTOMATIC,
         );
         self.save(record, PaymentDeadline::Keep).await?;
-        tracing::warn!(
-            saga_id = %record.saga_id,
-            waiting_for = %names.join(", "),
-            retry_in_ms = millis(delay),
-            "saga waits for unreachable participants"
-        );
+        if misconfigured {
+            tracing::error!(
+                saga_id = %record.saga_id,
+                waiting_for = %names.join(", "),
+                "saga waits: a participant URL reaches a server that does not serve that \
+                 participant; fix the orchestrator's participant URLs"
+            );
+        } else {
+            tracing::warn!(
+                saga_id = %record.saga_id,
+                waiting_for = %names.join(", "),
+                retry_in_ms = millis(delay),
+                "saga waits for unreachable participants"
+            );
+        }
         self.still_waiting(record);
         Ok(())
     }
