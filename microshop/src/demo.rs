@@ -101,16 +101,21 @@ impl Expect {
 pub async fn run(data_dir: Option<PathBuf>) -> anyhow::Result<bool> {
     let tmp = tempfile::tempdir()?;
     let dir = data_dir.unwrap_or_else(|| tmp.path().to_owned());
-    let mesh = Mesh::start(MeshConfig::ephemeral(&dir)).await?;
+    let config = MeshConfig::ephemeral(&dir);
+    let earn_amount_per_point = config.earn_amount_per_point;
+    let mesh = Mesh::start(config).await?;
     let c = MeshClients::connect(&mesh.addrs, Duration::from_secs(10)).await?;
-    let result = scenarios(&c).await;
+    let result = scenarios(&c, earn_amount_per_point).await;
     mesh.shutdown().await?;
     result
 }
 
-async fn scenarios(c: &MeshClients) -> anyhow::Result<bool> {
+async fn scenarios(c: &MeshClients, earn_amount_per_point: i64) -> anyhow::Result<bool> {
     let mut expect = Expect { failures: 0 };
-    let mut universe = Universe::default();
+    let mut universe = Universe {
+        earn_amount_per_point,
+        ..Universe::default()
+    };
     println!("microshop demo — the old shop's failures against the saga mesh\n");
 
     // Catalog, members and a coupon.

@@ -578,9 +578,11 @@ impl TestMesh {
         config.engine = engine;
         config.earn_amount_per_point = EARN_AMOUNT_PER_POINT;
         configure(&mut config);
+        let earn_amount_per_point = config.earn_amount_per_point;
         let mesh = Mesh::start(config).await.expect("the mesh starts");
         let addrs = mesh.addrs.clone();
-        let shop = Shop::connect(&addrs).await;
+        let mut shop = Shop::connect(&addrs).await;
+        shop.universe.earn_amount_per_point = earn_amount_per_point;
         Self {
             shop,
             mesh: Some(mesh),
