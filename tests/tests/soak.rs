@@ -21,7 +21,7 @@
 //! (`SOAK_OPS=<n>` sets any count).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
     sync::{
         Arc, Mutex,
@@ -268,6 +268,23 @@ enum Seen {
     Open,
 }
 
+/// Whether a resend answering `again` is consistent with its key's first
+/// answer `first` (its first final one, once there is one). A final answer
+/// (an order, a refusal: the saga ended) is repeated by every resend. Only
+/// while the first answer was open (UNAVAILABLE: the saga FAILED or still
+/// running) may a resend answer otherwise, and ABORTED only when the soak
+/// itself aborted the key's saga (`aborted_by_soak`): nothing else does.
+fn resend_consistent(first: &Seen, again: &Seen, aborted_by_soak: bool) -> bool {
+    if first == again {
+        return true;
+    }
+    match (first, again) {
+        (Seen::Open, Seen::Refused(Code::Aborted, _)) => aborted_by_soak,
+        (Seen::Open, _) => true,
+        _ => false,
+    }
+}
+
 /// Checks that `status` is a §4 answer allowed for `op`; records the rest.
 fn check_refusal(tally: &Tally, op: &str, status: &Status, allowed: &[(Code, &[Reason])]) {
     let reason = error_reason(status);
@@ -378,6 +395,10 @@ struct Client {
     keys: Vec<(orch::PlaceOrderRequest, Seen)>,
     /// FAILED sagas seen.
     failed: Vec<String>,
+    /// Idempotency key → the saga its answers named.
+    sagas: HashMap<String, String>,
+    /// Sagas this client asked AbortSaga to abort.
+    aborted: HashSet<String>,
     next_key: u64,
 }
 
@@ -436,6 +457,13 @@ impl Client {
             "PlaceOrder"
         };
         self.tally.outcome(op, &result.as_ref().map(|_| ()));
+        let saga_id = match &result {
+            Ok(r) => Some(r.saga_id.clone()).filter(|id| !id.is_empty()),
+            Err(status) => microshop_runtime::errors::metadata_of(status, "sagaId"),
+        };
+        if let Some(id) = saga_id {
+            self.sagas.insert(req.idempotency_key.clone(), id);
+        }
         let seen = match &result {
             Ok(r) => {
                 match &r.order {
@@ -466,13 +494,11 @@ impl Client {
             }
         };
         if let Some(first) = resend {
-            let same = match (&first, &seen) {
-                (Seen::Open, _) | (_, Seen::Open) => true,
-                // An operator may abort a saga between two sends.
-                (_, Seen::Refused(Code::Aborted, _)) => true,
-                (a, b) => a == b,
-            };
-            if !same {
+            let aborted_by_soak = self
+                .sagas
+                .get(&req.idempotency_key)
+                .is_some_and(|id| self.aborted.contains(id));
+            if !resend_consistent(&first, &seen, aborted_by_soak) {
                 self.tally.anomaly(format!(
                     "key {} answered {first:?}, then {seen:?}",
                     req.idempotency_key
@@ -507,6 +533,8 @@ impl Client {
     }
 
     async fn abort(&mut self, saga_id: String) {
+        // Counted as the soak's abort even if the answer is lost.
+        self.aborted.insert(saga_id.clone());
         let result = self
             .shop
             .clients
@@ -573,6 +601,8 @@ impl Client {
                         orders: Vec::new(),
                         keys: Vec::new(),
                         failed: Vec::new(),
+                        sagas: HashMap::new(),
+                        aborted: HashSet::new(),
                         next_key: 0,
                     };
                     let id2 = id.clone();
@@ -798,6 +828,8 @@ async fn randomized_soak_under_faults() {
             orders: Vec::new(),
             keys: Vec::new(),
             failed: Vec::new(),
+            sagas: HashMap::new(),
+            aborted: HashSet::new(),
             next_key: 0,
         };
         clients.spawn(client.run());
@@ -900,6 +932,40 @@ async fn randomized_soak_under_faults() {
         );
     }
     m.shutdown().await;
+}
+
+#[test]
+fn a_resend_must_repeat_a_final_answer() {
+    let order = Seen::Order("o-1".into());
+    let refused = Seen::Refused(Code::FailedPrecondition, Some("OUT_OF_STOCK".into()));
+    let aborted = Seen::Refused(Code::Aborted, Some("SAGA_ABORTED".into()));
+    let others = [
+        Seen::Open,
+        aborted.clone(),
+        Seen::Order("o-2".into()),
+        Seen::Refused(Code::FailedPrecondition, Some("COUPON_EXHAUSTED".into())),
+    ];
+    for first in [&order, &refused] {
+        for by_soak in [false, true] {
+            assert!(resend_consistent(first, first, by_soak), "{first:?} again");
+            for again in &others {
+                assert!(
+                    !resend_consistent(first, again, by_soak),
+                    "{first:?} then {again:?} (aborted by the soak: {by_soak})"
+                );
+            }
+        }
+    }
+    // An open first answer: the saga may have ended since, either way...
+    for again in [&Seen::Open, &order, &refused] {
+        assert!(resend_consistent(&Seen::Open, again, false), "{again:?}");
+    }
+    // ... but aborted only by the soak's own AbortSaga.
+    assert!(!resend_consistent(&Seen::Open, &aborted, false));
+    assert!(resend_consistent(&Seen::Open, &aborted, true));
+    // Once aborted, aborted it stays.
+    assert!(resend_consistent(&aborted, &aborted, true));
+    assert!(!resend_consistent(&aborted, &Seen::Open, true));
 }
 
 // ---------------------------------------------------------------------------
