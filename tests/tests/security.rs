@@ -236,6 +236,64 @@ impl Secured {
     fn clients_url(&self) -> String {
         self.mesh.as_ref().expect("running").orchestrator_url()
     }
+
+    /// Asserts (reading with `admin`'s token) that the shop is as
+    /// [`Secured::seed`] left it, with nothing the denied calls of
+    /// `admin_rpcs_need_the_admin_role` would have made.
+    async fn assert_untouched(&self, admin: &str) {
+        let c = &self.clients;
+        let tshirt = c
+            .inventory
+            .clone()
+            .get_product(authed(
+                inv::GetProductRequest {
+                    sku: "TSHIRT".into(),
+                },
+                admin,
+            ))
+            .await
+            .expect("admin reads the product")
+            .into_inner();
+        assert_eq!(
+            (tshirt.stock, tshirt.available, tshirt.reserved, tshirt.sold),
+            (100, 100, 0, 0),
+            "a denied ReserveStock reserved nothing: {tshirt:?}"
+        );
+        let free = c
+            .inventory
+            .clone()
+            .get_product(authed(inv::GetProductRequest { sku: "FREE".into() }, admin))
+            .await;
+        expect_error(free, Code::NotFound, Reason::UnknownSku);
+        let alice = c
+            .loyalty
+            .clone()
+            .get_balance(authed(
+                loy::GetBalanceRequest {
+                    customer_id: "alice".into(),
+                },
+                admin,
+            ))
+            .await
+            .expect("admin reads a balance")
+            .into_inner();
+        assert_eq!(
+            (alice.points, alice.granted),
+            (100, 100),
+            "a denied GrantPoints granted nothing: {alice:?}"
+        );
+        let coupon = c
+            .order
+            .clone()
+            .get_coupon(authed(
+                ord::GetCouponRequest {
+                    code: "ALL100".into(),
+                },
+                admin,
+            ))
+            .await;
+        expect_error(coupon, Code::NotFound, Reason::UnknownCoupon);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -494,6 +552,10 @@ async fn admin_rpcs_need_the_admin_role() {
                 .map(drop),
         );
     }
+
+    // The denied calls changed nothing: no FREE product, Alice's points as
+    // granted, TSHIRT's stock unreserved, no ALL100 coupon.
+    shop.assert_untouched(&admin).await;
 
     // The admin can.
     c.order
