@@ -2385,9 +2385,8 @@ impl Database {
         format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
     }
 
-    /// Starts the server and waits until it accepts connections.
-    fn up(&mut self) {
-        let child = Command::new(&self.command)
+    fn spawn(&self) -> Child {
+        Command::new(&self.command)
             .arg("--port")
             .arg(self.port.to_string())
             .arg("--storage-path")
@@ -2398,14 +2397,34 @@ impl Database {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.command));
-        self.child = Some(child);
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.command))
+    }
+
+    /// Starts the server and waits until it accepts connections. Its port
+    /// was free while it was down, so another test's connection may hold
+    /// it for a moment: a server that exits before listening (it could not
+    /// bind) is started again on the same port, within the same 30 s.
+    fn up(&mut self) {
+        // Kept in `self` at once, so a failed wait still kills it on drop.
+        self.child = Some(self.spawn());
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the database did not listen within 30 s"
             );
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                eprintln!(
+                    "the database exited before listening on {}; again",
+                    self.port
+                );
+                std::thread::sleep(Duration::from_millis(250));
+                self.child = Some(self.spawn());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
