@@ -14,6 +14,21 @@ cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$data"; }
 trap cleanup EXIT
 
 fail() { echo "smoke: $*" >&2; cat "$log" >&2; exit 1; }
+# wait_exit PID SECS: waits up to SECS for PID to exit and returns its exit
+# status; one still running then is SIGKILLed, reaped, and 124 returned.
+wait_exit() {
+  local pid=$1 secs=$2
+  for _ in $(seq 1 $((secs * 10))); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      wait "$pid"
+      return
+    fi
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  return 124
+}
 # Output is captured before grep reads it: with pipefail, `grpcurl | grep -q`
 # fails whenever grep exits early and grpcurl is killed by SIGPIPE.
 has() { grep -q -- "$2" <<<"$1"; }
@@ -34,7 +49,7 @@ for attempt in 1 2 3; do
   grep -q 'mesh is up' "$log" && break
   if grep -q 'Address already in use' "$log" && [ "$attempt" -lt 3 ]; then
     echo "smoke: a default port was busy; starting microshop up again"
-    wait "$pid" 2>/dev/null || true
+    wait_exit "$pid" 30 || true
     sleep 2
     continue
   fi
@@ -83,7 +98,10 @@ has "$metrics" '^microshop_sagas_compensated_total{saga_type="place-order"} 1$' 
 has "$metrics" '^microshop_stock_out_rejections_total 1$' || fail "stock-out not counted: $metrics"
 
 kill -TERM "$pid"
-wait "$pid" || fail "microshop up did not exit cleanly on SIGTERM"
+status=0
+wait_exit "$pid" 30 || status=$?
+[ "$status" -ne 124 ] || fail "microshop up did not exit within 30 s of SIGTERM (killed)"
+[ "$status" -eq 0 ] || fail "microshop up did not exit cleanly on SIGTERM (status $status)"
 trap - EXIT
 rm -rf "$data"
 echo "smoke: ok"

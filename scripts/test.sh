@@ -70,7 +70,7 @@ done
 "$tools/venv/bin/python3" -c "import pymongo; pymongo.MongoClient('$mongo_uri', serverSelectionTimeoutMS=2000).admin.command('ping')"
 echo "SecantusDB answers at $mongo_uri"
 # The MongoDB-only tests (conformance on MongoDB, orchestrator takeover,
-# database outage) read these; under CI=true they fail rather than skip
+# database outage) read these; in CI (CI set, not false/0) they fail rather than skip
 # when these are missing.
 export MICROSHOP_TEST_MONGODB_URI="$mongo_uri"
 export MICROSHOP_TEST_SECANTUSD="$tools/venv/bin/secantusd-py"

@@ -114,7 +114,10 @@ pub async fn run(data_dir: Option<PathBuf>, pricing: PricingRules) -> anyhow::Re
 
 async fn scenarios(c: &MeshClients, pricing: &PricingRules) -> anyhow::Result<bool> {
     let mut expect = Expect { failures: 0 };
-    let mut universe = Universe::default();
+    let mut universe = Universe {
+        earn_amount_per_point: pricing.earn_amount_per_point,
+        ..Universe::default()
+    };
     println!("microshop demo — the old shop's failures against the saga mesh\n");
 
     // Catalog, members and a coupon.

@@ -2,14 +2,31 @@
 //! APIs after a scenario has quiesced. The first violation is reported
 //! precisely: which SKU, customer, coupon or saga, expected against found.
 //!
-//! Beyond the letter of §8, stock and points are reconciled against the
-//! orders themselves: units reserved must equal the units of orders
-//! awaiting payment, units sold (net of restocks) those of paid orders, and
-//! points deducted (net of refunds) those redeemed by live orders. That is
-//! what "nothing reserved or deducted outlives a compensated saga" means
-//! in numbers.
+//! [`check`] reads everything into a [`Snapshot`] of plain data first and
+//! then judges it with [`judge`] (in [`rules`]), so the comparisons can be
+//! fed doctored data in unit tests: each rule is shown to catch the fault
+//! it guards against.
+//!
+//! What is checked (the §8 list, and beyond its letter stock and points
+//! are reconciled against the orders themselves; that is what "nothing
+//! reserved or deducted outlives a compensated saga" means in numbers):
+//! - every saga ended COMPLETED or COMPENSATED, or FAILED with a reason;
+//!   one idempotency key, one saga; one saga, at most one order; no live
+//!   order under a compensated checkout;
+//! - per SKU: none of stock, available, reserved, sold, restocked negative;
+//!   put + restocked = available + reserved + sold; stock shown =
+//!   available + reserved; reserved = units of orders awaiting payment;
+//!   sold − restocked = units of paid (or shipped) orders;
+//! - per customer: balance = granted + earned − deducted + refunded ≥ 0;
+//!   deducted − refunded = points redeemed by live orders; earned = what
+//!   the customer's paid orders earned at the rate (see
+//!   [`rules::expected_earned`] for the exact rule, so a duplicated or
+//!   forged EarnPoints is caught);
+//! - per coupon: timesUsed ≤ usageLimit, and = live orders using it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod rules;
+
+use std::collections::{BTreeMap, HashSet};
 
 use microshop_proto::{
     inventory::v1 as inv,
@@ -19,10 +36,16 @@ use microshop_proto::{
 };
 use tonic::transport::Channel;
 
+pub use rules::{ExpectedEarned, expected_earned, judge, points_earned_by};
+
 use crate::mesh::MeshClients;
 
+/// The earn rate of the seed rules: 1 point per 100,000 paid (loyalty-svc's
+/// default, and `--earn-amount-per-point`'s).
+pub const DEFAULT_EARN_AMOUNT_PER_POINT: i64 = loyalty_svc::domain::DEFAULT_EARN_AMOUNT_PER_POINT;
+
 /// What the scenario created, so the checker knows what to read.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Universe {
     /// SKU → units put with PutProduct (the last `stock` set, when set once).
     pub skus: BTreeMap<String, i64>,
@@ -30,6 +53,20 @@ pub struct Universe {
     pub customers: HashSet<String>,
     /// Coupon codes.
     pub coupons: HashSet<String>,
+    /// The mesh's earn rate: one point per this much paid. Set it wherever
+    /// the mesh's loyalty-svc runs with another `earn_amount_per_point`.
+    pub earn_amount_per_point: i64,
+}
+
+impl Default for Universe {
+    fn default() -> Self {
+        Self {
+            skus: BTreeMap::new(),
+            customers: HashSet::new(),
+            coupons: HashSet::new(),
+            earn_amount_per_point: DEFAULT_EARN_AMOUNT_PER_POINT,
+        }
+    }
 }
 
 /// What a passing check looked at.
@@ -59,8 +96,19 @@ pub enum Violation {
     },
 }
 
-fn broken<T>(msg: String) -> Result<T, Violation> {
-    Err(Violation::Broken(msg))
+/// Everything the checker reads, as the services answered it.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Every saga of the log.
+    pub sagas: Vec<orch::Saga>,
+    /// Every order of the universe's customers.
+    pub orders: Vec<ord::Order>,
+    /// GetProduct of each SKU of the universe.
+    pub products: BTreeMap<String, inv::GetProductResponse>,
+    /// GetBalance of each customer of the universe.
+    pub balances: BTreeMap<String, loy::GetBalanceResponse>,
+    /// GetCoupon of each coupon of the universe.
+    pub coupons: BTreeMap<String, ord::GetCouponResponse>,
 }
 
 fn read_err(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> Violation {
@@ -70,129 +118,31 @@ fn read_err(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> Violation 
 
 /// Reads every service and checks §8. Call once nothing is in flight.
 pub async fn check(clients: &MeshClients, universe: &Universe) -> Result<Summary, Violation> {
+    let snapshot = read(clients, universe).await?;
+    judge(&snapshot, universe)
+}
+
+/// Reads what [`judge`] needs about `universe`.
+pub async fn read(clients: &MeshClients, universe: &Universe) -> Result<Snapshot, Violation> {
     let mut c = clients.clone();
-    let mut summary = Summary::default();
-
-    // Sagas: every one ended, FAILED ones say why, one key → one saga.
-    let sagas = all_sagas(&mut c.admin).await?;
-    let mut keys = HashSet::new();
-    let mut compensated_place = HashSet::new();
-    for s in &sagas {
-        let state = orch::SagaState::try_from(s.state).unwrap_or(orch::SagaState::Unspecified);
-        *summary
-            .sagas_by_state
-            .entry(state.as_str_name().to_owned())
-            .or_default() += 1;
-        summary.checks += 1;
-        match state {
-            orch::SagaState::Completed | orch::SagaState::Compensated => {}
-            orch::SagaState::Failed if !s.failure_reason.is_empty() => {}
-            other => {
-                return broken(format!(
-                    "saga {} ended {} (expected COMPLETED, COMPENSATED or FAILED with a reason)",
-                    s.saga_id,
-                    other.as_str_name()
-                ));
-            }
-        }
-        // Keys are scoped per customer for checkouts; payment and cancel
-        // sagas are keyed by order whoever calls.
-        let scope = if s.r#type == orch::SagaType::PlaceOrder as i32 {
-            s.customer_id.clone()
-        } else {
-            String::new()
-        };
-        if !keys.insert((scope, s.idempotency_key.clone())) {
-            return broken(format!(
-                "idempotency key {:?} of customer {:?} has more than one saga",
-                s.idempotency_key, s.customer_id
-            ));
-        }
-        if s.r#type == orch::SagaType::PlaceOrder as i32 && state == orch::SagaState::Compensated {
-            compensated_place.insert(s.saga_id.clone());
-        }
-    }
-
-    // Orders of every customer.
-    let mut orders = Vec::new();
+    let mut snapshot = Snapshot {
+        sagas: all_sagas(&mut c.admin).await?,
+        ..Snapshot::default()
+    };
     for customer in &universe.customers {
-        orders.extend(all_orders(&mut c.order, customer).await?);
+        snapshot
+            .orders
+            .extend(all_orders(&mut c.order, customer).await?);
     }
-    summary.orders = orders.len();
-    let mut per_saga: HashMap<&str, usize> = HashMap::new();
-    for o in &orders {
-        summary.checks += 1;
-        let n = per_saga.entry(o.saga_id.as_str()).or_default();
-        *n += 1;
-        if *n > 1 {
-            return broken(format!("saga {} created more than one order", o.saga_id));
-        }
-        let live = o.status != ord::OrderStatus::Cancelled as i32;
-        if live && compensated_place.contains(&o.saga_id) {
-            return broken(format!(
-                "order {} is live but its checkout saga {} was compensated",
-                o.order_id, o.saga_id
-            ));
-        }
-    }
-
-    // Stock: conservation, no negatives, reconciled with orders.
-    let mut pending_units: HashMap<&str, i64> = HashMap::new();
-    let mut paid_units: HashMap<&str, i64> = HashMap::new();
-    for o in &orders {
-        let bucket = match ord::OrderStatus::try_from(o.status) {
-            Ok(ord::OrderStatus::PendingPayment) => &mut pending_units,
-            Ok(ord::OrderStatus::Paid | ord::OrderStatus::Shipped) => &mut paid_units,
-            _ => continue,
-        };
-        for l in &o.lines {
-            *bucket.entry(l.sku.as_str()).or_default() += l.quantity;
-        }
-    }
-    for (sku, put) in &universe.skus {
+    for sku in universe.skus.keys() {
         let p = c
             .inventory
             .get_product(inv::GetProductRequest { sku: sku.clone() })
             .await
             .map_err(read_err(format!("product {sku}")))?
             .into_inner();
-        summary.checks += 3;
-        if p.available < 0 || p.reserved < 0 || p.sold < 0 {
-            return broken(format!(
-                "sku {sku}: negative stock (available {}, reserved {}, sold {})",
-                p.available, p.reserved, p.sold
-            ));
-        }
-        if put + p.restocked != p.available + p.reserved + p.sold {
-            return broken(format!(
-                "sku {sku}: put {put} + restocked {} = {}, but available {} + reserved {} + sold {} = {}",
-                p.restocked,
-                put + p.restocked,
-                p.available,
-                p.reserved,
-                p.sold,
-                p.available + p.reserved + p.sold
-            ));
-        }
-        let pending = pending_units.get(sku.as_str()).copied().unwrap_or(0);
-        if p.reserved != pending {
-            return broken(format!(
-                "sku {sku}: {} units reserved, but orders awaiting payment hold {pending}",
-                p.reserved
-            ));
-        }
-        let paid = paid_units.get(sku.as_str()).copied().unwrap_or(0);
-        if p.sold - p.restocked != paid {
-            return broken(format!(
-                "sku {sku}: sold {} - restocked {} = {}, but paid orders hold {paid}",
-                p.sold,
-                p.restocked,
-                p.sold - p.restocked
-            ));
-        }
+        snapshot.products.insert(sku.clone(), p);
     }
-
-    // Points: ledger consistent, never negative, reconciled with orders.
     for customer in &universe.customers {
         let b = c
             .loyalty
@@ -202,32 +152,8 @@ pub async fn check(clients: &MeshClients, universe: &Universe) -> Result<Summary
             .await
             .map_err(read_err(format!("balance of {customer}")))?
             .into_inner();
-        summary.checks += 2;
-        let ledger = b.granted + b.earned - b.deducted + b.refunded;
-        if b.points != ledger || b.points < 0 {
-            return broken(format!(
-                "customer {customer}: balance {} but granted {} + earned {} - deducted {} + refunded {} = {ledger}",
-                b.points, b.granted, b.earned, b.deducted, b.refunded
-            ));
-        }
-        let redeemed: i64 = orders
-            .iter()
-            .filter(|o| {
-                &o.customer_id == customer && o.status != ord::OrderStatus::Cancelled as i32
-            })
-            .map(|o| o.redeemed_points)
-            .sum();
-        if b.deducted - b.refunded != redeemed {
-            return broken(format!(
-                "customer {customer}: deducted {} - refunded {} = {}, but live orders redeemed {redeemed}",
-                b.deducted,
-                b.refunded,
-                b.deducted - b.refunded
-            ));
-        }
+        snapshot.balances.insert(customer.clone(), b);
     }
-
-    // Coupons: within limit, and equal to the live orders using them.
     for code in &universe.coupons {
         let coupon = c
             .order
@@ -235,25 +161,9 @@ pub async fn check(clients: &MeshClients, universe: &Universe) -> Result<Summary
             .await
             .map_err(read_err(format!("coupon {code}")))?
             .into_inner();
-        summary.checks += 2;
-        if coupon.times_used > coupon.usage_limit {
-            return broken(format!(
-                "coupon {code}: timesUsed {} > usageLimit {}",
-                coupon.times_used, coupon.usage_limit
-            ));
-        }
-        let live = orders
-            .iter()
-            .filter(|o| &o.coupon_code == code && o.status != ord::OrderStatus::Cancelled as i32)
-            .count();
-        if usize::try_from(coupon.times_used).ok() != Some(live) {
-            return broken(format!(
-                "coupon {code}: timesUsed {} but {live} live orders use it",
-                coupon.times_used
-            ));
-        }
+        snapshot.coupons.insert(code.clone(), coupon);
     }
-    Ok(summary)
+    Ok(snapshot)
 }
 
 /// Every saga, paging through ListSagas.
@@ -281,7 +191,8 @@ pub async fn all_sagas(
     }
 }
 
-async fn all_orders(
+/// Every order of `customer`, paging through ListOrders.
+pub async fn all_orders(
     order: &mut OrderServiceClient<Channel>,
     customer: &str,
 ) -> Result<Vec<ord::Order>, Violation> {

@@ -69,6 +69,10 @@ const FAILPOINT_WITHIN: Duration = Duration::from_secs(30);
 const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 /// Interval of every bounded poll.
 const POLL: Duration = Duration::from_millis(20);
+/// How long a restarted service may keep finding its port taken.
+const REBIND_WITHIN: Duration = Duration::from_secs(20);
+/// Pause before binding a taken port again.
+const REBIND_PAUSE: Duration = Duration::from_millis(250);
 /// Stderr lines kept for the failure report.
 const TAIL_LINES: usize = 3_000;
 
@@ -252,6 +256,21 @@ fn free_addrs() -> MeshAddrs {
         loyalty: addr(2),
         order: addr(3),
     }
+}
+
+/// Whether the process of `proc`, which exited, said it could not bind its
+/// port (reads its stderr to the end: the pipe closes with the process).
+async fn could_not_bind(proc: &mut Proc) -> bool {
+    let exited = proc.child.try_wait().is_ok_and(|s| s.is_some());
+    let said = timeout(Duration::from_secs(5), async {
+        while let Some(line) = proc.lines.recv().await {
+            if line.contains("cannot listen on") {
+                return true;
+            }
+        }
+        false
+    });
+    exited && said.await.unwrap_or(false)
 }
 
 /// Whether the gRPC health service at `addr` answers SERVING.
@@ -516,12 +535,6 @@ impl Cluster {
         }
     }
 
-    async fn ready(&mut self, svc: Svc) {
-        if let Err(why) = self.try_ready(svc).await {
-            panic!("{why}");
-        }
-    }
-
     /// SIGKILLs `svc` and reaps it.
     fn kill(&mut self, svc: Svc) {
         let mut proc = self
@@ -532,9 +545,27 @@ impl Cluster {
     }
 
     /// Starts `svc` again on its port and data directory; waits for SERVING.
+    /// The port was free while `svc` was down, and every test draws its
+    /// connections from the same ephemeral range, so another one may hold
+    /// it for a moment: a start that could not bind is tried again on the
+    /// same port (the others dial `svc` there) for up to [`REBIND_WITHIN`].
     async fn start_svc(&mut self, svc: Svc, failpoint: Option<&str>) {
-        self.spawn(svc, failpoint);
-        self.ready(svc).await;
+        let deadline = Instant::now() + REBIND_WITHIN;
+        loop {
+            self.spawn(svc, failpoint);
+            let Err(why) = self.try_ready(svc).await else {
+                return;
+            };
+            let mut proc = self.procs.remove(&svc).expect("just spawned");
+            if !(Instant::now() < deadline && could_not_bind(&mut proc).await) {
+                panic!("{why}");
+            }
+            eprintln!(
+                "{svc:?} could not bind {} yet; starting it again",
+                self.addr(svc)
+            );
+            sleep(REBIND_PAUSE).await;
+        }
     }
 
     /// SIGKILLs `svc` (if running) and starts it again.
@@ -685,18 +716,11 @@ async fn coupon(c: &MeshClients, code: &str) -> ord::GetCouponResponse {
         .into_inner()
 }
 
+/// Every order of `customer` (all pages of ListOrders).
 async fn orders_of(c: &MeshClients, customer: &str) -> Vec<ord::Order> {
-    c.order
-        .clone()
-        .list_orders(ord::ListOrdersRequest {
-            customer_id: customer.into(),
-            page_size: 100,
-            page_token: String::new(),
-        })
+    invariants::all_orders(&mut c.order.clone(), customer)
         .await
-        .expect("ListOrders")
-        .into_inner()
-        .orders
+        .unwrap_or_else(|e| panic!("ListOrders {customer}: {e}"))
 }
 
 async fn order(c: &MeshClients, order_id: &str) -> ord::Order {
@@ -930,13 +954,7 @@ async fn crash_at(cluster: &mut Cluster, point: &str, call: Call) -> (orch::Saga
         )
         .await;
     cluster.kill(Svc::Orchestrator);
-    // The call was held at the failpoint: killing the server ends it.
-    match timeout(Duration::from_secs(10), pending).await {
-        Ok(Ok(Ok(()))) => panic!("{key}: the call succeeded although the saga was held at {point}"),
-        Ok(Ok(Err(_))) => {}
-        Ok(Err(e)) => panic!("{key}: the call task failed: {e}"),
-        Err(_) => panic!("{key}: the call did not end after the orchestrator was killed"),
-    }
+    expect_cut_off(pending, &key, point).await;
     cluster.start_svc(Svc::Orchestrator, None).await;
     let c = cluster.clients();
     let saga = saga_by_key(&c, &key)
@@ -944,6 +962,26 @@ async fn crash_at(cluster: &mut Cluster, point: &str, call: Call) -> (orch::Saga
         .unwrap_or_else(|| panic!("{key}: no saga logged before the crash at {point}"));
     let saga = wait_settled(&c, &saga.saga_id).await;
     (saga, c)
+}
+
+/// The call `pending` (key `key`) was held at failpoint `point` when the
+/// orchestrator was SIGKILLed: it must end with the transport's error (the
+/// connection died under it), never with an answer of the server's (those
+/// carry an ErrorInfo reason).
+async fn expect_cut_off(pending: JoinHandle<Result<(), Status>>, key: &str, point: &str) {
+    match timeout(Duration::from_secs(10), pending).await {
+        Ok(Ok(Ok(()))) => panic!("{key}: the call succeeded although the saga was held at {point}"),
+        Ok(Ok(Err(status))) => assert!(
+            reason_of(&status).is_none() && status.code() != Code::DeadlineExceeded,
+            "{key}: killed at {point}, the call ended {:?} ({:?}) instead of losing its \
+             connection: {}",
+            status.code(),
+            reason_of(&status),
+            status.message()
+        ),
+        Ok(Err(e)) => panic!("{key}: the call task failed: {e}"),
+        Err(_) => panic!("{key}: the call did not end after the orchestrator was killed"),
+    }
 }
 
 const PLACE_STEPS: [&str; 4] = ["quote", "reserve-stock", "deduct-points", "create-order"];
@@ -1951,7 +1989,7 @@ async fn outage_mid_saga(
         .await;
     cluster.kill(down);
     cluster.kill(Svc::Orchestrator);
-    let _ = timeout(Duration::from_secs(10), pending).await;
+    expect_cut_off(pending, &key, park).await;
     cluster.start_svc(Svc::Orchestrator, None).await;
     let c = cluster.clients();
     wait_attempts(&c, &key, step, is_compensation, 2).await;
@@ -2347,9 +2385,8 @@ impl Database {
         format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
     }
 
-    /// Starts the server and waits until it accepts connections.
-    fn up(&mut self) {
-        let child = Command::new(&self.command)
+    fn spawn(&self) -> Child {
+        Command::new(&self.command)
             .arg("--port")
             .arg(self.port.to_string())
             .arg("--storage-path")
@@ -2360,14 +2397,34 @@ impl Database {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.command));
-        self.child = Some(child);
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.command))
+    }
+
+    /// Starts the server and waits until it accepts connections. Its port
+    /// was free while it was down, so another test's connection may hold
+    /// it for a moment: a server that exits before listening (it could not
+    /// bind) is started again on the same port, within the same 30 s.
+    fn up(&mut self) {
+        // Kept in `self` at once, so a failed wait still kills it on drop.
+        self.child = Some(self.spawn());
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the database did not listen within 30 s"
             );
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                eprintln!(
+                    "the database exited before listening on {}; again",
+                    self.port
+                );
+                std::thread::sleep(Duration::from_millis(250));
+                self.child = Some(self.spawn());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -2511,7 +2568,31 @@ async fn database_outage_degrades_and_recovers() {
         "{}",
         describe(&saga)
     );
-    let _ = in_flight.await.expect("the in-flight call task");
+    // Its first call saw the database go: either it was still waiting when
+    // recovery finished the saga (the order), or the driver's save failed
+    // under it and it was told to retry (UNAVAILABLE, naming the saga).
+    match in_flight.await.expect("the in-flight call task") {
+        Ok(answer) => {
+            let answer = answer.into_inner();
+            assert_eq!(
+                (answer.saga_id.as_str(), answer.order_id.as_str()),
+                (saga.saga_id.as_str(), saga.order_id.as_str()),
+                "{answer:?}"
+            );
+        }
+        Err(status) => {
+            assert_eq!(
+                (status.code(), reason_of(&status)),
+                (Code::Unavailable, Some(Reason::DependencyUnavailable)),
+                "the in-flight call: {status:?}"
+            );
+            assert_eq!(
+                microshop_runtime::errors::metadata_of(&status, "sagaId").as_deref(),
+                Some(saga.saga_id.as_str()),
+                "the in-flight call's error names its saga: {status:?}"
+            );
+        }
+    }
     let again = place_ok(&c, place("outage-in-flight", who, sku, "", REDEEM)).await;
     assert_eq!(again.saga_id, saga.saga_id);
     place_ok(&c, place("outage-during", who, sku, "", 0)).await;

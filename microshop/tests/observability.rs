@@ -493,6 +493,19 @@ impl Cluster {
         }
     }
 
+    /// Waits (bounded polling) for a stderr line of `svc` containing
+    /// `needle`.
+    async fn wait_line(&self, svc: Svc, needle: &str) {
+        let deadline = Instant::now() + SEEN_WITHIN;
+        while !self.lines_of(svc).iter().any(|l| l.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "{svc:?} did not print {needle:?} within {SEEN_WITHIN:?}"
+            );
+            sleep(POLL).await;
+        }
+    }
+
     /// Stderr lines of `svc` so far.
     fn lines_of(&self, svc: Svc) -> Vec<String> {
         self.lines
@@ -909,7 +922,12 @@ async fn a_saga_resumed_after_a_crash_continues_its_trace() {
             .place_order(with_deadline(order("trace-crash", "bob", "TRACE-2", 1, 0)))
             .await
     });
-    // The quote step's span ended before the failpoint: it names the trace.
+    // Held at the failpoint (so the kill below lands exactly there) ...
+    cluster
+        .wait_line(Svc::Orchestrator, "FAILPOINT result:reserve-stock reached")
+        .await;
+    // ... after the quote step, whose span ended before: it names the trace
+    // (exported while the process is held, before the kill).
     let spans = collector
         .wait_for("the quote step before the crash", |spans| {
             spans.iter().any(|r| r.span.name == "action quote")
@@ -923,7 +941,15 @@ async fn a_saga_resumed_after_a_crash_continues_its_trace() {
     let saga_id = attr(&quote.span, "saga.id").expect("saga.id of the step");
 
     cluster.kill(Svc::Orchestrator);
-    let _ = call.await;
+    // The call was held with its saga: it loses its connection, no answer.
+    match call.await.expect("the call task") {
+        Ok(answer) => panic!("the call answered although its saga was held: {answer:?}"),
+        Err(status) => assert!(
+            microshop_runtime::errors::reason_of(&status).is_none()
+                && status.code() != Code::DeadlineExceeded,
+            "the call ended otherwise than by losing its connection: {status:?}"
+        ),
+    }
     cluster.start_svc(Svc::Orchestrator, &[]).await;
 
     // Recovery finishes the saga; its later steps join the original trace.

@@ -135,62 +135,55 @@ async fn mongodb_keys_written_before_scoping_migrate() {
     }
 }
 
-/// Two orchestrators, "a" and "b", on one database with 300 ms leases: b
-/// cannot take a's live saga, takes it once the lease has passed, and a,
-/// still holding its old copy, is fenced off from overwriting b's progress.
+/// Two orchestrators, "a" and "b", on one database: b cannot take a's
+/// live saga, takes it once the lease has passed, and a, still holding its
+/// old copy, is fenced off from overwriting b's progress.
+///
+/// a holds a 10-minute lease while b is shown it cannot claim, so no
+/// answer of a slow (Python) database can outlast it; then a saves the saga
+/// once more under a 100 ms lease (a's lease is whatever its last save
+/// set) and b's claims poll until it has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_leases_fence_a_former_owner() {
     let Some(db) = mongodb_for_tests("mongodb_leases_fence_a_former_owner").await else {
         return;
     };
     let started = Instant::now();
-    let lease = Duration::from_millis(300);
-    let a = MongoSagaLog::open(db.clone(), "a".to_owned(), lease)
+    let a = MongoSagaLog::open(db.clone(), "a".to_owned(), Duration::from_secs(600))
         .await
         .expect("open the log as a");
-    let b = MongoSagaLog::open(db, "b".to_owned(), lease)
+    let a_briefly = MongoSagaLog::open(db.clone(), "a".to_owned(), Duration::from_millis(100))
+        .await
+        .expect("open the log as a, with short leases");
+    let b = MongoSagaLog::open(db, "b".to_owned(), Duration::from_secs(600))
         .await
         .expect("open the log as b");
 
     // a begins a saga, so a holds its lease: b can neither claim it nor
-    // see it as unfinished. That is only checkable while the lease runs, so
-    // an attempt the (shared, possibly slow) database answered too late to
-    // judge is repeated with a fresh saga, a bounded number of times.
-    let mut held = None;
-    for attempt in 0..5 {
-        let lease_from = Instant::now();
-        let theirs = match a
-            .begin(record(&format!("lease-key-{attempt}")))
-            .await
-            .expect("begin")
-        {
-            Begin::Created(r) => r,
-            Begin::Existing(r) => panic!("a fresh key found saga {}", r.saga_id),
-        };
-        let id = theirs.saga_id.clone();
-        let b_claim = b.claim(id.clone()).await.expect("claim");
-        let b_unfinished = b.unfinished().await.expect("unfinished");
-        let took = lease_from.elapsed();
-        if took >= lease - Duration::from_millis(20) {
-            eprintln!(
-                "lease attempt {attempt}: the database answered in {took:?}, too late to judge"
-            );
-            continue;
-        }
-        assert_eq!(b_claim, None, "b cannot claim a saga a holds");
-        assert!(
-            !b_unfinished.contains(&id),
-            "b's recovery skips a saga a holds"
-        );
-        assert!(
-            a.unfinished().await.expect("unfinished").contains(&id),
-            "a's recovery sees its own saga"
-        );
-        held = Some(theirs);
-        break;
-    }
-    let theirs = held.expect("the database answered within the 300 ms lease in one of 5 attempts");
+    // see it as unfinished.
+    let theirs = match a.begin(record("lease-key")).await.expect("begin") {
+        Begin::Created(r) => r,
+        Begin::Existing(r) => panic!("a fresh key found saga {}", r.saga_id),
+    };
     let id = theirs.saga_id.clone();
+    assert_eq!(
+        b.claim(id.clone()).await.expect("claim"),
+        None,
+        "b cannot claim a saga a holds"
+    );
+    assert!(
+        !b.unfinished().await.expect("unfinished").contains(&id),
+        "b's recovery skips a saga a holds"
+    );
+    assert!(
+        a.unfinished().await.expect("unfinished").contains(&id),
+        "a's recovery sees its own saga"
+    );
+    // a's last save before it stops renewing: a short lease.
+    a_briefly
+        .save(theirs.clone(), PaymentDeadline::Keep)
+        .await
+        .expect("a renews its lease");
     let key = theirs.idempotency_key.clone();
 
     // Once the lease has passed, b takes the saga over.
@@ -202,7 +195,7 @@ async fn mongodb_leases_fence_a_former_owner() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mine = claimed.expect("b claims the saga within 5 s of a's 300 ms lease");
+    let mine = claimed.expect("b claims the saga within 5 s of a's 100 ms lease");
     assert!(
         mine.lease_epoch > theirs.lease_epoch,
         "a takeover moves the epoch on: {} after {}",

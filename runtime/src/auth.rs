@@ -501,9 +501,10 @@ mod tests {
 
     #[test]
     fn missing_settings_are_named() {
-        let dir = std::env::temp_dir().join(format!("microshop-auth-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let secret = dir.join("secret");
+        // A directory of its own (not a name another process could guess
+        // or share), removed when dropped.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
         std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
         let mut args = AuthArgs {
             auth_hs256_secret_file: Some(secret),
@@ -515,6 +516,5 @@ mod tests {
         args.auth_audience = Some("aud".into());
         assert!(args.verifier().unwrap().is_some());
         assert!(AuthArgs::default().verifier().unwrap().is_none());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -31,6 +31,13 @@
 //! `seed=7,unavailable=0.03,deadline=0.03,delay=0.05,delay_ms=20,duplicate=0.04,drop=0.04,late=0.01,late_ms=2000`;
 //! probabilities are in `[0, 1]` and sum to at most 1. `only=CommitStock|MarkPaid`
 //! restricts injection to those RPCs (a regression test's scalpel).
+//!
+//! A test may also close a gate ([`FaultStats::close_gate`]): while it is
+//! closed, every request faults apply to waits before its handler until
+//! the test opens it again. That freezes a saga at one call for as long as
+//! the test needs to make something else happen meanwhile, where a delay
+//! would only make it likely. Open unless a test closes it: a closed gate
+//! is never part of a spec, and an open one costs one atomic load.
 
 use std::{
     collections::HashSet,
@@ -46,6 +53,7 @@ use std::{
 };
 
 use http_body_util::{BodyExt, Full};
+use tokio::sync::Notify;
 use tonic::{
     Code, Status,
     body::Body,
@@ -140,6 +148,9 @@ pub struct FaultStats {
     late_accepted: AtomicU64,
     late_rejected: AtomicU64,
     held: Mutex<HashSet<(&'static str, String)>>,
+    gate_closed: AtomicBool,
+    at_gate: AtomicU64,
+    gate: Notify,
 }
 
 /// A snapshot of [`FaultStats`].
@@ -227,6 +238,50 @@ impl FaultStats {
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashSet<(&'static str, String)>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the gate: from now on, requests faults apply to wait before
+    /// their handler until [`FaultStats::open_gate`].
+    pub fn close_gate(&self) {
+        self.gate_closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Opens the gate and lets every waiting request through.
+    pub fn open_gate(&self) {
+        self.gate_closed.store(false, Ordering::SeqCst);
+        self.gate.notify_waiters();
+    }
+
+    /// Requests waiting at the closed gate now.
+    pub fn at_gate(&self) -> u64 {
+        self.at_gate.load(Ordering::SeqCst)
+    }
+
+    /// Waits while the gate is closed.
+    async fn pass_gate(&self) {
+        if !self.gate_closed.load(Ordering::SeqCst) {
+            return;
+        }
+        // Counted while waiting, also when the caller gives up and the
+        // request is dropped here.
+        struct Waiting<'a>(&'a AtomicU64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.at_gate.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.at_gate);
+        loop {
+            // Registered before the check, so an opening in between is
+            // not missed.
+            let mut opened = std::pin::pin!(self.gate.notified());
+            opened.as_mut().enable();
+            if !self.gate_closed.load(Ordering::SeqCst) {
+                return;
+            }
+            opened.await;
+        }
     }
 }
 
@@ -561,6 +616,7 @@ where
     S::Error: Send,
 {
     let stats = &config.stats;
+    stats.pass_gate().await;
     let action = ACTIONS.contains(&path);
     let (parts, bytes) = match buffer(req).await {
         Ok(buffered) => buffered,
@@ -704,6 +760,44 @@ mod tests {
                 .all(|d| d.map(|d| d.0) != Some(FaultKind::Late)),
             "only saga actions are held back"
         );
+    }
+
+    #[tokio::test]
+    async fn a_closed_gate_holds_requests_until_opened() {
+        let stats = Arc::new(FaultStats::default());
+        // Open: no wait.
+        tokio::time::timeout(Duration::from_secs(5), stats.pass_gate())
+            .await
+            .expect("an open gate lets through");
+        stats.close_gate();
+        let waiting = tokio::spawn({
+            let stats = Arc::clone(&stats);
+            async move { stats.pass_gate().await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while stats.at_gate() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never at the gate");
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "held while closed");
+        // A request given up at the gate is not counted any more.
+        let dropped = tokio::spawn({
+            let stats = Arc::clone(&stats);
+            async move { stats.pass_gate().await }
+        });
+        while stats.at_gate() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "never at the gate");
+            tokio::task::yield_now().await;
+        }
+        dropped.abort();
+        let _ = dropped.await;
+        assert_eq!(stats.at_gate(), 1);
+        stats.open_gate();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("opening lets it through")
+            .expect("no panic");
+        assert_eq!(stats.at_gate(), 0);
     }
 
     #[test]

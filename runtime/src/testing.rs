@@ -126,7 +126,8 @@ pub fn database_for(data_dir: &std::path::Path) -> String {
 /// The MongoDB server of the MongoDB-only tests (conformance, takeover):
 /// `MICROSHOP_TEST_MONGODB_URI`, which the test script sets once it has
 /// started SecantusDB. Without it such a test is skipped with a note, but
-/// never under `CI=true`: there a missing server fails the run.
+/// never in CI (`CI` set, see [`is_ci`]): there a missing server fails the
+/// run.
 pub fn mongodb_uri_for_tests(test: &str) -> Option<String> {
     required_env("MICROSHOP_TEST_MONGODB_URI", test)
 }
@@ -137,11 +138,20 @@ pub fn secantusd_for_tests(test: &str) -> Option<String> {
     required_env("MICROSHOP_TEST_SECANTUSD", test)
 }
 
+/// Whether `CI` (its value, if set) says this is a CI run: any non-empty
+/// value but `false` and `0` (CI systems set `true`, `1`, `yes`, ...).
+pub fn is_ci(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        let v = v.trim();
+        !v.is_empty() && !v.eq_ignore_ascii_case("false") && v != "0"
+    })
+}
+
 fn required_env(var: &str, test: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{test}: {var} is not set and CI=true: MongoDB tests must not be skipped")
+        _ if is_ci(std::env::var("CI").ok().as_deref()) => {
+            panic!("{test}: {var} is not set and CI is set: MongoDB tests must not be skipped")
         }
         _ => {
             eprintln!(
@@ -168,4 +178,26 @@ pub async fn mongodb_for_tests(test: &str) -> Option<microshop_storage::mongo::M
         .await
         .unwrap_or_else(|e| panic!("{test}: cannot connect to MongoDB at {uri}: {e}"));
     Some(db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_ci;
+
+    #[test]
+    fn any_ci_value_but_false_or_0_is_ci() {
+        for on in ["true", "TRUE", "1", "yes", "github-actions"] {
+            assert!(is_ci(Some(on)), "{on}");
+        }
+        for off in [
+            None,
+            Some(""),
+            Some("  "),
+            Some("false"),
+            Some("False"),
+            Some("0"),
+        ] {
+            assert!(!is_ci(off), "{off:?}");
+        }
+    }
 }

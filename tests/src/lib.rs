@@ -721,26 +721,56 @@ pub async fn listen(addr: SocketAddr) -> TcpListener {
         .unwrap_or_else(|e| panic!("bind {addr}: {e}"))
 }
 
-/// Binds `addr` again after the server that held it stopped, retrying
-/// (bounded) while the port is still in use: a port released a moment ago
-/// may be held briefly by the kernel or taken by a parallel test's
-/// outgoing connection.
-pub async fn listen_again(addr: SocketAddr) -> TcpListener {
-    let deadline = Instant::now() + CONNECT_WITHIN;
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => return listener,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("bind {addr} again within {CONNECT_WITHIN:?}: {e}"),
-        }
-    }
-}
-
 /// A free loopback address.
 pub fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A port held for a service that is down: bound but not listening, so a
+/// connection to it is refused, as by a stopped service, while no other
+/// socket can take the port until [`Reserved::listen`] serves on it.
+#[derive(Debug)]
+pub struct Reserved {
+    socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl Reserved {
+    /// The reserved address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts listening on the reserved port.
+    pub fn listen(self) -> TcpListener {
+        self.socket
+            .listen(1024)
+            .unwrap_or_else(|e| panic!("listen on {}: {e}", self.addr))
+    }
+}
+
+/// Reserves `addr` (port 0 for a free one). A port a server has just
+/// released may be held for a moment by a connection of another test (all
+/// draw from the same ephemeral range): the bind is tried again, for up to
+/// [`CONNECT_WITHIN`].
+pub async fn reserve(addr: SocketAddr) -> Reserved {
+    let deadline = Instant::now() + CONNECT_WITHIN;
+    loop {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        // As TcpListener::bind does: the released server's connections in
+        // TIME_WAIT do not keep the port.
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        match socket.bind(addr) {
+            Ok(()) => {
+                let addr = socket.local_addr().expect("a bound socket has an address");
+                return Reserved { socket, addr };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("reserve {addr}: {e}"),
+        }
+    }
 }
 
 /// Starts a participant on `listener` with its store under `data_dir`.

@@ -8,7 +8,7 @@
 //! Every wait is bounded polling; every scenario ends with the invariants
 //! of ARCHITECTURE §8.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use microshop::mesh::{MeshAddrs, MeshClients};
 use microshop_proto::orchestrator::v1::{
@@ -19,7 +19,7 @@ use microshop_runtime::Reason;
 use microshop_tests::{
     CONNECT_WITHIN, Participant, SETTLE_WITHIN, Server, Shop, action_attempts, action_status,
     any_port, compensation_status, error_reason, eventually, expect_error, health_client, listen,
-    listen_again, order_request, saga_id_of, saga_state, short_budget_engine, spawn_orchestrator,
+    order_request, reserve, saga_id_of, saga_state, short_budget_engine, spawn_orchestrator,
     spawn_participant, step, wait_health,
 };
 use orchestrator::{EngineConfig, ParticipantUrls};
@@ -90,7 +90,7 @@ impl Cluster {
     }
 
     async fn start_loyalty(&mut self) {
-        let listener = listen_again(self.addrs.loyalty).await;
+        let listener = reserve(self.addrs.loyalty).await.listen();
         self.loyalty = Some(spawn_participant(
             Participant::Loyalty,
             listener,
@@ -440,17 +440,14 @@ async fn a_checkout_hold_gives_the_stock_back_while_a_participant_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_orchestrator_starts_with_participants_down() {
     let dir = tempfile::tempdir().expect("a temporary data directory");
-    // Three addresses nothing listens on (bound, then released; the
-    // participants bind them again later with `listen_again`).
-    let held: Vec<std::net::TcpListener> = (0..3)
-        .map(|_| std::net::TcpListener::bind(any_port()).expect("bind"))
-        .collect();
-    let dead: Vec<SocketAddr> = held
-        .iter()
-        .map(|l| l.local_addr().expect("an address"))
-        .collect();
-    drop(held);
-    let (inv_addr, loy_addr, ord_addr) = (dead[0], dead[1], dead[2]);
+    // Three ports nothing listens on yet: reserved (connections refused)
+    // until the participants come up on them.
+    let (inv_port, loy_port, ord_port) = (
+        reserve(any_port()).await,
+        reserve(any_port()).await,
+        reserve(any_port()).await,
+    );
+    let (inv_addr, loy_addr, ord_addr) = (inv_port.addr(), loy_port.addr(), ord_port.addr());
     let urls = ParticipantUrls {
         inventory: format!("http://{inv_addr}"),
         loyalty: format!("http://{loy_addr}"),
@@ -494,11 +491,7 @@ async fn the_orchestrator_starts_with_participants_down() {
 
     // inventory-svc first, with the product, then the others: the saga is
     // re-driven once all it waits for are back.
-    let inventory = spawn_participant(
-        Participant::Inventory,
-        listen_again(inv_addr).await,
-        dir.path(),
-    );
+    let inventory = spawn_participant(Participant::Inventory, inv_port.listen(), dir.path());
     let addrs = MeshAddrs {
         orchestrator: orch.addr,
         inventory: inv_addr,
@@ -520,12 +513,8 @@ async fn the_orchestrator_starts_with_participants_down() {
         })
         .await
         .expect("PutProduct");
-    let loyalty = spawn_participant(
-        Participant::Loyalty,
-        listen_again(loy_addr).await,
-        dir.path(),
-    );
-    let order = spawn_participant(Participant::Order, listen_again(ord_addr).await, dir.path());
+    let loyalty = spawn_participant(Participant::Loyalty, loy_port.listen(), dir.path());
+    let order = spawn_participant(Participant::Order, ord_port.listen(), dir.path());
     let mut shop = Shop::connect(&addrs).await;
     shop.universe.skus.insert("BIKE".into(), 4);
     shop.universe.customers.insert("wes".into());
@@ -562,7 +551,7 @@ async fn a_participant_url_that_serves_another_service_is_a_misconfiguration() {
         order: format!("http://{}", cluster.addrs.order),
     };
     cluster.orch = spawn_orchestrator(
-        listen_again(cluster.addrs.orchestrator).await,
+        reserve(cluster.addrs.orchestrator).await.listen(),
         cluster.dir.path(),
         swapped,
         outage_engine(),
@@ -611,7 +600,7 @@ async fn a_participant_url_that_serves_another_service_is_a_misconfiguration() {
         order: format!("http://{}", cluster.addrs.order),
     };
     cluster.orch = spawn_orchestrator(
-        listen_again(cluster.addrs.orchestrator).await,
+        reserve(cluster.addrs.orchestrator).await.listen(),
         cluster.dir.path(),
         fixed,
         outage_engine(),

@@ -4,17 +4,19 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use microshop::mesh::{MeshAddrs, MeshClients};
 use microshop_proto::{
     orchestrator::v1::{self as orch, SagaState, StepStatus},
     order::v1::{self as ord, OrderStatus},
 };
 use microshop_runtime::Reason;
 use microshop_tests::{
-    EARN_AMOUNT_PER_POINT, SETTLE_WITHIN, TestMesh, action_attempts, action_status,
-    compensation_status, eventually, expect_error, order_request, saga_id_of, saga_state, step,
+    CONNECT_WITHIN, EARN_AMOUNT_PER_POINT, Participant, SETTLE_WITHIN, Shop, TestMesh,
+    action_attempts, action_status, any_port, compensation_status, eventually, expect_error,
+    listen, order_request, saga_id_of, saga_state, spawn_orchestrator, spawn_participant, step,
     test_engine,
 };
-use orchestrator::EngineConfig;
+use orchestrator::{EngineConfig, ParticipantUrls};
 use order_svc::PricingRules;
 use tokio::task::JoinSet;
 use tonic::{Code, Response};
@@ -593,27 +595,55 @@ async fn payment_and_cancellation() {
 // ---------------------------------------------------------------------------
 // 6. Unpaid orders expire.
 
+/// A 1 s payment TTL, and no expiry pass before the test is ready: the
+/// orders are placed (and one paid) under an orchestrator whose expiry
+/// runs only at its start, then another one over the same saga log, with
+/// expiry every 100 ms, finds the unpaid order's deadline passed. So the
+/// payment never races the TTL, however slow the runner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unpaid_orders_expire() {
-    let engine = EngineConfig {
+    let engine = |expiry_interval| EngineConfig {
         payment_ttl: Duration::from_secs(1),
-        expiry_interval: Duration::from_millis(100),
+        expiry_interval,
         ..test_engine()
     };
-    let mut m = TestMesh::start(engine).await;
+    let dir = tempfile::tempdir().expect("a temporary data directory");
+    let inventory = spawn_participant(Participant::Inventory, listen(any_port()).await, dir.path());
+    let loyalty = spawn_participant(Participant::Loyalty, listen(any_port()).await, dir.path());
+    let order = spawn_participant(Participant::Order, listen(any_port()).await, dir.path());
+    let urls = ParticipantUrls {
+        inventory: inventory.url(),
+        loyalty: loyalty.url(),
+        order: order.url(),
+    };
+    // Its expiry pass runs once, at start (nothing is due), then not for
+    // an hour.
+    let quiet = spawn_orchestrator(
+        listen(any_port()).await,
+        dir.path(),
+        urls.clone(),
+        engine(Duration::from_secs(3600)),
+    );
+    let mut addrs = MeshAddrs {
+        orchestrator: quiet.addr,
+        inventory: inventory.addr,
+        loyalty: loyalty.addr,
+        order: order.addr,
+    };
+    let mut m = Shop::connect(&addrs).await;
     m.put_product("FAN", 400_000, 10).await;
     m.grant_points("xena", 50).await;
     m.put_coupon("TTL", ord::CouponKind::Fixed, 100_000, 5)
         .await;
 
-    // Paid at once: must never be cancelled by expiry.
+    // Paid: must never be cancelled by expiry.
     let paid = m
         .place_ok(order_request("ttl-paid", "xena", &[("FAN", 2)], "", 0))
         .await;
     m.confirm_payment(&paid.order_id, "PAY-TTL")
         .await
-        .expect("paid within the TTL");
-    // Placed later, never paid: cancelled after the TTL.
+        .expect("paid: no expiry pass ran since the start");
+    // Never paid: cancelled once its TTL has passed.
     let unpaid = m
         .place_ok(order_request(
             "ttl-unpaid",
@@ -631,8 +661,21 @@ async fn unpaid_orders_expire() {
     );
     assert_eq!(m.coupon("TTL").await.times_used, 1);
 
-    let order = eventually("the unpaid order to expire", SETTLE_WITHIN, || {
-        let shop = m.shop.clone();
+    // The deadlines are in the saga log: the next orchestrator acts on them.
+    quiet.stop().await;
+    let orch = spawn_orchestrator(
+        listen(any_port()).await,
+        dir.path(),
+        urls,
+        engine(Duration::from_millis(100)),
+    );
+    addrs.orchestrator = orch.addr;
+    m.clients = MeshClients::connect(&addrs, CONNECT_WITHIN)
+        .await
+        .expect("connect to the new orchestrator");
+
+    let expired = eventually("the unpaid order to expire", SETTLE_WITHIN, || {
+        let shop = m.clone();
         let id = unpaid.order_id.clone();
         async move {
             let o = shop.order(&id).await;
@@ -644,7 +687,7 @@ async fn unpaid_orders_expire() {
         }
     })
     .await;
-    assert!(order.cancelled_at.is_some());
+    assert!(expired.cancelled_at.is_some());
 
     let sagas = m.quiesce().await;
     let expiry = sagas
@@ -654,9 +697,9 @@ async fn unpaid_orders_expire() {
     assert_eq!(expiry.r#type, orch::SagaType::CancelOrder as i32);
     assert_eq!(saga_state(expiry), SagaState::Completed, "{expiry:#?}");
 
-    // The paid order's deadline was earlier than the unpaid one's, so the
-    // expiry pass has been past it: it is still paid, and no cancel of it
-    // completed.
+    // The paid order's deadline was due before the unpaid one's, so the
+    // expiry passes have been past it: its payment cleared it, it is still
+    // paid, and no cancel of it completed.
     assert_eq!(
         order_status(&m.order(&paid.order_id).await),
         OrderStatus::Paid
@@ -688,7 +731,10 @@ async fn unpaid_orders_expire() {
     );
 
     m.assert_invariants().await;
-    m.shutdown().await;
+    orch.stop().await;
+    for server in [inventory, loyalty, order] {
+        server.stop().await;
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -236,6 +236,64 @@ impl Secured {
     fn clients_url(&self) -> String {
         self.mesh.as_ref().expect("running").orchestrator_url()
     }
+
+    /// Asserts (reading with `admin`'s token) that the shop is as
+    /// [`Secured::seed`] left it, with nothing the denied calls of
+    /// `admin_rpcs_need_the_admin_role` would have made.
+    async fn assert_untouched(&self, admin: &str) {
+        let c = &self.clients;
+        let tshirt = c
+            .inventory
+            .clone()
+            .get_product(authed(
+                inv::GetProductRequest {
+                    sku: "TSHIRT".into(),
+                },
+                admin,
+            ))
+            .await
+            .expect("admin reads the product")
+            .into_inner();
+        assert_eq!(
+            (tshirt.stock, tshirt.available, tshirt.reserved, tshirt.sold),
+            (100, 100, 0, 0),
+            "a denied ReserveStock reserved nothing: {tshirt:?}"
+        );
+        let free = c
+            .inventory
+            .clone()
+            .get_product(authed(inv::GetProductRequest { sku: "FREE".into() }, admin))
+            .await;
+        expect_error(free, Code::NotFound, Reason::UnknownSku);
+        let alice = c
+            .loyalty
+            .clone()
+            .get_balance(authed(
+                loy::GetBalanceRequest {
+                    customer_id: "alice".into(),
+                },
+                admin,
+            ))
+            .await
+            .expect("admin reads a balance")
+            .into_inner();
+        assert_eq!(
+            (alice.points, alice.granted),
+            (100, 100),
+            "a denied GrantPoints granted nothing: {alice:?}"
+        );
+        let coupon = c
+            .order
+            .clone()
+            .get_coupon(authed(
+                ord::GetCouponRequest {
+                    code: "ALL100".into(),
+                },
+                admin,
+            ))
+            .await;
+        expect_error(coupon, Code::NotFound, Reason::UnknownCoupon);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -495,6 +553,10 @@ async fn admin_rpcs_need_the_admin_role() {
         );
     }
 
+    // The denied calls changed nothing: no FREE product, Alice's points as
+    // granted, TSHIRT's stock unreserved, no ALL100 coupon.
+    shop.assert_untouched(&admin).await;
+
     // The admin can.
     c.order
         .clone()
@@ -509,10 +571,16 @@ async fn admin_rpcs_need_the_admin_role() {
     shop.stop().await;
 }
 
+/// Rate of the limit test: one call per 10 s after a burst of 2, so the
+/// three calls that empty a bucket (cheap, refused by validation) fit in
+/// its refill time on any runner. The refill arithmetic itself is tested
+/// on a controlled clock (`runtime::limits` unit tests); here only that
+/// the served limit refills at all.
+const TEST_RATE: f64 = 0.1;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn place_order_rate_limit_kicks_in_and_recovers() {
-    // Two calls in a burst, then one every 2 s.
-    let shop = Secured::start(Some(0.5)).await;
+    let shop = Secured::start(Some(TEST_RATE)).await;
     let alice = token("alice", "customer");
     let bob = token("bob", "customer");
     // An empty cart is refused by the handler, after the limit: cheap calls.
@@ -534,17 +602,21 @@ async fn place_order_rate_limit_kicks_in_and_recovers() {
         .retry_info()
         .and_then(|r| r.retry_delay)
         .expect("a RetryInfo with a delay");
-    assert!(retry > Duration::ZERO && retry <= Duration::from_secs(2));
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs_f64(1.0 / TEST_RATE),
+        "{retry:?}"
+    );
     // Another customer has its own bucket.
     expect_error(
         shop.place(&bob, empty("bob")).await,
         Code::InvalidArgument,
         Reason::InvalidRequest,
     );
-    // Alice is let through again once a token is back.
+    // Alice is let through again once a token is back (refused calls take
+    // none, so polling does not delay it).
     eventually(
         "alice's bucket refills",
-        Duration::from_secs(15),
+        retry + Duration::from_secs(30),
         || async {
             match shop.place(&alice, empty("alice")).await {
                 Err(s) if s.code() == Code::InvalidArgument => Ok(()),
@@ -769,7 +841,9 @@ async fn without_authentication_the_rate_limit_is_per_peer_ip() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut config = MeshConfig::ephemeral(dir.path());
     config.engine = test_engine();
-    config.server.limits.place_order_rate = 0.5;
+    // One call per hour: no runner is slow enough to refill between the
+    // two calls.
+    config.server.limits.place_order_rate = 1.0 / 3600.0;
     config.server.limits.place_order_burst = 1;
     let mesh = Mesh::start(config).await.expect("the mesh starts");
     let clients = MeshClients::connect(&mesh.addrs, CONNECT_WITHIN)
