@@ -55,9 +55,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let storage = |e: StorageError| ServeError::Storage(Box::new(e));
-    match &config.server.mongodb_uri {
+    match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let db = MongoDb::connect(uri, &config.server.mongodb_database("inventory"))
+            let db = MongoDb::connect(&uri, &config.server.mongodb_database("inventory"))
                 .await
                 .map_err(storage)?;
             let store = MongoInventory::open(db).await.map_err(storage)?;

@@ -68,9 +68,9 @@ pub async fn run(
         )));
     }
     let storage = |e: StorageError| ServeError::Storage(Box::new(e));
-    match &config.server.mongodb_uri {
+    match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let db = MongoDb::connect(uri, &config.server.mongodb_database("loyalty"))
+            let db = MongoDb::connect(&uri, &config.server.mongodb_database("loyalty"))
                 .await
                 .map_err(storage)?;
             let store = MongoLoyalty::open(db).await.map_err(storage)?;

@@ -78,9 +78,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let storage = |e: StorageError| ServeError::Storage(Box::new(e));
-    match &config.server.mongodb_uri {
+    match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let db = MongoDb::connect(uri, &config.server.mongodb_database("orchestrator"))
+            let db = MongoDb::connect(&uri, &config.server.mongodb_database("orchestrator"))
                 .await
                 .map_err(storage)?;
             tracing::info!(instance = %config.engine.instance_id, "saga log on MongoDB, shared with other orchestrators");

@@ -65,9 +65,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let storage = |e: StorageError| ServeError::Storage(Box::new(e));
-    match &config.server.mongodb_uri {
+    match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let db = MongoDb::connect(uri, &config.server.mongodb_database("order"))
+            let db = MongoDb::connect(&uri, &config.server.mongodb_database("order"))
                 .await
                 .map_err(storage)?;
             let store = MongoOrders::open(db).await.map_err(storage)?;

@@ -20,7 +20,7 @@ pub mod testing;
 pub mod tls;
 pub mod validate;
 
-pub use config::{LogFormat, ServerArgs};
+pub use config::{ConfigError, LogFormat, ServerArgs};
 pub use errors::{DOMAIN, Reason, internal_status, rich_status};
 pub use server::{LIVENESS, ServeError, StorageProbe, health_reporter, serve};
 pub use shutdown::shutdown_signal;

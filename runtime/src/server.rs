@@ -32,6 +32,9 @@ pub enum ServeError {
     /// The service's storage could not be opened.
     #[error("cannot open storage")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A setting cannot be used as given.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The service could not be set up.
     #[error("{0}")]
     Setup(String),
