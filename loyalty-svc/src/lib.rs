@@ -14,10 +14,9 @@ pub mod store;
 use std::future::Future;
 
 use microshop_proto::loyalty::v1::loyalty_service_server::LoyaltyServiceServer;
-use microshop_runtime::{ServeError, ServerArgs};
+use microshop_runtime::{ServeError, ServerArgs, Services};
 use microshop_storage::{Ping, StorageError, embedded::Durable, mongo::MongoDb};
 use tokio::net::TcpListener;
-use tonic::service::Routes;
 
 use crate::{
     domain::DEFAULT_EARN_AMOUNT_PER_POINT,
@@ -97,7 +96,7 @@ async fn serve<S: AccountStore + PointsLedgerStore + Ping>(
     microshop_runtime::serve(
         listener,
         SERVICE_NAME,
-        Routes::new(server),
+        Services::new(server),
         store,
         microshop_runtime::health_reporter(),
         &config.server,

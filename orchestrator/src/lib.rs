@@ -27,10 +27,9 @@ use microshop_proto::{
     },
     order::v1::order_service_server,
 };
-use microshop_runtime::{HealthReporter, ServeError, ServerArgs};
+use microshop_runtime::{HealthReporter, ServeError, ServerArgs, Services};
 use microshop_storage::{StorageError, embedded::Durable, mongo::MongoDb};
 use tokio::{net::TcpListener, sync::watch};
-use tonic::service::Routes;
 use tonic_health::{ServingStatus, pb::health_client::HealthClient};
 
 pub use api::Api;
@@ -161,7 +160,7 @@ async fn serve<L: SagaLog>(
     let api = Api::new(engine);
     let max = config.server.max_message_bytes;
     let routes =
-        Routes::new(CheckoutServiceServer::new(api.clone()).max_decoding_message_size(max))
+        Services::new(CheckoutServiceServer::new(api.clone()).max_decoding_message_size(max))
             .add_service(SagaAdminServiceServer::new(api).max_decoding_message_size(max));
     let result = microshop_runtime::serve(
         listener,

@@ -20,10 +20,9 @@ pub mod store;
 use std::future::Future;
 
 use microshop_proto::order::v1::order_service_server::OrderServiceServer;
-use microshop_runtime::{ServeError, ServerArgs};
+use microshop_runtime::{ServeError, ServerArgs, Services};
 use microshop_storage::{Ping, StorageError, embedded::Durable, mongo::MongoDb};
 use tokio::net::TcpListener;
-use tonic::service::Routes;
 
 use crate::store::{CouponStore, OrderQueries, OrderStore};
 
@@ -92,7 +91,7 @@ async fn serve<S: CouponStore + OrderStore + OrderQueries + Ping>(
     microshop_runtime::serve(
         listener,
         SERVICE_NAME,
-        Routes::new(server),
+        Services::new(server),
         store,
         microshop_runtime::health_reporter(),
         &config.server,
