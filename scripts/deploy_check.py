@@ -292,11 +292,14 @@ def mounted_from(spec, c, path):
     """The volume of the pod `spec` mounted in container `c` that holds
     `path`, or None."""
     volumes = {v.get("name"): v for v in spec.get("volumes") or []}
-    for m in c.get("volumeMounts") or []:
-        root = m.get("mountPath", "").rstrip("/") + "/"
-        if path.startswith(root):
-            return volumes.get(m.get("name"), {"name": m.get("name")})
-    return None
+    holding = [
+        m for m in c.get("volumeMounts") or [] if path.startswith(m.get("mountPath", "").rstrip("/") + "/")
+    ]
+    if not holding:
+        return None
+    # Nested mounts: the deepest one holds the file.
+    m = max(holding, key=lambda m: len(m.get("mountPath", "")))
+    return volumes.get(m.get("name"), {"name": m.get("name")})
 
 
 def check_microshop_container(r, w, spec, c, problems):
