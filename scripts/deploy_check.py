@@ -16,7 +16,10 @@ For every rendered overlay it asserts that
   - every ConfigMap, Secret, ServiceAccount, Service port, HPA target and
     PDB selector refers to something that exists (Secrets created out of
     band are the documented ones only); no credential is written in a
-    manifest;
+    manifest, and no Secret reaches a container as an environment variable:
+    Secrets are mounted as files, named by `<SETTING>_FILE` variables that
+    point into a mounted Secret volume (the microshop containers read their
+    MongoDB connection string from MONGODB_URI_FILE);
   - the NetworkPolicies put every pod under default-deny, and allow exactly
     the mesh's edges (clients -> orchestrator, orchestrator -> participants,
     services -> MongoDB, MongoDB <-> MongoDB, init Job -> MongoDB,
@@ -30,6 +33,16 @@ It also refuses deprecated kustomize fields in deploy/**/kustomization.yaml.
 
 --self-test breaks the rendered manifests in known ways and asserts that
 each break is reported, so the checks above cannot silently pass.
+
+    deploy_check.py --pinned prod=prod-pinned.yaml
+asserts that every container image of a render is pinned by digest (the
+prod overlays rendered with the `digest:` a release sets).
+
+    deploy_check.py --checkov report.json --overlay dev=dev.yaml ...
+reads checkov's JSON report (`-o json`) on the renders and prints per
+overlay how many checks passed, failed and were skipped, and each skip with
+its reason; it fails on any failed check, any parsing error, and any skip
+without a reason.
 
 Exit status 0 when everything holds; 1 with one line per problem, each
 naming the overlay and the object.
@@ -250,6 +263,20 @@ def check_workloads(r, problems):
             for name, e in env_of(c).items():
                 if "value" in e and CREDENTIAL_NAME.search(name or "") and not name.endswith("_FILE"):
                     problems.append("%s: %s is written in the manifest; take it from a Secret" % (cw, name))
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    problems.append(
+                        "%s: %s comes from Secret %s as an environment variable; mount the Secret "
+                        "as a file and set %s_FILE (checkov CKV_K8S_35)" % (cw, name, ref.get("name"), name)
+                    )
+                if name.endswith("_FILE") and e.get("value") and not mounted_from(spec, c, e["value"]):
+                    problems.append("%s: %s=%s is not on a mounted volume" % (cw, name, e["value"]))
+            for ref in c.get("envFrom") or []:
+                if "secretRef" in ref:
+                    problems.append(
+                        "%s: envFrom Secret %s puts secrets in environment variables; mount it as files"
+                        % (cw, ref["secretRef"].get("name"))
+                    )
         if w["kind"] in LONG_RUNNING_KINDS:
             for c in containers(spec, init=False):
                 cw = "%s container %s" % (where, c.get("name"))
@@ -259,6 +286,20 @@ def check_workloads(r, problems):
         for c in containers(spec, init=False):
             if is_microshop(c):
                 check_microshop_container(r, w, spec, c, problems)
+
+
+def mounted_from(spec, c, path):
+    """The volume of the pod `spec` mounted in container `c` that holds
+    `path`, or None."""
+    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+    holding = [
+        m for m in c.get("volumeMounts") or [] if path.startswith(m.get("mountPath", "").rstrip("/") + "/")
+    ]
+    if not holding:
+        return None
+    # Nested mounts: the deepest one holds the file.
+    m = max(holding, key=lambda m: len(m.get("mountPath", "")))
+    return volumes.get(m.get("name"), {"name": m.get("name")})
 
 
 def check_microshop_container(r, w, spec, c, problems):
@@ -311,9 +352,28 @@ def check_microshop_container(r, w, spec, c, problems):
     for name, e in env.items():
         if "value" in e:
             settings[name] = e["value"]
-    uri = env.get("MONGODB_URI")
-    if not uri or not ((uri.get("valueFrom") or {}).get("secretKeyRef")):
-        problems.append("%s: MONGODB_URI does not come from a Secret" % cw)
+    # The connection string carries the database password: a file from
+    # the Secret microshop-mongodb (key uri), never an environment variable.
+    if "MONGODB_URI" in env or "MONGODB_URI" in settings:
+        problems.append("%s: MONGODB_URI is set; mount the Secret and set MONGODB_URI_FILE instead" % cw)
+    uri_file = settings.get("MONGODB_URI_FILE")
+    volume = mounted_from(spec, c, uri_file) if uri_file else None
+    if not uri_file:
+        problems.append("%s: MONGODB_URI_FILE is not set (the MongoDB connection string)" % cw)
+    elif not (volume or {}).get("secret"):
+        problems.append("%s: MONGODB_URI_FILE %s is not on a mounted Secret volume" % (cw, uri_file))
+    else:
+        secret = volume["secret"]
+        key = uri_file[len(next(
+            m["mountPath"].rstrip("/") + "/" for m in c.get("volumeMounts") or [] if m.get("name") == volume["name"]
+        )):]
+        items = {i.get("path"): i.get("key") for i in secret.get("items") or []}
+        # (a Secret from a kustomize generator carries a hash suffix)
+        name = re.sub(r"-[a-z0-9]{10}$", "", secret.get("secretName") or "")
+        if name != "microshop-mongodb" or items.get(key, key if not items else None) != "uri":
+            problems.append(
+                "%s: MONGODB_URI_FILE %s is not key `uri` of the Secret microshop-mongodb" % (cw, uri_file)
+            )
     if settings.get("MICROSHOP_DATA_DIR") != "/data":
         problems.append("%s: MICROSHOP_DATA_DIR is %s, not /data" % (cw, settings.get("MICROSHOP_DATA_DIR")))
     if "/data" not in [m.get("mountPath") for m in c.get("volumeMounts") or []]:
@@ -705,6 +765,10 @@ def _env(docs, kind, name, var):
     return [e for e in _container(docs, kind, name)["env"] if e["name"] == var][0]
 
 
+def _volume(docs, kind, name, volume):
+    return [v for v in pod_template(_doc(docs, kind, name))[1]["volumes"] if v["name"] == volume][0]
+
+
 def _config(docs):
     return next(d for d in docs if d.get("kind") == "ConfigMap" and d["metadata"]["name"].startswith("microshop-config"))
 
@@ -785,16 +849,24 @@ MUTATIONS = [
      lambda d: _env(d, "Job", "mongo-init", "MONGO_REPLICAS").update(value="3"),
      ["Job/mongo-init", "MONGO_REPLICAS"]),
     ("prod", "connection string written in the manifest",
-     lambda d: _env(d, "Deployment", "order", "MONGODB_URI").update(
-         valueFrom=None, value="mongodb://u:p@mongo:27017"),
+     lambda d: _container(d, "Deployment", "order")["env"].append(
+         {"name": "MONGODB_URI", "value": "mongodb://u:p@mongo:27017"}),
      ["Deployment/order", "MONGODB_URI"]),
     ("dev", "password in a generated Secret",
      lambda d: next(x for x in d if x.get("kind") == "Secret")["data"].update(
          uri=base64.b64encode(b"mongodb://microshop:hunter2@mongo:27017/?replicaSet=rs0").decode()),
      ["carries a password in the repository"]),
     ("prod", "undocumented Secret",
-     lambda d: _env(d, "Deployment", "order", "MONGODB_URI")["valueFrom"]["secretKeyRef"].update(name="typo"),
+     lambda d: _volume(d, "Deployment", "order", "mongodb")["secret"].update(secretName="typo"),
      ["Secret typo"]),
+    ("prod", "a Secret as an environment variable",
+     lambda d: _container(d, "StatefulSet", "mongo")["env"].append(
+         {"name": "MONGO_INITDB_ROOT_PASSWORD",
+          "valueFrom": {"secretKeyRef": {"name": "mongodb-auth", "key": "root-password"}}}),
+     ["StatefulSet/mongo", "MONGO_INITDB_ROOT_PASSWORD comes from Secret mongodb-auth as an environment variable"]),
+    ("dev", "connection string file outside its Secret",
+     lambda d: _env(d, "Deployment", "inventory", "MONGODB_URI_FILE").update(value="/data/uri"),
+     ["Deployment/inventory", "MONGODB_URI_FILE /data/uri is not on a mounted Secret volume"]),
     ("prod", "orchestrator id not from the pod name",
      lambda d: _env(d, "Deployment", "orchestrator", "MICROSHOP_ORCHESTRATOR_ID").update(
          valueFrom=None, value="orchestrator"),
@@ -837,13 +909,100 @@ def self_test(renders):
     return not failures
 
 
+# --------------------------------------------------------------------------
+# images pinned by digest, and checkov's report
+
+
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def check_pinned(r):
+    """Every container image of the render carries a sha256 digest."""
+    problems = []
+    for w in r.workloads():
+        for c in containers(pod_template(w)[1]):
+            if not DIGEST.search(str(c.get("image", ""))):
+                problems.append("%s container %s: image %s is not pinned by digest" % (kn(w), c.get("name"), c.get("image")))
+    if not r.workloads():
+        problems.append("renders no workload")
+    return problems
+
+
+def checkov_summary(report, renders):
+    """Per overlay: checkov's passed, failed and skipped checks; a list of
+    problems (failures, parsing errors, skips without a reason)."""
+    # One framework gives an object, several a list of them.
+    reports = report if isinstance(report, list) else [report]
+    by_file = {os.path.basename(path): name for name, path in renders}
+    counts = {name: {"passed": 0, "failed": 0, "skipped": 0} for name, _ in renders}
+    problems, skips = [], []
+    for rep in reports:
+        if rep.get("check_type") not in (None, "kubernetes"):
+            continue
+        summary = rep.get("summary") or {}
+        if summary.get("parsing_errors"):
+            problems.append("checkov could not parse %s file(s)" % summary["parsing_errors"])
+        results = rep.get("results") or {}
+        for kind, key in (("passed_checks", "passed"), ("failed_checks", "failed"), ("skipped_checks", "skipped")):
+            for res in results.get(kind) or []:
+                name = by_file.get(os.path.basename(res.get("file_path", "")), res.get("file_path"))
+                counts.setdefault(name, {"passed": 0, "failed": 0, "skipped": 0})[key] += 1
+                where = "%s: %s %s" % (name, res.get("check_id"), res.get("resource"))
+                if key == "failed":
+                    problems.append("%s: %s (neither fixed nor skipped with a reason)" % (where, res.get("check_name")))
+                if key == "skipped":
+                    reason = ((res.get("check_result") or {}).get("suppress_comment") or "").strip()
+                    if not reason or reason == "No comment provided":
+                        problems.append("%s: skipped without a reason (annotate `checkov.io/skip-...: CHECK=reason`)" % where)
+                    skips.append((name, res.get("check_id"), res.get("resource"), reason))
+    if not any(c["passed"] for c in counts.values()):
+        problems.append("checkov reported no passed check: did it scan the renders?")
+    return counts, skips, problems
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--overlay", action="append", default=[], metavar="NAME=FILE",
                         help="a rendered overlay (prod* overlays get the production rules)")
     parser.add_argument("--deploy-dir", help="lint the kustomization files under this directory")
     parser.add_argument("--self-test", action="store_true", help="break the renders and expect each break reported")
+    parser.add_argument("--pinned", action="append", default=[], metavar="NAME=FILE",
+                        help="a render whose every image must be pinned by digest")
+    parser.add_argument("--checkov", metavar="REPORT.json",
+                        help="summarize checkov's JSON report on the --overlay renders; fail on findings")
     args = parser.parse_args()
+
+    if args.pinned:
+        ok = True
+        for spec in args.pinned:
+            name, _, path = spec.partition("=")
+            with open(path) as handle:
+                problems = check_pinned(Render(name, list(yaml.safe_load_all(handle))))
+            for p in problems:
+                print("FAIL %s: %s" % (name, p))
+            if not problems:
+                print("ok   %s: every image is pinned by digest" % name)
+            ok = ok and not problems
+        return 0 if ok else 1
+
+    if args.checkov:
+        import json
+
+        with open(args.checkov) as handle:
+            report = json.load(handle)
+        renders = [tuple(spec.partition("=")[::2]) for spec in args.overlay]
+        counts, skips, problems = checkov_summary(report, renders)
+        for name, c in sorted(counts.items()):
+            print("checkov %-22s passed %4d  failed %3d  skipped %3d" % (name + ":", c["passed"], c["failed"], c["skipped"]))
+        grouped = {}
+        for name, check, resource, reason in skips:
+            grouped.setdefault((check, reason), []).append((name, resource))
+        for (check, reason), where in sorted(grouped.items()):
+            overlays = sorted({name for name, _ in where})
+            print("  skip %s on %d resource(s) in %s: %s" % (check, len(where), ", ".join(overlays), reason))
+        for p in problems:
+            print("FAIL checkov %s" % p)
+        return 1 if problems else 0
 
     renders = []
     for spec in args.overlay:

@@ -109,7 +109,7 @@ cargo build --quiet -p microshop
 bin="${CARGO_TARGET_DIR:-$root/target}/debug/microshop"
 "$bin" demo
 
-step "deploy: kustomize render, schema validation, policy checks"
+step "deploy: kustomize render, schema validation, policy checks, checkov"
 scripts/deploy-check.sh "$tools"
 
 step "smoke: microshop up, grpcurl on every port"

@@ -13,10 +13,9 @@ pub mod store;
 use std::future::Future;
 
 use microshop_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use microshop_runtime::{ServeError, ServerArgs};
+use microshop_runtime::{ServeError, ServerArgs, Services};
 use microshop_storage::{Ping, StorageError, embedded::Durable, mongo::MongoDb};
 use tokio::net::TcpListener;
-use tonic::service::Routes;
 
 use crate::store::{CatalogStore, ReservationStore};
 
@@ -55,9 +54,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let storage = |e: StorageError| ServeError::Storage(Box::new(e));
-    match &config.server.mongodb_uri {
+    match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let db = MongoDb::connect(uri, &config.server.mongodb_database("inventory"))
+            let db = MongoDb::connect(&uri, &config.server.mongodb_database("inventory"))
                 .await
                 .map_err(storage)?;
             let store = MongoInventory::open(db).await.map_err(storage)?;
@@ -82,7 +81,7 @@ async fn serve<S: CatalogStore + ReservationStore + Ping>(
     microshop_runtime::serve(
         listener,
         SERVICE_NAME,
-        Routes::new(server),
+        Services::new(server),
         store,
         microshop_runtime::health_reporter(),
         &config.server,

@@ -14,10 +14,9 @@ pub mod store;
 use std::future::Future;
 
 use microshop_proto::loyalty::v1::loyalty_service_server::LoyaltyServiceServer;
-use microshop_runtime::{ServeError, ServerArgs};
+use microshop_runtime::{ServeError, ServerArgs, Services};
 use microshop_storage::{Ping, StorageError, embedded::Durable, mongo::MongoDb};
 use tokio::net::TcpListener;
-use tonic::service::Routes;
 
 use crate::{
     domain::DEFAULT_EARN_AMOUNT_PER_POINT,
@@ -69,9 +68,9 @@ pub async fn run(
         )));
     }
     let storage = |e: StorageError| ServeError::Storage(Box::new(e));
-    match &config.server.mongodb_uri {
+    match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let db = MongoDb::connect(uri, &config.server.mongodb_database("loyalty"))
+            let db = MongoDb::connect(&uri, &config.server.mongodb_database("loyalty"))
                 .await
                 .map_err(storage)?;
             let store = MongoLoyalty::open(db).await.map_err(storage)?;
@@ -98,7 +97,7 @@ async fn serve<S: AccountStore + PointsLedgerStore + Ping>(
     microshop_runtime::serve(
         listener,
         SERVICE_NAME,
-        Routes::new(server),
+        Services::new(server),
         store,
         microshop_runtime::health_reporter(),
         &config.server,

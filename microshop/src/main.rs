@@ -308,9 +308,11 @@ async fn start_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn up(args: UpArgs) -> anyhow::Result<()> {
-    // Checked before anything starts: a wrong rule would misprice orders.
+async fn up(mut args: UpArgs) -> anyhow::Result<()> {
+    // Checked before anything starts: a wrong rule would misprice orders,
+    // and a bad secret file stops the start.
     let pricing = args.pricing.rules()?;
+    args.server.load_secret_files()?;
     // One process, one trace resource: spans tell the services apart by
     // their rpc.service attribute.
     let _telemetry = telemetry::init(args.server.log_format, "microshop");
@@ -358,7 +360,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
+    // Before anything binds a port: a bad secret file stops the start.
+    args.server.load_secret_files()?;
     let _telemetry = telemetry::init(
         args.server.log_format,
         &format!("microshop-{}", args.service.name()),

@@ -22,10 +22,9 @@ use microshop_proto::orchestrator::v1::{
     checkout_service_server::CheckoutServiceServer,
     saga_admin_service_server::SagaAdminServiceServer,
 };
-use microshop_runtime::{HealthReporter, ServeError, ServerArgs};
+use microshop_runtime::{HealthReporter, ServeError, ServerArgs, Services};
 use microshop_storage::{StorageError, embedded::Durable, mongo::MongoDb};
 use tokio::{net::TcpListener, sync::watch};
-use tonic::service::Routes;
 use tonic_health::{ServingStatus, pb::health_client::HealthClient};
 
 pub use api::Api;
@@ -73,9 +72,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let storage = |e: StorageError| ServeError::Storage(Box::new(e));
-    match &config.server.mongodb_uri {
+    match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let db = MongoDb::connect(uri, &config.server.mongodb_database("orchestrator"))
+            let db = MongoDb::connect(&uri, &config.server.mongodb_database("orchestrator"))
                 .await
                 .map_err(storage)?;
             tracing::info!(instance = %config.engine.instance_id, "saga log on MongoDB, shared with other orchestrators");
@@ -169,7 +168,7 @@ async fn serve<L: SagaLog>(
     let api = Api::new(engine);
     let max = config.server.max_message_bytes;
     let routes =
-        Routes::new(CheckoutServiceServer::new(api.clone()).max_decoding_message_size(max))
+        Services::new(CheckoutServiceServer::new(api.clone()).max_decoding_message_size(max))
             .add_service(SagaAdminServiceServer::new(api).max_decoding_message_size(max));
     let result = microshop_runtime::serve(
         listener,

@@ -22,10 +22,9 @@ pub mod store;
 use std::future::Future;
 
 use microshop_proto::order::v1::order_service_server::OrderServiceServer;
-use microshop_runtime::{ServeError, ServerArgs};
+use microshop_runtime::{ServeError, ServerArgs, Services};
 use microshop_storage::{Ping, StorageError, embedded::Durable, mongo::MongoDb};
 use tokio::net::TcpListener;
-use tonic::service::Routes;
 
 use crate::store::{CouponStore, OrderQueries, OrderStore};
 
@@ -72,9 +71,9 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     settings::check(&config.pricing).map_err(|e| ServeError::Setup(e.to_string()))?;
     let storage = |e: StorageError| ServeError::Storage(Box::new(e));
-    match &config.server.mongodb_uri {
+    match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let db = MongoDb::connect(uri, &config.server.mongodb_database("order"))
+            let db = MongoDb::connect(&uri, &config.server.mongodb_database("order"))
                 .await
                 .map_err(storage)?;
             let store = MongoOrders::open(db).await.map_err(storage)?;
@@ -99,7 +98,7 @@ async fn serve<S: CouponStore + OrderStore + OrderQueries + Ping>(
     microshop_runtime::serve(
         listener,
         SERVICE_NAME,
-        Routes::new(server),
+        Services::new(server),
         store,
         microshop_runtime::health_reporter(),
         &config.server,

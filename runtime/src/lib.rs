@@ -10,6 +10,7 @@ pub mod deadline;
 pub mod errors;
 pub mod faults;
 pub mod limits;
+pub mod methods;
 pub mod metrics;
 pub mod observe;
 pub mod server;
@@ -20,8 +21,9 @@ pub mod testing;
 pub mod tls;
 pub mod validate;
 
-pub use config::{LogFormat, ServerArgs};
+pub use config::{ConfigError, LogFormat, ServerArgs};
 pub use errors::{DOMAIN, Reason, internal_status, rich_status};
+pub use methods::Services;
 pub use server::{LIVENESS, ServeError, StorageProbe, health_reporter, serve};
 pub use shutdown::shutdown_signal;
 pub use tonic_health::server::HealthReporter;

@@ -4,19 +4,18 @@
 //!
 //! Every name starts with `microshop_`. Labels are `&'static str`, so
 //! counting a request hashes a few pointers' worth of text and allocates
-//! nothing; an RPC's service and method names are interned once per path
-//! (bounded, so a client sending made-up paths cannot grow memory).
+//! nothing, and every label takes a bounded set of values: an RPC's service
+//! and method are a method its server registers or `_OTHER`
+//! ([`crate::methods`]), codes the 17 gRPC codes, saga types and steps the
+//! names in the saga definitions. No label carries a customer id, SKU,
+//! order or saga id, so a caller cannot grow the series (or the memory
+//! behind them) without bound.
 //!
 //! The endpoint is a minimal HTTP/1.1 responder on a tokio socket rather
 //! than a web framework: it answers one GET and closes, which is all a
 //! Prometheus scrape needs, and keeps an HTTP stack out of the build.
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    sync::{OnceLock, RwLock},
-    time::Duration,
-};
+use std::{future::Future, sync::OnceLock, time::Duration};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -33,8 +32,6 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-/// Paths interned for RPC labels; beyond it, calls count under `other`.
-const MAX_PATHS: usize = 512;
 /// Longest scrape request read.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// A scrape that sends nothing for this long is dropped.
@@ -43,9 +40,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Labels of one RPC served.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
-    /// Fully-qualified gRPC service, e.g. `microshop.inventory.v1.InventoryService`.
+    /// Fully-qualified gRPC service, e.g. `microshop.inventory.v1.InventoryService`,
+    /// or `_OTHER` for a method the server does not register.
     pub service: &'static str,
-    /// Method, e.g. `ReserveStock`.
+    /// Method, e.g. `ReserveStock`, or `_OTHER`.
     pub method: &'static str,
     /// gRPC status code name, e.g. `OK`, `FAILED_PRECONDITION`.
     pub code: &'static str,
@@ -86,8 +84,6 @@ pub struct Metrics {
     sagas_purged: Counter,
     barrier_entries_purged: Counter,
     stock_out_rejections: Counter,
-    /// `/pkg.Service/Method` → its interned (service, method).
-    paths: RwLock<HashMap<Box<str>, (&'static str, &'static str)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -212,36 +208,7 @@ impl Metrics {
             sagas_purged,
             barrier_entries_purged,
             stock_out_rejections,
-            paths: RwLock::new(HashMap::new()),
         }
-    }
-
-    /// The interned (service, method) of a gRPC path `/pkg.Service/Method`.
-    pub fn rpc_names(&self, path: &str) -> (&'static str, &'static str) {
-        if let Some(names) = self
-            .paths
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-        {
-            return *names;
-        }
-        let mut paths = self.paths.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(names) = paths.get(path) {
-            return *names;
-        }
-        if paths.len() >= MAX_PATHS {
-            return ("other", "other");
-        }
-        let (service, method) = split_path(path);
-        // Leaked once per distinct path, bounded by MAX_PATHS: the labels
-        // then live as long as the registry that exports them.
-        let names: (&'static str, &'static str) = (
-            Box::leak(service.to_owned().into_boxed_str()),
-            Box::leak(method.to_owned().into_boxed_str()),
-        );
-        paths.insert(path.into(), names);
-        names
     }
 
     /// Counts one served call and its duration.
@@ -355,13 +322,6 @@ impl Metrics {
     }
 }
 
-/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
-fn split_path(path: &str) -> (&str, &str) {
-    path.trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or((path, ""))
-}
-
 /// The canonical name of a gRPC status code number.
 pub fn code_name(code: i32) -> &'static str {
     match code {
@@ -459,19 +419,6 @@ fn not_found() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_split_into_service_and_method() {
-        assert_eq!(
-            split_path("/microshop.inventory.v1.InventoryService/ReserveStock"),
-            ("microshop.inventory.v1.InventoryService", "ReserveStock")
-        );
-        let m = metrics();
-        let a = m.rpc_names("/a.B/C");
-        let b = m.rpc_names("/a.B/C");
-        assert_eq!(a, ("a.B", "C"));
-        assert!(std::ptr::eq(a.0, b.0), "interned once");
-    }
 
     #[test]
     fn encoding_has_the_prefixed_names() {

@@ -3,7 +3,10 @@
 //! [`ServerObserveLayer`] sits outermost on every port: it counts each call
 //! and its latency by service, method and status code, and opens the call's
 //! server span (named `package.Service/Method`, with the OpenTelemetry RPC
-//! attributes) as a child of the W3C `traceparent` the caller sent.
+//! attributes) as a child of the W3C `traceparent` the caller sent. Service
+//! and method are those of a method the server registers, or `_OTHER` for
+//! any other path ([`crate::methods`]): a caller cannot mint labels, span
+//! names or attribute values.
 //! [`ClientTraceLayer`] wraps the orchestrator's participant channels: it
 //! opens a client span per call and sends its context as `traceparent`, so
 //! a participant's server span is a child of the saga step that called it.
@@ -32,6 +35,7 @@ use tower::{Layer, Service};
 use tracing::{Span, field::Empty};
 
 use crate::{
+    methods::{KnownMethods, client_names},
     metrics::metrics,
     telemetry::{self, LogTrace},
 };
@@ -66,14 +70,27 @@ fn host_port(uri: &Uri) -> (Option<&str>, Option<u16>) {
 }
 
 /// Counts, times and traces every call served.
-#[derive(Clone, Debug, Default)]
-pub struct ServerObserveLayer;
+#[derive(Clone, Debug)]
+pub struct ServerObserveLayer {
+    known: KnownMethods,
+}
+
+impl ServerObserveLayer {
+    /// For a server answering the methods `known`; other paths are
+    /// observed as `_OTHER`.
+    pub fn new(known: KnownMethods) -> Self {
+        Self { known }
+    }
+}
 
 impl<S> Layer<S> for ServerObserveLayer {
     type Service = ServerObserve<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ServerObserve { inner }
+        ServerObserve {
+            inner,
+            known: self.known.clone(),
+        }
     }
 }
 
@@ -81,6 +98,7 @@ impl<S> Layer<S> for ServerObserveLayer {
 #[derive(Clone, Debug)]
 pub struct ServerObserve<S> {
     inner: S,
+    known: KnownMethods,
 }
 
 impl<S, B, R> Service<Request<B>> for ServerObserve<S>
@@ -96,7 +114,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let (service, method) = metrics().rpc_names(request.uri().path());
+        let (service, method) = self.known.names(request.uri().path());
         let span = if untraced(service) {
             Span::none()
         } else {
@@ -264,7 +282,7 @@ where
                 span: Span::none(),
             };
         }
-        let (service, method) = metrics().rpc_names(request.uri().path());
+        let (service, method) = client_names(request.uri().path());
         let (host, port) = (self.target.host.as_deref(), self.target.port);
         let span = tracing::info_span!(
             "grpc.client",
@@ -365,9 +383,15 @@ mod tests {
         svc.oneshot(request("/a.B/C")).await.expect("answered");
     }
 
+    const LOYALTY: &str = "microshop.loyalty.v1.LoyaltyService";
+
+    fn observed() -> ServerObserveLayer {
+        ServerObserveLayer::new(KnownMethods::of_services(&[LOYALTY]))
+    }
+
     #[tokio::test]
     async fn served_calls_are_counted_by_status() {
-        let svc = ServerObserveLayer.layer(service_fn(|_: Request<()>| async {
+        let svc = observed().layer(service_fn(|_: Request<()>| async {
             let mut response = Response::new(());
             // A trailers-only error, as tonic answers a handler's Err.
             response
@@ -375,22 +399,99 @@ mod tests {
                 .insert("grpc-status", "5".parse().expect("a header value"));
             Ok::<_, Infallible>(response)
         }));
-        svc.oneshot(request("/t.Observed/Missing"))
+        svc.oneshot(request("/microshop.loyalty.v1.LoyaltyService/RefundPoints"))
             .await
             .expect("answered");
-        let ok = ServerObserveLayer.layer(service_fn(|_: Request<()>| async {
+        let ok = observed().layer(service_fn(|_: Request<()>| async {
             Ok::<_, Infallible>(Response::new(()))
         }));
-        ok.oneshot(request("/t.Observed/Found"))
+        ok.oneshot(request("/microshop.loyalty.v1.LoyaltyService/GetBalance"))
             .await
             .expect("answered");
         let text = metrics().encode();
         assert!(
-            text.contains(r#"microshop_rpc_server_requests_total{service="t.Observed",method="Missing",code="NOT_FOUND"} 1"#),
+            text.contains(r#"microshop_rpc_server_requests_total{service="microshop.loyalty.v1.LoyaltyService",method="RefundPoints",code="NOT_FOUND"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"microshop_rpc_server_requests_total{service="t.Observed",method="Found",code="OK"} 1"#),
+            text.contains(r#"microshop_rpc_server_requests_total{service="microshop.loyalty.v1.LoyaltyService",method="GetBalance",code="OK"} 1"#),
+            "{text}"
+        );
+    }
+
+    /// The `rpc.service`, `rpc.method` and `otel.name` of every span
+    /// opened while it is the subscriber.
+    #[derive(Clone, Default)]
+    struct SpanFields(Arc<std::sync::Mutex<Vec<[String; 3]>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanFields {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Visit([String; 3]);
+            impl tracing::field::Visit for Visit {
+                fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                    self.record_debug(field, &format_args!("{value}"));
+                }
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    let slot = match field.name() {
+                        "rpc.service" => 0,
+                        "rpc.method" => 1,
+                        "otel.name" => 2,
+                        _ => return,
+                    };
+                    self.0[slot] = format!("{value:?}");
+                }
+            }
+            let mut visit = Visit(Default::default());
+            attrs.record(&mut visit);
+            self.0.lock().expect("not poisoned").push(visit.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_methods_are_other_in_labels_and_spans() {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let fields = SpanFields::default();
+        let subscriber = tracing_subscriber::registry().with(fields.clone());
+        let _guard = tracing::subscriber::set_default(subscriber);
+        for path in [
+            "/evil.SvcObserveTest/M1",
+            "/microshop.loyalty.v1.LoyaltyService/EvilObserveTest",
+            "/microshop.order.v1.OrderService/GetOrder",
+        ] {
+            let svc = observed().layer(service_fn(|_: Request<()>| async {
+                let mut response = Response::new(());
+                response
+                    .headers_mut()
+                    .insert("grpc-status", "12".parse().expect("a header value"));
+                Ok::<_, Infallible>(response)
+            }));
+            svc.oneshot(request(path)).await.expect("answered");
+        }
+        let spans = fields.0.lock().expect("not poisoned").clone();
+        assert_eq!(spans.len(), 3, "{spans:?}");
+        for span in &spans {
+            assert_eq!(
+                span,
+                &["_OTHER", "_OTHER", "_OTHER/_OTHER"].map(String::from)
+            );
+        }
+        let text = metrics().encode();
+        assert!(
+            !text.contains("ObserveTest") && !text.contains("OrderService"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"microshop_rpc_server_requests_total{service="_OTHER",method="_OTHER",code="UNIMPLEMENTED"}"#),
             "{text}"
         );
     }

@@ -120,9 +120,11 @@ impl MongoDb {
     /// service starts even while the database is down and reports
     /// NOT_SERVING until it answers) and uses database `name`.
     pub async fn connect(uri: &str, name: &str) -> Result<Self, StorageError> {
-        let mut options = ClientOptions::parse(uri)
-            .await
-            .map_err(|e| StorageError::Backend(format!("bad MONGODB_URI: {e}")))?;
+        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
+            StorageError::Backend(format!(
+                "bad MongoDB connection string (MONGODB_URI or MONGODB_URI_FILE): {e}"
+            ))
+        })?;
         options.app_name.get_or_insert_with(|| "microshop".into());
         // Fail a call fast while the server is away instead of queueing it
         // for the driver's default 30 s; callers get UNAVAILABLE and retry.
@@ -136,8 +138,11 @@ impl MongoDb {
         options
             .write_concern
             .get_or_insert(WriteConcern::majority());
-        let client = Client::with_options(options)
-            .map_err(|e| StorageError::Backend(format!("bad MONGODB_URI: {e}")))?;
+        let client = Client::with_options(options).map_err(|e| {
+            StorageError::Backend(format!(
+                "bad MongoDB connection string (MONGODB_URI or MONGODB_URI_FILE): {e}"
+            ))
+        })?;
         let db = client.database(name);
         Ok(Self { client, db })
     }

@@ -15,6 +15,8 @@
 //                       admin credentials (only with authentication on)
 //   MICROSHOP_MONGODB_USERNAME / MICROSHOP_MONGODB_PASSWORD
 //                       the application user to create (optional)
+//   Each of these four may instead be given as <NAME>_FILE, the path of a
+//   file holding it (a mounted Secret; trailing whitespace is ignored).
 //   MICROSHOP_MONGODB_DATABASES
 //                       databases it may read and write (comma-separated;
 //                       default: the four per-service databases)
@@ -23,10 +25,28 @@ const replicas = parseInt(process.env.MONGO_REPLICAS || "3", 10);
 const setName = process.env.MONGO_REPLICA_SET || "rs0";
 const service = process.env.MONGO_SERVICE || "mongo";
 const namespace = process.env.POD_NAMESPACE || "default";
-const rootUser = process.env.MONGO_ROOT_USERNAME || "";
-const rootPassword = process.env.MONGO_ROOT_PASSWORD || "";
-const appUser = process.env.MICROSHOP_MONGODB_USERNAME || "";
-const appPassword = process.env.MICROSHOP_MONGODB_PASSWORD || "";
+// A secret setting from NAME or from the file NAME_FILE names (both set is
+// an error); never printed.
+function secret(name) {
+  const file = process.env[`${name}_FILE`] || "";
+  const value = process.env[name] || "";
+  if (file && value) {
+    throw new Error(`both ${name} and ${name}_FILE are set: set only one`);
+  }
+  if (!file) {
+    return value;
+  }
+  try {
+    return require("fs").readFileSync(file, "utf8").replace(/\s+$/, "");
+  } catch (e) {
+    throw new Error(`cannot read ${name}_FILE ${file}: ${e.code || e.message}`);
+  }
+}
+
+const rootUser = secret("MONGO_ROOT_USERNAME");
+const rootPassword = secret("MONGO_ROOT_PASSWORD");
+const appUser = secret("MICROSHOP_MONGODB_USERNAME");
+const appPassword = secret("MICROSHOP_MONGODB_PASSWORD");
 const databases = (
   process.env.MICROSHOP_MONGODB_DATABASES ||
   "microshop_inventory,microshop_loyalty,microshop_order,microshop_orchestrator"
@@ -143,7 +163,7 @@ print(`primary: ${primary}`);
 
 if (appUser) {
   if (!appPassword) {
-    throw new Error("MICROSHOP_MONGODB_USERNAME is set but MICROSHOP_MONGODB_PASSWORD is empty");
+    throw new Error("the application user is set but its password (MICROSHOP_MONGODB_PASSWORD or _FILE) is empty");
   }
   const db = admin(primary);
   const roles = databases.map((name) => ({ role: "readWrite", db: name }));
