@@ -236,6 +236,12 @@ impl ReservationStore for EmbeddedInventory {
                 }
                 let outcome = match load_reservation(txn, &saga_id)? {
                     None => CommitOutcome::NothingReserved,
+                    // Already committed (its barrier entry expired since):
+                    // the same answer, no second move. The reservation is
+                    // the business record; it outlives the barrier.
+                    Some(r) if r.state == ReservationState::Committed => {
+                        CommitOutcome::Committed(r.lines.iter().map(|l| l.quantity).sum())
+                    }
                     Some(r) if r.state != ReservationState::Reserved => CommitOutcome::Released,
                     Some(mut r) => {
                         move_units(txn, &r.lines, |p, q| {

@@ -44,7 +44,7 @@ impl MongoInventory {
         Ok(Self {
             products: db.collection("products"),
             reservations: db.collection("reservations"),
-            barrier: Barrier::new(&db, "inventory"),
+            barrier: Barrier::open(&db, "inventory").await?,
             db,
         })
     }
@@ -231,8 +231,17 @@ impl MongoInventory {
         let Some(mut r) = self.load_reservation(s, saga_id).await? else {
             return Ok(CommitOutcome::NothingReserved);
         };
-        if r.state != ReservationState::Reserved {
-            return Ok(CommitOutcome::Released);
+        match r.state {
+            ReservationState::Reserved => {}
+            // Already committed (its barrier entry expired since): the same
+            // answer, no second move. The reservation is the business
+            // record; it outlives the barrier.
+            ReservationState::Committed => {
+                return Ok(CommitOutcome::Committed(
+                    r.lines.iter().map(|l| l.quantity).sum(),
+                ));
+            }
+            ReservationState::Released => return Ok(CommitOutcome::Released),
         }
         self.move_units(s, &r.lines, Some("reserved"), |q| {
             doc! { "reserved": -q, "sold": q }

@@ -105,6 +105,22 @@ pub fn points_for(amount_paid: i64, amount_per_point: i64) -> i64 {
     }
 }
 
+/// What a checkout's sagas did to its customer's points, by the checkout's
+/// saga id: the business record a cancel refunds from and a payment earns
+/// once by, kept for as long as the order (the barrier's replay markers
+/// expire after the barrier retention; this does not).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPoints {
+    /// The customer.
+    pub customer_id: String,
+    /// Points the checkout deducted.
+    pub deducted: i64,
+    /// Points given back (the whole deduction, once).
+    pub refunded: i64,
+    /// Points the payment earned, once it did.
+    pub earned: Option<i64>,
+}
+
 /// The outcome of DeductPoints, replayed to repeated deliveries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeductOutcome {

@@ -12,11 +12,17 @@ use microshop_storage::{
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::{
-    domain::{Account, DeductOutcome, EarnOutcome, RefundOutcome},
+    domain::{Account, DeductOutcome, EarnOutcome, OrderPoints, RefundOutcome},
     store::{AccountStore, PointsLedgerStore},
 };
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+/// Checkout saga id → its [`OrderPoints`] (business record, kept).
+const LEDGER: TableDefinition<&str, &[u8]> = TableDefinition::new("order_points");
+/// Flags of this store's upgrades.
+const META: TableDefinition<&str, u64> = TableDefinition::new("loyalty_meta");
+/// Set once the ledger holds what the barrier recorded before it existed.
+const LEDGER_FROM_BARRIER: &str = "ledger_from_barrier";
 
 const OP_DEDUCT: &str = "deduct";
 const OP_REFUND: &str = "refund";
@@ -33,10 +39,81 @@ impl EmbeddedLoyalty {
     pub fn open(dir: &Path, durable: Durable) -> Result<Self, StorageError> {
         let db = EmbeddedDb::open(dir, "loyalty", durable, |txn| {
             txn.open_table(ACCOUNTS)?;
-            barrier::init(txn)
+            txn.open_table(LEDGER)?;
+            barrier::init(txn)?;
+            ledger_from_barrier(txn)
         })?;
         Ok(Self { db })
     }
+}
+
+fn load_points(txn: &WriteTransaction, saga_id: &str) -> Result<Option<OrderPoints>, StorageError> {
+    let table = txn.open_table(LEDGER)?;
+    let found = table.get(saga_id)?;
+    found.map(|v| decode(v.value())).transpose()
+}
+
+fn save_points(txn: &WriteTransaction, saga_id: &str, p: &OrderPoints) -> Result<(), StorageError> {
+    let bytes = encode(p)?;
+    txn.open_table(LEDGER)?.insert(saga_id, bytes.as_slice())?;
+    Ok(())
+}
+
+/// Once, in a store written before the ledger existed: every deduction,
+/// refund and earning the barrier recorded goes into the ledger, so they
+/// outlive the barrier's retention.
+fn ledger_from_barrier(txn: &WriteTransaction) -> Result<(), StorageError> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(LEDGER_FROM_BARRIER)?.is_some() {
+        return Ok(());
+    }
+    let mut ledger: std::collections::BTreeMap<String, OrderPoints> = Default::default();
+    {
+        let table = txn.open_table(barrier::BARRIER)?;
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let (saga_id, op) = key.value();
+            match op {
+                OP_DEDUCT => {
+                    if let DeductOutcome::Deducted {
+                        customer_id,
+                        points,
+                        ..
+                    } = decode(value.value())?
+                    {
+                        let p = ledger.entry(saga_id.to_owned()).or_default();
+                        p.customer_id = customer_id;
+                        p.deducted = points;
+                    }
+                }
+                OP_REFUND => {
+                    if let RefundOutcome::Refunded { points, .. } = decode(value.value())? {
+                        ledger.entry(saga_id.to_owned()).or_default().refunded = points;
+                    }
+                }
+                OP_EARN => {
+                    if let EarnOutcome::Earned {
+                        customer_id,
+                        points,
+                        ..
+                    } = decode(value.value())?
+                    {
+                        let p = ledger.entry(saga_id.to_owned()).or_default();
+                        p.customer_id = customer_id;
+                        p.earned = Some(points);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for (saga_id, p) in &ledger {
+        if load_points(txn, saga_id)?.is_none() {
+            save_points(txn, saga_id, p)?;
+        }
+    }
+    meta.insert(LEDGER_FROM_BARRIER, 1)?;
+    Ok(())
 }
 
 fn load_account(
@@ -63,6 +140,7 @@ fn overflow(customer_id: &str) -> StorageError {
 
 fn deduct_in(
     txn: &WriteTransaction,
+    saga_id: &str,
     customer_id: &str,
     points: i64,
 ) -> Result<DeductOutcome, StorageError> {
@@ -81,6 +159,15 @@ fn deduct_in(
         .with_deducted(points)
         .ok_or_else(|| overflow(customer_id))?;
     save_account(txn, &after)?;
+    save_points(
+        txn,
+        saga_id,
+        &OrderPoints {
+            customer_id: customer_id.to_owned(),
+            deducted: points,
+            ..OrderPoints::default()
+        },
+    )?;
     Ok(DeductOutcome::Deducted {
         customer_id: after.customer_id,
         points,
@@ -89,35 +176,48 @@ fn deduct_in(
 }
 
 fn refund_in(txn: &WriteTransaction, saga_id: &str) -> Result<RefundOutcome, StorageError> {
-    let Some(DeductOutcome::Deducted {
-        customer_id,
-        points,
-        ..
-    }) = barrier::outcome::<DeductOutcome>(txn, saga_id, OP_DEDUCT)?
-    else {
+    let Some(mut p) = load_points(txn, saga_id)? else {
         // Never deducted, or the deduction was refused: null compensation.
         return Ok(RefundOutcome::NothingDeducted);
     };
-    let account = load_account(txn, &customer_id)?.ok_or_else(|| {
+    if p.deducted == 0 {
+        return Ok(RefundOutcome::NothingDeducted);
+    }
+    if p.refunded > 0 {
+        // Refunded before (its barrier entry expired since): no second one.
+        return Ok(RefundOutcome::Refunded {
+            customer_id: p.customer_id,
+            points: p.refunded,
+        });
+    }
+    let account = load_account(txn, &p.customer_id)?.ok_or_else(|| {
         StorageError::Corrupt(format!(
-            "saga {saga_id} deducted from {customer_id}, who has no account"
+            "saga {saga_id} deducted from {}, who has no account",
+            p.customer_id
         ))
     })?;
     let after = account
-        .with_refunded(points)
-        .ok_or_else(|| overflow(&customer_id))?;
+        .with_refunded(p.deducted)
+        .ok_or_else(|| overflow(&p.customer_id))?;
     save_account(txn, &after)?;
+    p.refunded = p.deducted;
+    save_points(txn, saga_id, &p)?;
     Ok(RefundOutcome::Refunded {
-        customer_id,
-        points,
+        customer_id: p.customer_id,
+        points: p.refunded,
     })
 }
 
 fn earn_in(
     txn: &WriteTransaction,
+    saga_id: &str,
     customer_id: &str,
     points: i64,
 ) -> Result<EarnOutcome, StorageError> {
+    let mut p = load_points(txn, saga_id)?.unwrap_or_else(|| OrderPoints {
+        customer_id: customer_id.to_owned(),
+        ..OrderPoints::default()
+    });
     let account = match load_account(txn, customer_id)? {
         Some(account) if account.member => account,
         other => {
@@ -126,10 +226,20 @@ fn earn_in(
             });
         }
     };
+    if let Some(earned) = p.earned {
+        // Earned before (its barrier entry expired since): no second time.
+        return Ok(EarnOutcome::Earned {
+            customer_id: account.customer_id,
+            points: earned,
+            balance: account.points,
+        });
+    }
     let after = account
         .with_earned(points)
         .ok_or_else(|| overflow(customer_id))?;
     save_account(txn, &after)?;
+    p.earned = Some(points);
+    save_points(txn, saga_id, &p)?;
     Ok(EarnOutcome::Earned {
         customer_id: after.customer_id,
         points,
@@ -177,7 +287,7 @@ impl PointsLedgerStore for EmbeddedLoyalty {
                     ActionGate::Compensated => return Ok(None),
                     ActionGate::Proceed => {}
                 }
-                let outcome = deduct_in(txn, &customer_id, points)?;
+                let outcome = deduct_in(txn, &saga_id, &customer_id, points)?;
                 barrier::record(txn, &saga_id, OP_DEDUCT, &outcome)?;
                 Ok(Some(outcome))
             })
@@ -210,7 +320,7 @@ impl PointsLedgerStore for EmbeddedLoyalty {
                 if let Some(first) = barrier::outcome(txn, &saga_id, OP_EARN)? {
                     return Ok(first);
                 }
-                let outcome = earn_in(txn, &customer_id, points)?;
+                let outcome = earn_in(txn, &saga_id, &customer_id, points)?;
                 barrier::record(txn, &saga_id, OP_EARN, &outcome)?;
                 Ok(outcome)
             })

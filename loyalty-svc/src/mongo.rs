@@ -9,7 +9,10 @@
 use microshop_storage::{
     StorageError,
     barrier::ActionGate,
-    mongo::{Barrier, MongoDb, TxnError, int, is_duplicate_key, storage_error, string},
+    mongo::{
+        Barrier, BarrierRecord, MongoDb, TxnError, drain, int, is_duplicate_key, storage_error,
+        string,
+    },
 };
 use mongodb::{
     ClientSession, Collection,
@@ -18,7 +21,7 @@ use mongodb::{
 };
 
 use crate::{
-    domain::{Account, DeductOutcome, EarnOutcome, RefundOutcome},
+    domain::{Account, DeductOutcome, EarnOutcome, OrderPoints, RefundOutcome},
     store::{AccountStore, PointsLedgerStore},
 };
 
@@ -31,17 +34,107 @@ const OP_EARN: &str = "earn";
 pub struct MongoLoyalty {
     db: MongoDb,
     accounts: Collection<Document>,
+    /// Checkout saga id → its [`OrderPoints`] (business record, kept).
+    ledger: Collection<Document>,
     barrier: Barrier,
 }
 
 impl MongoLoyalty {
     /// Uses `db` (the `_id` keys are the only unique keys).
     pub async fn open(db: MongoDb) -> Result<Self, StorageError> {
-        Ok(Self {
+        let store = Self {
             accounts: db.collection("accounts"),
-            barrier: Barrier::new(&db, "loyalty"),
+            ledger: db.collection("loyalty_order_points"),
+            barrier: Barrier::open(&db, "loyalty").await?,
             db,
-        })
+        };
+        store.ledger_from_barrier().await?;
+        Ok(store)
+    }
+
+    /// Once, in a database written before the ledger existed: every
+    /// deduction, refund and earning the barrier recorded goes into the
+    /// ledger, so they outlive the barrier's retention.
+    async fn ledger_from_barrier(&self) -> Result<(), StorageError> {
+        let meta = self.db.collection("loyalty_meta");
+        let flag = doc! { "_id": "ledger_from_barrier" };
+        if meta
+            .find_one(flag.clone())
+            .await
+            .map_err(storage_error)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let cursor = self
+            .db
+            .collection("loyalty_barrier")
+            .find(doc! {})
+            .await
+            .map_err(storage_error)?;
+        for d in drain(cursor).await? {
+            let record = BarrierRecord::from_document(d.clone());
+            let mut p = OrderPoints::default();
+            if let Some(DeductOutcome::Deducted {
+                customer_id,
+                points,
+                ..
+            }) = record.outcome(OP_DEDUCT)?
+            {
+                p.customer_id = customer_id;
+                p.deducted = points;
+            }
+            if let Some(RefundOutcome::Refunded { points, .. }) = record.outcome(OP_REFUND)? {
+                p.refunded = points;
+            }
+            if let Some(EarnOutcome::Earned {
+                customer_id,
+                points,
+                ..
+            }) = record.outcome(OP_EARN)?
+            {
+                p.customer_id = customer_id;
+                p.earned = Some(points);
+            }
+            if p == OrderPoints::default() {
+                continue;
+            }
+            let id = string(&d, "_id")?;
+            self.ledger
+                .update_one(doc! { "_id": &id }, doc! { "$setOnInsert": points_doc(&p) })
+                .upsert(true)
+                .await
+                .map_err(storage_error)?;
+        }
+        meta.insert_one(flag).await.map_err(storage_error)?;
+        Ok(())
+    }
+
+    async fn load_points(
+        &self,
+        s: &mut ClientSession,
+        saga_id: &str,
+    ) -> Result<Option<OrderPoints>, TxnError> {
+        let found = self
+            .ledger
+            .find_one(doc! { "_id": saga_id })
+            .session(s)
+            .await?;
+        Ok(found.as_ref().map(points_from).transpose()?)
+    }
+
+    async fn save_points(
+        &self,
+        s: &mut ClientSession,
+        saga_id: &str,
+        p: &OrderPoints,
+    ) -> Result<(), TxnError> {
+        self.ledger
+            .update_one(doc! { "_id": saga_id }, doc! { "$set": points_doc(p) })
+            .upsert(true)
+            .session(s)
+            .await?;
+        Ok(())
     }
 
     /// Applies `inc` to the account matching `filter` in the transaction and
@@ -75,6 +168,30 @@ impl microshop_storage::Ping for MongoLoyalty {
     async fn ping(&self) -> Result<(), StorageError> {
         self.db.ping().await
     }
+}
+
+fn points_doc(p: &OrderPoints) -> Document {
+    let mut d = doc! {
+        "customer_id": &p.customer_id,
+        "deducted": p.deducted,
+        "refunded": p.refunded,
+    };
+    if let Some(earned) = p.earned {
+        d.insert("earned", earned);
+    }
+    d
+}
+
+fn points_from(doc: &Document) -> Result<OrderPoints, StorageError> {
+    Ok(OrderPoints {
+        customer_id: string(doc, "customer_id")?,
+        deducted: int(doc, "deducted")?,
+        refunded: int(doc, "refunded")?,
+        earned: doc
+            .contains_key("earned")
+            .then(|| int(doc, "earned"))
+            .transpose()?,
+    })
 }
 
 fn account_from(doc: &Document) -> Result<Account, StorageError> {
@@ -159,11 +276,23 @@ impl PointsLedgerStore for MongoLoyalty {
                         doc! { "_id": &customer_id, "member": true, "points": { "$gte": points } };
                     let inc = doc! { "points": -points, "deducted": points };
                     let outcome = match this.apply(s, filter, inc).await? {
-                        Some(after) => DeductOutcome::Deducted {
-                            customer_id: after.customer_id,
-                            points,
-                            balance: after.points,
-                        },
+                        Some(after) => {
+                            this.save_points(
+                                s,
+                                &saga_id,
+                                &OrderPoints {
+                                    customer_id: after.customer_id.clone(),
+                                    deducted: points,
+                                    ..OrderPoints::default()
+                                },
+                            )
+                            .await?;
+                            DeductOutcome::Deducted {
+                                customer_id: after.customer_id,
+                                points,
+                                balance: after.points,
+                            }
+                        }
                         None => match this.load(s, &customer_id).await? {
                             Some(account) if account.member => DeductOutcome::InsufficientPoints {
                                 balance: account.points,
@@ -190,26 +319,30 @@ impl PointsLedgerStore for MongoLoyalty {
                     if let Some(first) = barrier.outcome(OP_REFUND)? {
                         return Ok(first);
                     }
-                    let outcome = match barrier.outcome::<DeductOutcome>(OP_DEDUCT)? {
-                        Some(DeductOutcome::Deducted {
-                            customer_id,
-                            points,
-                            ..
-                        }) => {
-                            let inc = doc! { "points": points, "refunded": points };
+                    let outcome = match this.load_points(s, &saga_id).await? {
+                        // Refunded before (its barrier entry expired since).
+                        Some(p) if p.deducted > 0 && p.refunded > 0 => RefundOutcome::Refunded {
+                            customer_id: p.customer_id,
+                            points: p.refunded,
+                        },
+                        Some(mut p) if p.deducted > 0 => {
+                            let inc = doc! { "points": p.deducted, "refunded": p.deducted };
                             if this
-                                .apply(s, doc! { "_id": &customer_id }, inc)
+                                .apply(s, doc! { "_id": &p.customer_id }, inc)
                                 .await?
                                 .is_none()
                             {
                                 return Err(StorageError::Corrupt(format!(
-                                    "saga {saga_id} deducted from {customer_id}, who has no account"
+                                    "saga {saga_id} deducted from {}, who has no account",
+                                    p.customer_id
                                 ))
                                 .into());
                             }
+                            p.refunded = p.deducted;
+                            this.save_points(s, &saga_id, &p).await?;
                             RefundOutcome::Refunded {
-                                customer_id,
-                                points,
+                                customer_id: p.customer_id,
+                                points: p.refunded,
                             }
                         }
                         // Never deducted, or refused: null compensation.
@@ -240,14 +373,34 @@ impl PointsLedgerStore for MongoLoyalty {
                     if let Some(first) = barrier.outcome(OP_EARN)? {
                         return Ok(first);
                     }
+                    let mut p =
+                        this.load_points(s, &saga_id)
+                            .await?
+                            .unwrap_or_else(|| OrderPoints {
+                                customer_id: customer_id.clone(),
+                                ..OrderPoints::default()
+                            });
+                    if let Some(earned) = p.earned {
+                        // Earned before (its barrier entry expired since).
+                        let balance = this.load(s, &customer_id).await?.map_or(0, |a| a.points);
+                        return Ok(EarnOutcome::Earned {
+                            customer_id,
+                            points: earned,
+                            balance,
+                        });
+                    }
                     let filter = doc! { "_id": &customer_id, "member": true };
                     let inc = doc! { "points": points, "earned": points };
                     let outcome = match this.apply(s, filter, inc).await? {
-                        Some(after) => EarnOutcome::Earned {
-                            customer_id: after.customer_id,
-                            points,
-                            balance: after.points,
-                        },
+                        Some(after) => {
+                            p.earned = Some(points);
+                            this.save_points(s, &saga_id, &p).await?;
+                            EarnOutcome::Earned {
+                                customer_id: after.customer_id,
+                                points,
+                                balance: after.points,
+                            }
+                        }
                         None => EarnOutcome::NotAMember {
                             balance: this.load(s, &customer_id).await?.map_or(0, |a| a.points),
                         },

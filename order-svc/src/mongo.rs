@@ -57,7 +57,7 @@ impl MongoOrders {
         Ok(Self {
             orders: db.collection("orders"),
             coupons: db.collection("coupons"),
-            barrier: Barrier::new(&db, "order"),
+            barrier: Barrier::open(&db, "order").await?,
             db,
         })
     }

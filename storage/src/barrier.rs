@@ -9,6 +9,12 @@
 //!
 //! A business rejection of an action is recorded as its outcome as well, so
 //! a retry answers the same rejection instead of trying again.
+//!
+//! Entries expire (`--barrier-retention-secs`): each is indexed by when it
+//! was recorded, and [`purge`] removes those older than the retention in
+//! bounded batches. Only replay and anti-hanging markers live here; what a
+//! later saga still needs (a reservation a cancel releases, a deduction a
+//! cancel refunds) is a business record of its service, kept with its order.
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
@@ -17,6 +23,22 @@ use crate::{StorageError, decode, encode};
 
 /// `(saga_id, op)` → the op's encoded outcome.
 pub const BARRIER: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("barrier");
+
+/// `(recorded at (Unix ms), saga_id, op)` of every barrier entry, oldest
+/// first: what [`purge`] walks.
+const BARRIER_TIMES: TableDefinition<(i64, &str, &str), ()> = TableDefinition::new("barrier_times");
+
+/// Flags of the barrier's own upgrades.
+const BARRIER_META: TableDefinition<&str, u64> = TableDefinition::new("barrier_meta");
+
+/// Set once every entry written before entries were timed has its time.
+const TIMES_INDEXED: &str = "times_indexed";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// What an action must do, decided from its saga's barrier records.
 #[derive(Debug)]
@@ -29,10 +51,45 @@ pub enum ActionGate<T> {
     Compensated,
 }
 
-/// Creates the barrier table (call from the store's init).
+/// Creates the barrier tables (call from the store's init). Entries of a
+/// store written before they were timed are timed now, once: they expire
+/// one retention period after the upgrade.
 pub fn init(txn: &WriteTransaction) -> Result<(), StorageError> {
-    txn.open_table(BARRIER)?;
+    let barrier = txn.open_table(BARRIER)?;
+    let mut times = txn.open_table(BARRIER_TIMES)?;
+    let mut meta = txn.open_table(BARRIER_META)?;
+    if meta.get(TIMES_INDEXED)?.is_none() {
+        let now = now_ms();
+        for entry in barrier.iter()? {
+            let (key, _) = entry?;
+            let (saga_id, op) = key.value();
+            times.insert((now, saga_id, op), ())?;
+        }
+        meta.insert(TIMES_INDEXED, 1)?;
+    }
     Ok(())
+}
+
+/// Removes up to `limit` barrier entries recorded before `before_ms`;
+/// returns how many.
+pub fn purge(txn: &WriteTransaction, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
+    let mut times = txn.open_table(BARRIER_TIMES)?;
+    let mut barrier = txn.open_table(BARRIER)?;
+    let old: Vec<(i64, String, String)> = times
+        .range(..(before_ms, "", ""))?
+        .take(limit)
+        .map(|e| {
+            e.map(|(k, _)| {
+                let (at, saga_id, op) = k.value();
+                (at, saga_id.to_owned(), op.to_owned())
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    for (at, saga_id, op) in &old {
+        barrier.remove((saga_id.as_str(), op.as_str()))?;
+        times.remove((*at, saga_id.as_str(), op.as_str()))?;
+    }
+    Ok(u64::try_from(old.len()).unwrap_or(u64::MAX))
 }
 
 /// Decides what `action` of `saga_id` must do, given its `compensation` op.
@@ -73,5 +130,7 @@ pub fn record<T: Serialize>(
     let bytes = encode(outcome)?;
     let mut table = txn.open_table(BARRIER)?;
     table.insert((saga_id, op), bytes.as_slice())?;
+    txn.open_table(BARRIER_TIMES)?
+        .insert((now_ms(), saga_id, op), ())?;
     Ok(())
 }

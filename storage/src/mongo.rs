@@ -68,6 +68,12 @@ impl From<StorageError> for TxnError {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Maps a driver error to a [`StorageError`].
 pub fn storage_error(err: MongoError) -> StorageError {
     match *err.kind {
@@ -440,11 +446,49 @@ pub struct BarrierRecord(Option<Document>);
 impl Barrier {
     /// The barrier of `service` in `db` (collection `<service>_barrier`, so
     /// services sharing one database keep theirs apart; `_id` is its unique
-    /// key).
-    pub fn new(db: &MongoDb, service: &str) -> Self {
-        Self {
-            coll: db.collection(&format!("{service}_barrier")),
+    /// key), with the index its purge walks. Records written before records
+    /// were timed get the time of this upgrade, so they expire one
+    /// retention period after it.
+    pub async fn open(db: &MongoDb, service: &str) -> Result<Self, StorageError> {
+        let name = format!("{service}_barrier");
+        db.ensure_indexes(&name, vec![index(doc! { "updated_ms": 1 }, "oldest_first")])
+            .await?;
+        let coll: Collection<Document> = db.collection(&name);
+        coll.update_many(
+            doc! { "updated_ms": { "$exists": false } },
+            doc! { "$set": { "updated_ms": now_ms() } },
+        )
+        .await
+        .map_err(storage_error)?;
+        Ok(Self { coll })
+    }
+
+    /// Removes up to `limit` saga records whose last op was recorded before
+    /// `before_ms`; returns how many.
+    pub async fn purge(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
+        let cursor = self
+            .coll
+            .find(doc! { "updated_ms": { "$lt": before_ms } })
+            .projection(doc! { "_id": 1 })
+            .sort(doc! { "updated_ms": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(storage_error)?;
+        let ids: Vec<Bson> = drain(cursor)
+            .await?
+            .into_iter()
+            .filter_map(|d| d.get("_id").cloned())
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
         }
+        // Only those still old: an op recorded meanwhile keeps its saga.
+        let done = self
+            .coll
+            .delete_many(doc! { "_id": { "$in": ids }, "updated_ms": { "$lt": before_ms } })
+            .await
+            .map_err(storage_error)?;
+        Ok(done.deleted_count)
     }
 
     /// Reads the record of `saga_id` in the transaction.
@@ -471,7 +515,10 @@ impl Barrier {
     ) -> Result<(), TxnError> {
         let value = blob(outcome)?;
         self.coll
-            .update_one(doc! { "_id": saga_id }, doc! { "$set": { op: value } })
+            .update_one(
+                doc! { "_id": saga_id },
+                doc! { "$set": { op: value, "updated_ms": now_ms() } },
+            )
             .upsert(true)
             .session(session)
             .await?;
@@ -480,6 +527,12 @@ impl Barrier {
 }
 
 impl BarrierRecord {
+    /// The record of a barrier document read outside a transaction (store
+    /// upgrades).
+    pub fn from_document(doc: Document) -> Self {
+        Self(Some(doc))
+    }
+
     /// The recorded outcome of `op`, if it ran.
     pub fn outcome<T: DeserializeOwned>(&self, op: &str) -> Result<Option<T>, StorageError> {
         match &self.0 {
