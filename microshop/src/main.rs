@@ -3,7 +3,7 @@
 //! environment, flags) into typed structs and hands them to each service's
 //! `run`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -38,6 +38,9 @@ enum Command {
     /// Measure saga throughput and latency against the bare-RPC floor
     /// (release build: `cargo run --release -p microshop -- bench`).
     Bench(BenchArgs),
+    /// Find, inspect, retry and abort sagas (operators; talks to the
+    /// orchestrator's SagaAdminService).
+    Sagas(microshop::sagas::SagasArgs),
 }
 
 #[derive(Debug, Args)]
@@ -245,7 +248,7 @@ impl EngineArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     // The blocking pool runs redb reads, which the page cache answers in
     // microseconds: 16 threads keep two cores busy, and every further
@@ -258,8 +261,9 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Up(args) => up(args).await,
-            Command::Serve(args) => serve(args).await,
+            Command::Up(args) => up(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Sagas(args) => Ok(microshop::sagas::run(args).await),
             Command::Demo(args) => {
                 microshop_runtime::telemetry::init_logging_at(
                     microshop_runtime::LogFormat::Text,
@@ -271,14 +275,16 @@ fn main() -> anyhow::Result<()> {
                 if !ok {
                     anyhow::bail!("the demo found an invariant violation");
                 }
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
             Command::Bench(args) => {
                 microshop_runtime::telemetry::init_logging_at(
                     microshop_runtime::LogFormat::Text,
                     "warn",
                 );
-                microshop::bench::run(args.options).await.map(drop)
+                microshop::bench::run(args.options)
+                    .await
+                    .map(|_| ExitCode::SUCCESS)
             }
         }
     })
