@@ -265,3 +265,11 @@ impl microshop_storage::Ping for EmbeddedInventory {
         self.db.ping().await
     }
 }
+
+impl microshop_storage::BarrierPurge for EmbeddedInventory {
+    async fn purge_barrier(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
+        self.db
+            .write(move |txn| barrier::purge(txn, before_ms, limit))
+            .await
+    }
+}

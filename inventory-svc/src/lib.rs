@@ -70,7 +70,7 @@ pub async fn run(
     }
 }
 
-async fn serve<S: CatalogStore + ReservationStore + Ping>(
+async fn serve<S: CatalogStore + ReservationStore + Ping + microshop_storage::BarrierPurge>(
     listener: TcpListener,
     config: &InventoryConfig,
     store: S,
@@ -78,7 +78,8 @@ async fn serve<S: CatalogStore + ReservationStore + Ping>(
 ) -> Result<(), ServeError> {
     let server = InventoryServiceServer::new(Inventory::new(store.clone()))
         .max_decoding_message_size(config.server.max_message_bytes);
-    microshop_runtime::serve(
+    let purge = microshop_runtime::retention::spawn_barrier_purge(&store, &config.server);
+    let served = microshop_runtime::serve(
         listener,
         SERVICE_NAME,
         Services::new(server),
@@ -87,5 +88,9 @@ async fn serve<S: CatalogStore + ReservationStore + Ping>(
         &config.server,
         shutdown,
     )
-    .await
+    .await;
+    if let Some(purge) = purge {
+        purge.abort();
+    }
+    served
 }

@@ -358,3 +358,9 @@ impl ReservationStore for MongoInventory {
             .await
     }
 }
+
+impl microshop_storage::BarrierPurge for MongoInventory {
+    async fn purge_barrier(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
+        self.barrier.purge(before_ms, limit).await
+    }
+}

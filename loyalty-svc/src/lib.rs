@@ -84,7 +84,7 @@ pub async fn run(
     }
 }
 
-async fn serve<S: AccountStore + PointsLedgerStore + Ping>(
+async fn serve<S: AccountStore + PointsLedgerStore + Ping + microshop_storage::BarrierPurge>(
     listener: TcpListener,
     config: &LoyaltyConfig,
     store: S,
@@ -94,7 +94,8 @@ async fn serve<S: AccountStore + PointsLedgerStore + Ping>(
         Loyalty::new(store.clone()).with_earn_amount_per_point(config.earn_amount_per_point);
     let server = LoyaltyServiceServer::new(service)
         .max_decoding_message_size(config.server.max_message_bytes);
-    microshop_runtime::serve(
+    let purge = microshop_runtime::retention::spawn_barrier_purge(&store, &config.server);
+    let served = microshop_runtime::serve(
         listener,
         SERVICE_NAME,
         Services::new(server),
@@ -103,5 +104,9 @@ async fn serve<S: AccountStore + PointsLedgerStore + Ping>(
         &config.server,
         shutdown,
     )
-    .await
+    .await;
+    if let Some(purge) = purge {
+        purge.abort();
+    }
+    served
 }

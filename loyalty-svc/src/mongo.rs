@@ -412,3 +412,9 @@ impl PointsLedgerStore for MongoLoyalty {
             .await
     }
 }
+
+impl microshop_storage::BarrierPurge for MongoLoyalty {
+    async fn purge_barrier(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
+        self.barrier.purge(before_ms, limit).await
+    }
+}

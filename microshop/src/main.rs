@@ -184,6 +184,12 @@ struct EngineArgs {
     /// payment TTL).
     #[arg(long, env = "MICROSHOP_CHECKOUT_HOLD_SECS")]
     checkout_hold_secs: Option<u64>,
+    /// COMPLETED and COMPENSATED sagas are purged this many seconds after
+    /// they ended, with their idempotency keys (so "one key, one saga"
+    /// holds within this window); FAILED and unfinished sagas are kept.
+    /// 0 keeps every saga forever.
+    #[arg(long, env = "MICROSHOP_SAGA_RETENTION_SECS", default_value_t = 604_800)]
+    saga_retention_secs: u64,
     /// Attempts of one saga step before the saga waits for its participant.
     #[arg(long, env = "MICROSHOP_STEP_ATTEMPTS", default_value_t = 8)]
     step_attempts: usize,
@@ -234,6 +240,10 @@ impl EngineArgs {
             payment_ttl: Duration::from_secs(self.payment_ttl_secs),
             checkout_hold: Duration::from_secs(
                 self.checkout_hold_secs.unwrap_or(self.payment_ttl_secs),
+            ),
+            saga_retention: microshop_runtime::retention::retention_of(
+                "saga-retention-secs",
+                self.saga_retention_secs,
             ),
             recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
             expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(10)),

@@ -360,6 +360,60 @@ impl SagaLog for EmbeddedSagaLog {
             .await
     }
 
+    async fn purge_ended(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
+        self.db
+            .write(move |txn| {
+                // Oldest first by creation order, within a bounded scan: the
+                // old ended sagas are at the front; a newer one is passed
+                // over.
+                let mut old: Vec<SagaRecord> = Vec::new();
+                {
+                    let sagas = txn.open_table(SAGAS)?;
+                    let by_state = txn.open_table(BY_STATE)?;
+                    for state in [SagaState::Completed, SagaState::Compensated] {
+                        let range = (state.index(), 0)..=(state.index(), u64::MAX);
+                        for entry in by_state.range(range)?.take(limit.saturating_mul(8)) {
+                            if old.len() >= limit {
+                                break;
+                            }
+                            let (_, id) = entry?;
+                            let Some(bytes) = sagas.get(id.value())? else {
+                                continue;
+                            };
+                            let record = record_of(bytes.value())?;
+                            if record.updated_at_ms < before_ms {
+                                old.push(record);
+                            }
+                        }
+                    }
+                }
+                let mut sagas = txn.open_table(SAGAS)?;
+                let mut by_state = txn.open_table(BY_STATE)?;
+                let mut by_seq = txn.open_table(BY_SEQ)?;
+                let mut keys = txn.open_table(KEYS)?;
+                for r in &old {
+                    sagas.remove(r.saga_id.as_str())?;
+                    by_state.remove((r.state.index(), r.seq))?;
+                    by_seq.remove(r.seq)?;
+                    // The key's entry, in its scoped or its older form, if
+                    // it is this saga's.
+                    for entry in [
+                        key_entry(r.key_scope(), &r.idempotency_key),
+                        r.idempotency_key.clone(),
+                    ] {
+                        let ours = keys
+                            .get(entry.as_str())?
+                            .is_some_and(|v| v.value() == r.saga_id);
+                        if ours {
+                            keys.remove(entry.as_str())?;
+                        }
+                    }
+                }
+                Ok(u64::try_from(old.len()).unwrap_or(u64::MAX))
+            })
+            .await
+    }
+
     async fn due_payments(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StorageError> {
         self.db
             .read(move |txn| {

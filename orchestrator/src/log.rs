@@ -157,6 +157,16 @@ pub trait SagaLog: microshop_storage::Ping + Clone {
     /// orchestrator holds (for recovery).
     fn unfinished(&self) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
 
+    /// Removes up to `limit` sagas that ended COMPLETED or COMPENSATED
+    /// before `before_ms` (Unix millis), with their idempotency keys and
+    /// index entries; returns how many. FAILED and unfinished sagas are
+    /// never removed.
+    fn purge_ended(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
     /// Orders whose payment deadline passed by `now_ms`, at most `limit`.
     fn due_payments(
         &self,

@@ -42,7 +42,7 @@ use mongodb::{
 
 use crate::{
     log::{Begin, PaymentDeadline, SagaFilter, SagaLog, SagaPage},
-    model::{SagaRecord, now_ms},
+    model::{SagaRecord, SagaState, now_ms},
 };
 
 /// The saga log on MongoDB.
@@ -75,6 +75,10 @@ impl MongoSagaLog {
                 index(doc! { "unfinished": 1, "seq": 1 }, "unfinished"),
                 index(doc! { "turn_order": 1, "unfinished": 1 }, "order_turns"),
                 index(doc! { "order_id": 1, "seq": -1 }, "by_order_newest_first"),
+                index(
+                    doc! { "state": 1, "updated_ms": 1 },
+                    "by_state_oldest_change",
+                ),
                 index(
                     doc! { "customer_id": 1, "seq": -1 },
                     "by_customer_newest_first",
@@ -526,6 +530,33 @@ impl SagaLog for MongoSagaLog {
             .iter()
             .map(|d| string(d, "_id"))
             .collect()
+    }
+
+    async fn purge_ended(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
+        let ended = doc! { "$in": [i32::from(SagaState::Completed.index()), i32::from(SagaState::Compensated.index())] };
+        let cursor = self
+            .sagas
+            .find(doc! { "state": ended.clone(), "updated_ms": { "$lt": before_ms } })
+            .projection(doc! { "_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(storage_error)?;
+        let ids: Vec<String> = drain(cursor)
+            .await?
+            .iter()
+            .map(|d| string(d, "_id"))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        // The key lives in the saga's own document (unique index), so one
+        // delete takes it too.
+        let done = self
+            .sagas
+            .delete_many(doc! { "_id": { "$in": ids }, "state": ended })
+            .await
+            .map_err(storage_error)?;
+        Ok(done.deleted_count)
     }
 
     async fn due_payments(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StorageError> {

@@ -32,6 +32,13 @@ const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 const COUPONS: TableDefinition<&str, &[u8]> = TableDefinition::new("coupons");
 const CUSTOMER_ORDERS: TableDefinition<(&str, u64), &str> = TableDefinition::new("customer_orders");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Checkout saga id → the order it created: the business record a cancel
+/// finds its order by (and a late CreateOrder replays), which outlives the
+/// barrier's retention.
+const SAGA_ORDERS: TableDefinition<&str, &str> = TableDefinition::new("saga_orders");
+
+/// Key in [`META`] set once every order is in [`SAGA_ORDERS`].
+const SAGA_ORDERS_FILLED: &str = "saga_orders_filled";
 
 /// Key in [`META`] of the last order sequence number handed out.
 const ORDER_SEQ: &str = "order_seq";
@@ -53,10 +60,37 @@ impl EmbeddedOrders {
             txn.open_table(COUPONS)?;
             txn.open_table(CUSTOMER_ORDERS)?;
             txn.open_table(META)?;
-            barrier::init(txn)
+            txn.open_table(SAGA_ORDERS)?;
+            barrier::init(txn)?;
+            fill_saga_orders(txn)
         })?;
         Ok(Self { db })
     }
+}
+
+/// Once, in a store written before [`SAGA_ORDERS`] existed: every order is
+/// indexed by its checkout saga.
+fn fill_saga_orders(txn: &WriteTransaction) -> Result<(), StorageError> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(SAGA_ORDERS_FILLED)?.is_some() {
+        return Ok(());
+    }
+    let orders = txn.open_table(ORDERS)?;
+    let mut index = txn.open_table(SAGA_ORDERS)?;
+    for entry in orders.iter()? {
+        let (_, value) = entry?;
+        let order: Order = decode(value.value())?;
+        index.insert(order.saga_id.as_str(), order.order_id.as_str())?;
+    }
+    meta.insert(SAGA_ORDERS_FILLED, 1)?;
+    Ok(())
+}
+
+/// The order checkout `saga_id` created, if any.
+fn order_of_saga(txn: &WriteTransaction, saga_id: &str) -> Result<Option<String>, StorageError> {
+    let table = txn.open_table(SAGA_ORDERS)?;
+    let found = table.get(saga_id)?;
+    Ok(found.map(|v| v.value().to_owned()))
 }
 
 fn load_order(txn: &WriteTransaction, order_id: &str) -> Result<Option<Order>, StorageError> {
@@ -124,6 +158,8 @@ fn create_in(
     }
     let seq = next_seq(txn)?;
     save_order(txn, &order)?;
+    txn.open_table(SAGA_ORDERS)?
+        .insert(order.saga_id.as_str(), order.order_id.as_str())?;
     txn.open_table(CUSTOMER_ORDERS)?.insert(
         (order.customer_id.as_str(), u64::MAX - seq),
         order.order_id.as_str(),
@@ -183,8 +219,14 @@ fn cancel_in(
             },
         };
     }
-    let created = barrier::outcome::<CreateRecord>(txn, saga_id, OP_CREATE)?;
-    let Some(CreateRecord::Created { order_id }) = created else {
+    // The order the checkout created: from its barrier entry, or, once
+    // that has expired, from the saga's order index.
+    let created = match barrier::outcome::<CreateRecord>(txn, saga_id, OP_CREATE)? {
+        Some(CreateRecord::Created { order_id }) => Some(order_id),
+        Some(_) => None,
+        None => order_of_saga(txn, saga_id)?,
+    };
+    let Some(order_id) = created else {
         // The action never ran, or was rejected: null compensation. The
         // record also refuses a CreateOrder arriving later (anti-hanging).
         barrier::record(txn, saga_id, OP_CANCEL, &CancelRecord::NothingCreated)?;
@@ -251,6 +293,11 @@ impl OrderStore for EmbeddedOrders {
                     ActionGate::Replay(first) => return create_outcome(txn, first).map(Some),
                     ActionGate::Compensated => return Ok(None),
                     ActionGate::Proceed => {}
+                }
+                // Created before, its barrier entry expired since: the same
+                // order, never a second one.
+                if let Some(order_id) = order_of_saga(txn, &saga_id)? {
+                    return create_outcome(txn, CreateRecord::Created { order_id }).map(Some);
                 }
                 let record = create_in(txn, order, &rules)?;
                 barrier::record(txn, &saga_id, OP_CREATE, &record)?;
@@ -372,5 +419,13 @@ impl OrderQueries for EmbeddedOrders {
 impl microshop_storage::Ping for EmbeddedOrders {
     async fn ping(&self) -> Result<(), StorageError> {
         self.db.ping().await
+    }
+}
+
+impl microshop_storage::BarrierPurge for EmbeddedOrders {
+    async fn purge_barrier(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
+        self.db
+            .write(move |txn| barrier::purge(txn, before_ms, limit))
+            .await
     }
 }

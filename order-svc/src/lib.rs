@@ -87,7 +87,9 @@ pub async fn run(
     }
 }
 
-async fn serve<S: CouponStore + OrderStore + OrderQueries + Ping>(
+async fn serve<
+    S: CouponStore + OrderStore + OrderQueries + Ping + microshop_storage::BarrierPurge,
+>(
     listener: TcpListener,
     config: &OrderConfig,
     store: S,
@@ -95,7 +97,8 @@ async fn serve<S: CouponStore + OrderStore + OrderQueries + Ping>(
 ) -> Result<(), ServeError> {
     let server = OrderServiceServer::new(Orders::new(store.clone(), config.pricing))
         .max_decoding_message_size(config.server.max_message_bytes);
-    microshop_runtime::serve(
+    let purge = microshop_runtime::retention::spawn_barrier_purge(&store, &config.server);
+    let served = microshop_runtime::serve(
         listener,
         SERVICE_NAME,
         Services::new(server),
@@ -104,5 +107,9 @@ async fn serve<S: CouponStore + OrderStore + OrderQueries + Ping>(
         &config.server,
         shutdown,
     )
-    .await
+    .await;
+    if let Some(purge) = purge {
+        purge.abort();
+    }
+    served
 }

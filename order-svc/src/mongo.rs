@@ -14,7 +14,9 @@
 use microshop_storage::{
     StorageError,
     barrier::ActionGate,
-    mongo::{Barrier, MongoDb, TxnError, blob, drain, index, int, page, storage_error, unblob},
+    mongo::{
+        Barrier, MongoDb, TxnError, blob, drain, index, int, page, storage_error, string, unblob,
+    },
 };
 use mongodb::{
     ClientSession, Collection,
@@ -48,18 +50,68 @@ impl MongoOrders {
     pub async fn open(db: MongoDb) -> Result<Self, StorageError> {
         db.ensure_indexes(
             "orders",
-            vec![index(
-                doc! { "customer_id": 1, "seq": -1 },
-                "customer_newest_first",
-            )],
+            vec![
+                index(
+                    doc! { "customer_id": 1, "seq": -1 },
+                    "customer_newest_first",
+                ),
+                // A cancel finds the order a checkout created by this once
+                // the barrier entry has expired; a late CreateOrder replays
+                // it.
+                index(doc! { "saga_id": 1 }, "by_checkout_saga"),
+            ],
         )
         .await?;
-        Ok(Self {
+        let store = Self {
             orders: db.collection("orders"),
             coupons: db.collection("coupons"),
             barrier: Barrier::open(&db, "order").await?,
             db,
-        })
+        };
+        store.fill_saga_ids().await?;
+        Ok(store)
+    }
+
+    /// Gives orders stored before they carried their checkout saga's id as
+    /// a field that field (from the stored order), in batches.
+    async fn fill_saga_ids(&self) -> Result<(), StorageError> {
+        loop {
+            let cursor = self
+                .orders
+                .find(doc! { "saga_id": { "$exists": false } })
+                .limit(500)
+                .await
+                .map_err(storage_error)?;
+            let docs = drain(cursor).await?;
+            if docs.is_empty() {
+                return Ok(());
+            }
+            for d in &docs {
+                let order: Order = unblob(d, "data")?;
+                self.orders
+                    .update_one(
+                        doc! { "_id": &order.order_id },
+                        doc! { "$set": { "saga_id": &order.saga_id } },
+                    )
+                    .await
+                    .map_err(storage_error)?;
+            }
+        }
+    }
+
+    /// The order checkout `saga_id` created, if any.
+    async fn order_of_saga(
+        &self,
+        s: &mut ClientSession,
+        saga_id: &str,
+    ) -> Result<Option<String>, TxnError> {
+        let found = self
+            .orders
+            .find_one(doc! { "saga_id": saga_id })
+            .projection(doc! { "_id": 1 })
+            .session(s)
+            .await?;
+        Ok(found.as_ref().map(|d| string(d, "_id")).transpose()?)
     }
 
     async fn load_order(
@@ -149,6 +201,7 @@ impl MongoOrders {
             .insert_one(doc! {
                 "_id": &order.order_id,
                 "customer_id": &order.customer_id,
+                "saga_id": &order.saga_id,
                 "seq": seq,
                 "data": blob(&order)?,
             })
@@ -201,7 +254,14 @@ impl MongoOrders {
                 },
             };
         }
-        let Some(CreateRecord::Created { order_id }) = barrier.outcome(OP_CREATE)? else {
+        // The order the checkout created: from its barrier entry, or, once
+        // that has expired, from the orders' checkout saga ids.
+        let created = match barrier.outcome::<CreateRecord>(OP_CREATE)? {
+            Some(CreateRecord::Created { order_id }) => Some(order_id),
+            Some(_) => None,
+            None => self.order_of_saga(s, saga_id).await?,
+        };
+        let Some(order_id) = created else {
             // Never ran, or rejected: null compensation, recorded so a late
             // CreateOrder is refused (anti-hanging).
             self.barrier
@@ -313,6 +373,14 @@ impl OrderStore for MongoOrders {
                         }
                         ActionGate::Compensated => return Ok(None),
                         ActionGate::Proceed => {}
+                    }
+                    // Created before, its barrier entry expired since: the
+                    // same order, never a second one.
+                    if let Some(order_id) = this.order_of_saga(s, &saga_id).await? {
+                        return this
+                            .create_outcome(s, CreateRecord::Created { order_id })
+                            .await
+                            .map(Some);
                     }
                     let record = this.create_in(s, order, &rules, seq).await?;
                     this.barrier.record(s, &saga_id, OP_CREATE, &record).await?;
@@ -433,5 +501,11 @@ impl OrderQueries for MongoOrders {
             .map(|d| unblob(d, "data"))
             .collect::<Result<_, _>>()?;
         Ok(OrderPage { orders, next_after })
+    }
+}
+
+impl microshop_storage::BarrierPurge for MongoOrders {
+    async fn purge_barrier(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
+        self.barrier.purge(before_ms, limit).await
     }
 }

@@ -162,6 +162,18 @@ pub struct ServerArgs {
     )]
     pub max_concurrent_requests: usize,
 
+    /// Participants: barrier entries (replay and anti-hanging markers of
+    /// saga calls) older than this many seconds are purged; 0 keeps them
+    /// forever. Business records (orders, reservations, points ledgers)
+    /// are kept. Keep it far above the longest a saga call can arrive late
+    /// (a call timeout, a lease): below a day a warning is logged.
+    #[arg(
+        long,
+        env = "MICROSHOP_BARRIER_RETENTION_SECS",
+        default_value_t = 604_800
+    )]
+    pub barrier_retention_secs: u64,
+
     /// Serve Prometheus metrics on `http://ADDR/metrics` (e.g.
     /// `0.0.0.0:9464`). `microshop up` serves them on 127.0.0.1:9464
     /// unless told otherwise; `serve` only when set.
@@ -198,6 +210,7 @@ impl Default for ServerArgs {
             request_timeout_ms: 30_000,
             max_message_bytes: 256 * 1024,
             max_concurrent_requests: 4096,
+            barrier_retention_secs: 604_800,
             metrics_addr: None,
             auth: crate::auth::AuthArgs::default(),
             limits: crate::limits::LimitArgs::default(),

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod methods;
 pub mod metrics;
 pub mod observe;
+pub mod retention;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

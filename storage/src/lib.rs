@@ -68,6 +68,18 @@ impl From<serde_json::Error> for StorageError {
     }
 }
 
+/// A participant store whose barrier entries expire
+/// (`--barrier-retention-secs`).
+pub trait BarrierPurge: Send + Sync + 'static {
+    /// Removes up to `limit` barrier entries recorded before `before_ms`
+    /// (Unix millis); returns how many.
+    fn purge_barrier(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+}
+
 /// A store that can say whether it answers (the health probe's question).
 pub trait Ping: Send + Sync + 'static {
     /// `Ok` when the store can serve requests.

@@ -463,32 +463,37 @@ impl Barrier {
         Ok(Self { coll })
     }
 
-    /// Removes up to `limit` saga records whose last op was recorded before
-    /// `before_ms`; returns how many.
+    /// Removes the records of sagas whose last op was recorded before
+    /// `before_ms`, up to `limit` of them; returns how many entries (ops)
+    /// they held, as the embedded barrier counts.
     pub async fn purge(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
         let cursor = self
             .coll
             .find(doc! { "updated_ms": { "$lt": before_ms } })
-            .projection(doc! { "_id": 1 })
             .sort(doc! { "updated_ms": 1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await
             .map_err(storage_error)?;
-        let ids: Vec<Bson> = drain(cursor)
-            .await?
-            .into_iter()
-            .filter_map(|d| d.get("_id").cloned())
-            .collect();
-        if ids.is_empty() {
-            return Ok(0);
+        let docs = drain(cursor).await?;
+        let entries = |d: &Document| {
+            d.keys()
+                .filter(|k| !matches!(k.as_str(), "_id" | "updated_ms"))
+                .count() as u64
+        };
+        let mut purged = 0;
+        for d in &docs {
+            let Some(id) = d.get("_id") else { continue };
+            // Only if still old: an op recorded meanwhile keeps its saga.
+            let done = self
+                .coll
+                .delete_one(doc! { "_id": id, "updated_ms": { "$lt": before_ms } })
+                .await
+                .map_err(storage_error)?;
+            if done.deleted_count == 1 {
+                purged += entries(d);
+            }
         }
-        // Only those still old: an op recorded meanwhile keeps its saga.
-        let done = self
-            .coll
-            .delete_many(doc! { "_id": { "$in": ids }, "updated_ms": { "$lt": before_ms } })
-            .await
-            .map_err(storage_error)?;
-        Ok(done.deleted_count)
+        Ok(purged)
     }
 
     /// Reads the record of `saga_id` in the transaction.

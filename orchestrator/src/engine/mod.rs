@@ -63,6 +63,9 @@ pub struct EngineConfig {
     /// A checkout not completed this long after it started is compensated
     /// (`CHECKOUT_EXPIRED`), so its stock goes back on sale.
     pub checkout_hold: Duration,
+    /// COMPLETED and COMPENSATED sagas are purged this long after they
+    /// ended, with their idempotency keys (`None`: kept forever).
+    pub saga_retention: Option<Duration>,
     /// How often unfinished sagas are looked for.
     pub recovery_interval: Duration,
     /// Longest pause between two tries of a saga waiting for a participant
@@ -113,6 +116,7 @@ impl Default for EngineConfig {
             call_timeout: Duration::from_secs(3),
             payment_ttl: Duration::from_secs(600),
             checkout_hold: Duration::from_secs(600),
+            saga_retention: Some(Duration::from_secs(604_800)),
             recovery_interval: Duration::from_secs(5),
             probe_max: Duration::from_secs(60),
             expiry_interval: Duration::from_secs(1),
@@ -621,10 +625,23 @@ impl<L: SagaLog> Engine<L> {
         Ok(started)
     }
 
-    /// Runs recovery and expiry until `stop` flips.
+    /// Runs recovery, expiry and retention until `stop` flips.
     pub async fn background(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut recovery = tokio::time::interval(self.config.recovery_interval);
         let mut expiry = tokio::time::interval(self.config.expiry_interval);
+        let purge = self.config.saga_retention.map(|retention| {
+            let log = self.log.clone();
+            tokio::spawn(microshop_runtime::retention::purge_loop(
+                "finished sagas",
+                retention,
+                move |before, limit| {
+                    let log = log.clone();
+                    async move { log.purge_ended(before, limit).await }
+                },
+                |n| metrics().sagas_purged(n),
+            ))
+        });
+        let _purge = AbortOnDrop(purge);
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -651,6 +668,17 @@ impl<L: SagaLog> Engine<L> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Aborts its task when dropped (the background loops stop together).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
         }
     }
 }
