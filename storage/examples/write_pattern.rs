@@ -50,13 +50,38 @@
 //! configurations. The disk's own `fdatasync` latency is measured in the
 //! same run.
 //!
+//! A third load, `rate`, starts sagas open loop at a fixed rate (default
+//! 2,000/s), so engines are compared at the same throughput: group sizes,
+//! and with them CPU and bytes per saga, depend on the rate.
+//!
+//! Columns: `B/saga` is `/proc/self/io` `write_bytes` during the run (page
+//! granular: every fsync that re-dirties a file's tail page counts 4 KiB
+//! again); `B/saga+flush` adds what fjall still held in memtables at the end,
+//! flushed after the run; `fsync/saga` is counted in process (group syncs,
+//! per-write syncs, redb `sync_data` calls through a counting backend; none
+//! for `redb-now`, whose file `EmbeddedDb` opens itself); `strace` is the
+//! fsync + fdatasync syscalls of the whole process under `strace -c` (seq
+//! counts are exact; under load strace slows each fsync and changes the
+//! group sizes); `log B` is the saga log record bytes per saga.
+//!
+//! fjall knobs (per database, i.e. per store): block cache 4 MiB (default
+//! 32 MiB), memtable 4 MiB per keyspace (default 64 MiB), journals at most
+//! 64 MiB (the minimum; default 512 MiB), 1 background worker (default
+//! min(cores, 4)), `manual_journal_persist` (no write(2) per transaction),
+//! no lz4 (the crate's only default feature: journal and block compression
+//! off).
+//!
+//! Left out: gRPC and everything else the mesh spends CPU on, the quote's
+//! reads, the loyalty store (no points), reads outside write transactions,
+//! leases, payment deadlines, recovery.
+//!
 //! ```text
 //! cargo run --release -p microshop-storage --example write_pattern -- \
 //!     --dir /var/tmp/wp --secs 3 --repeats 3 --json /tmp/wp.json
 //! ```
 //! `--help` lists the options; `--strace` adds a pass counting the fsync
-//! system calls of every configuration with `strace -c` (the in-process
-//! counts can't see inside `EmbeddedDb`).
+//! system calls of every configuration with `strace -c`; `--point-read N`
+//! and `--retention S` run the bonus measurements.
 
 use std::{
     collections::HashMap,
@@ -745,6 +770,10 @@ trait Mesh: Send + Sync + 'static {
     /// Reads one saga log record (point-read bonus).
     fn get_saga(&self, _saga_id: &str) -> Res<Option<usize>> {
         Ok(None)
+    }
+    /// Writes whole sagas to the log in one transaction (point-read bonus).
+    fn fill(&self, _sagas: Vec<(BeginRec, SaveRec)>) -> impl Future<Output = Res<()>> + Send {
+        async { Err("no bulk fill".into()) }
     }
     /// Deletes sagas of the log (retention bonus).
     fn purge(&self, _sagas: Vec<(String, String, u64)>) -> impl Future<Output = Res<()>> + Send {
@@ -1557,6 +1586,17 @@ impl Mesh for RedbNone {
     async fn purge(&self, sagas: Vec<(String, String, u64)>) -> Res<()> {
         self.log.write(|txn| rb_purge(txn, &sagas)).await
     }
+    async fn fill(&self, sagas: Vec<(BeginRec, SaveRec)>) -> Res<()> {
+        self.log
+            .write(|txn| {
+                for (b, mut s) in sagas {
+                    s.seq = rb_begin(txn, &b)?;
+                    rb_save(txn, &s)?;
+                }
+                Ok(())
+            })
+            .await
+    }
 }
 
 // ---------------------------------------------------------------- byte KV (fjall, append)
@@ -1821,6 +1861,17 @@ impl<S: KvStore> Mesh for KvMesh<S> {
         self.log
             .write(|tx| {
                 kv_purge(tx, &sagas);
+                Ok(())
+            })
+            .await
+    }
+    async fn fill(&self, sagas: Vec<(BeginRec, SaveRec)>) -> Res<()> {
+        self.log
+            .write(|tx| {
+                for (b, mut s) in sagas {
+                    s.seq = kv_begin(tx, &b)?;
+                    kv_save(tx, &s)?;
+                }
                 Ok(())
             })
             .await
@@ -2122,6 +2173,26 @@ fn disk_usage(dir: &Path) -> u64 {
     total
 }
 
+/// Disk blocks of the saga log alone (`orchestrator*` under `dir`).
+fn log_usage(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("orchestrator"))
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        disk_usage(&p)
+                    } else {
+                        e.metadata().map_or(0, |m| m.blocks() * 512)
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn pct(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -2394,6 +2465,48 @@ fn point_read_bonus(engine: Engine, dir: &Path, n: u64, knobs: &Knobs) -> Res<St
     })
 }
 
+/// Captures a saga's begin and last save instead of writing them.
+#[derive(Default)]
+struct Recorder {
+    begin: Mutex<Option<BeginRec>>,
+    save: Mutex<Option<SaveRec>>,
+}
+
+impl Mesh for Recorder {
+    async fn seed(&self) -> Res<()> {
+        Ok(())
+    }
+    async fn begin(&self, b: BeginRec) -> Res<u64> {
+        *self.begin.lock().unwrap_or_else(|e| e.into_inner()) = Some(b);
+        Ok(0)
+    }
+    async fn save(&self, s: SaveRec) -> Res<()> {
+        *self.save.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+        Ok(())
+    }
+    async fn reserve(&self, _: String, _: String, _: i64) -> Res<()> {
+        Ok(())
+    }
+    async fn create_order(&self, _: NewOrder) -> Res<()> {
+        Ok(())
+    }
+    fn syncs(&self) -> Option<u64> {
+        None
+    }
+}
+
+async fn one_caller_p50(mesh: &impl Mesh, gen_: &Gen, secs: f64) -> Res<(f64, f64)> {
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs_f64(secs) {
+        let t = Instant::now();
+        run_saga(mesh, Enc::Compact, gen_, 0, None).await?;
+        lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+    }
+    lat.sort_unstable();
+    Ok((pct(&lat, 0.5), pct(&lat, 0.99)))
+}
+
 async fn point_read_on<M: Mesh>(
     mesh: Arc<M>,
     engine: Engine,
@@ -2402,31 +2515,29 @@ async fn point_read_on<M: Mesh>(
     knobs: &Knobs,
 ) -> Res<String> {
     mesh.seed().await?;
-    let gen_ = Arc::new(Gen::new());
-    let ids = Arc::new(Mutex::new(Vec::new()));
+    let gen_ = Gen::new();
+    let empty = one_caller_p50(&*mesh, &gen_, knobs.secs).await?;
+    // Fill: compact records (begin + final save of each saga), 1,000 sagas
+    // per transaction, durable per batch.
     let t = Instant::now();
-    // Fill with 256 callers; each saga keeps its id for the reads.
-    let per = n / 256 + 1;
-    let mut tasks = Vec::new();
-    for caller in 0..256 {
-        let mesh = Arc::clone(&mesh);
-        let gen_ = Arc::clone(&gen_);
-        let ids = Arc::clone(&ids);
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per {
-                let (_, id, ..) = run_saga(&*mesh, Enc::Compact, &gen_, caller, None).await?;
-                if i % 16 == 0 {
-                    ids.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-                }
+    let rec = Recorder::default();
+    let mut ids = Vec::new();
+    let mut filled = 0;
+    while filled < n {
+        let mut batch = Vec::with_capacity(1000);
+        for _ in 0..1000 {
+            let (_, id, ..) = run_saga(&rec, Enc::Compact, &gen_, 0, None).await?;
+            let b = rec.begin.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let s = rec.save.lock().unwrap_or_else(|e| e.into_inner()).take();
+            batch.push((b.ok_or("no begin")?, s.ok_or("no save")?));
+            if filled % 64 == 0 {
+                ids.push(id);
             }
-            Res::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
+            filled += 1;
+        }
+        mesh.fill(batch).await?;
     }
     let fill_s = t.elapsed().as_secs_f64();
-    let ids = std::mem::take(&mut *ids.lock().unwrap_or_else(|e| e.into_inner()));
     let mut lat = Vec::new();
     let mut x = 0x2545_F491_4F6C_DD1Du64;
     for _ in 0..20_000 {
@@ -2439,24 +2550,18 @@ async fn point_read_on<M: Mesh>(
         lat.push(u32::try_from(t.elapsed().as_nanos() / 100).unwrap_or(u32::MAX));
     }
     lat.sort_unstable();
-    // One caller's durable saga at this size.
-    let mut sagas_lat = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs_f64(knobs.secs) {
-        let t = Instant::now();
-        run_saga(&*mesh, Enc::Compact, &gen_, 0, None).await?;
-        sagas_lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-    }
-    sagas_lat.sort_unstable();
+    let full = one_caller_p50(&*mesh, &gen_, knobs.secs).await?;
     Ok(format!(
-        "{}: {} sagas filled in {fill_s:.0} s, {:.0} MB on disk; point read p50 {:.1} µs p99 {:.1} µs; one-caller saga p50 {:.0} µs p99 {:.0} µs; peak RSS {:.0} MB",
+        "{}: {filled} sagas filled in {fill_s:.0} s, {:.0} MB on disk; point read of a saga record p50 {:.1} µs p99 {:.1} µs; one-caller saga p50/p99 {:.0}/{:.0} µs empty, {:.0}/{:.0} µs full (ratio {:.2}); peak RSS {:.0} MB",
         engine.name(),
-        g_count(&gen_),
         disk_usage(dir) as f64 / 1e6,
         pct(&lat, 0.5) / 10.0,
         pct(&lat, 0.99) / 10.0,
-        pct(&sagas_lat, 0.5),
-        pct(&sagas_lat, 0.99),
+        empty.0,
+        empty.1,
+        full.0,
+        full.1,
+        full.0 / empty.0.max(1.0),
         peak_rss_mb(),
     ))
 }
@@ -2465,8 +2570,9 @@ fn g_count(g: &Gen) -> u64 {
     g.n.load(Ordering::Relaxed)
 }
 
-/// Constant load with the saga log purged down to its newest 20,000
-/// sagas; prints the files' size each second.
+/// Constant load (64 callers, JSON records) with the saga log purged down
+/// to its newest 20,000 sagas; prints the log's and all files' size
+/// (participant records are never purged here, so "all" grows).
 fn retention_bonus(engine: Engine, dir: &Path, secs: f64, knobs: &Knobs) -> Res<String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -2527,9 +2633,10 @@ async fn retention_on<M: Mesh>(mesh: Arc<M>, engine: Engine, dir: &Path, secs: f
         if start.elapsed().as_secs_f64() >= next {
             let _ = write!(
                 out,
-                " {:.0}s:{} sagas/{:.1} MB",
+                " {:.0}s:{} sagas/log {:.1} MB/all {:.1} MB",
                 next,
                 g_count(&gen_),
+                log_usage(dir) as f64 / 1e6,
                 disk_usage(dir) as f64 / 1e6
             );
             next += (secs / 6.0).max(1.0);
