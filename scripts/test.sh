@@ -86,26 +86,38 @@ run_tests() {
   fi
 }
 
+# run_selected THREADS FILTER ARGS...: the tests the nextest filter
+# expression FILTER selects; without nextest, `cargo test` with ARGS (the
+# same test targets). Both over --workspace, as the first pass: with -p,
+# cargo unifies features over fewer packages and compiles part of the tree
+# a second time; this way the pass reuses the first pass's build.
+run_selected() {
+  local threads=$1 filter=$2
+  shift 2
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --no-fail-fast --workspace --test-threads "$threads" -E "$filter"
+  else
+    cargo test --no-fail-fast --workspace "$@" -- --test-threads "$threads"
+  fi
+}
+
 step "tests"
 run_tests "$(nproc)" --workspace
 
 # SecantusDB is one Python process: a few test binaries at a time keep its
 # answers within the suites' call timeouts on a 2-core machine.
 step "tests again with every store on MongoDB (participants, scenarios, crash recovery)"
-MONGODB_URI="$mongo_uri" run_tests 2 \
-  -p inventory-svc -p loyalty-svc -p order-svc --test grpc
-MONGODB_URI="$mongo_uri" run_tests 2 -p microshop-tests --test scenarios
-# (the takeover and database-outage tests ran on MongoDB above already)
-if cargo nextest --version >/dev/null 2>&1; then
-  MONGODB_URI="$mongo_uri" cargo nextest run --no-fail-fast --test-threads 1 -p microshop --test crash \
-    -E 'not (test(three_orchestrators_take_over) | test(database_outage))'
-else
-  MONGODB_URI="$mongo_uri" cargo test --no-fail-fast -p microshop --test crash -- \
-    --test-threads 1 --skip three_orchestrators_take_over --skip database_outage
-fi
+MONGODB_URI="$mongo_uri" run_selected 2 \
+  '(package(inventory-svc) | package(loyalty-svc) | package(order-svc)) & binary(grpc)' --test grpc
+MONGODB_URI="$mongo_uri" run_selected 2 'package(microshop-tests) & binary(scenarios)' --test scenarios
+# (the takeover and database-outage tests, crash_mongodb, ran on MongoDB above already)
+MONGODB_URI="$mongo_uri" run_selected 1 'package(microshop) & binary(crash)' --test crash
 
 step "demo"
-cargo build --quiet -p microshop
+# The binary the tests ran (a no-op build that makes sure target/debug/
+# microshop is it): `cargo build -p microshop` would compile part of the
+# tree again without the tests' features.
+cargo test --quiet --workspace --no-run
 bin="${CARGO_TARGET_DIR:-$root/target}/debug/microshop"
 "$bin" demo
 

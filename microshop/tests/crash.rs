@@ -18,71 +18,35 @@
 //! process and the invariant checks passed, for itself and for the binary
 //! so far.
 //!
+//! The processes are the shared harness's ([`cluster::Cluster`]); the
+//! tests that need a MongoDB of their own (several orchestrators on one
+//! saga log, the database going away) are in `crash_mongodb.rs`.
+//!
 //! Nothing waits on a sleep for state: every wait is bounded polling (of
 //! health, GetSaga, or a service's stderr).
 
+mod cluster;
+
 use std::{
-    collections::{BTreeMap, VecDeque},
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    io::Write,
+    sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
+use cluster::{Cluster, Svc, shop::*};
 use microshop::{
-    invariants::{self, Universe, all_sagas},
-    mesh::{MeshAddrs, MeshClients},
+    invariants::{Universe, all_sagas},
+    mesh::MeshClients,
 };
 use microshop_proto::{
-    inventory::v1::{self as inv, inventory_service_client::InventoryServiceClient},
-    loyalty::v1::{self as loy, loyalty_service_client::LoyaltyServiceClient},
-    orchestrator::v1::{
-        self as orch, checkout_service_client::CheckoutServiceClient,
-        saga_admin_service_client::SagaAdminServiceClient,
-    },
-    order::v1::{self as ord, order_service_client::OrderServiceClient},
+    inventory::v1 as inv, loyalty::v1 as loy, orchestrator::v1 as orch, order::v1 as ord,
 };
 use microshop_runtime::{Reason, errors::reason_of};
-use tempfile::TempDir;
-use tokio::{
-    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
-    task::JoinHandle,
-    time::{Instant, sleep, timeout, timeout_at},
-};
+use tokio::{task::JoinHandle, time::timeout};
 use tonic::{Code, Status};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
-const BIN: &str = env!("CARGO_BIN_EXE_microshop");
-
-/// How long a service may take to answer health SERVING after its start.
-const READY_WITHIN: Duration = Duration::from_secs(30);
 /// How long a failpoint may take to be reached.
 const FAILPOINT_WITHIN: Duration = Duration::from_secs(30);
-/// How long a resumed saga may take to end.
-const SETTLE_WITHIN: Duration = Duration::from_secs(30);
-/// Interval of every bounded poll.
-const POLL: Duration = Duration::from_millis(20);
-/// How long a restarted service may keep finding its port taken.
-const REBIND_WITHIN: Duration = Duration::from_secs(20);
-/// Pause before binding a taken port again.
-const REBIND_PAUSE: Duration = Duration::from_millis(250);
-/// Stderr lines kept for the failure report.
-const TAIL_LINES: usize = 3_000;
-
-/// Unit price of the test products: items 1,000,000 + tax 100,000 +
-/// shipping 50,000 = 1,150,000 payable per unit.
-const PRICE: i64 = 1_000_000;
-/// Points redeemed by every order that redeems (100,000 off).
-const REDEEM: i64 = 100;
-/// Points granted to every customer.
-const GRANT: i64 = 500;
 
 /// Tight budgets for the crash matrices: nothing is transiently failing
 /// there, so these only bound how long a bug could keep a saga going.
@@ -132,750 +96,10 @@ const OUTAGE_ENGINE: &[&str] = &[
     "crash-test-orchestrator",
 ];
 
-// ---------------------------------------------------------------------------
-// Process harness
-// ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Svc {
-    Orchestrator,
-    Inventory,
-    Loyalty,
-    Order,
-    /// A further orchestrator sharing the first one's MongoDB saga log.
-    Peer(usize),
-}
-
-impl Svc {
-    /// Participants first, so the orchestrator's recovery finds them up.
-    const START_ORDER: [Self; 4] = [
-        Self::Inventory,
-        Self::Loyalty,
-        Self::Order,
-        Self::Orchestrator,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Orchestrator | Self::Peer(_) => "orchestrator",
-            Self::Inventory => "inventory",
-            Self::Loyalty => "loyalty",
-            Self::Order => "order",
-        }
-    }
-
-    /// The gRPC service its health reports. Readiness asks for it, not for
-    /// `""`: a port freed by this test and taken by another test's service
-    /// of another kind must not pass for this one.
-    fn grpc_name(self) -> &'static str {
-        match self {
-            Self::Orchestrator | Self::Peer(_) => orchestrator::SERVICE_NAME,
-            Self::Inventory => inventory_svc::SERVICE_NAME,
-            Self::Loyalty => loyalty_svc::SERVICE_NAME,
-            Self::Order => order_svc::SERVICE_NAME,
-        }
-    }
-
-    fn addr(self, addrs: &MeshAddrs, peers: &[SocketAddr]) -> SocketAddr {
-        match self {
-            Self::Orchestrator => addrs.orchestrator,
-            Self::Inventory => addrs.inventory,
-            Self::Loyalty => addrs.loyalty,
-            Self::Order => addrs.order,
-            Self::Peer(i) => peers[i],
-        }
-    }
-}
-
-/// One running `microshop serve` process. Dropping it kills and reaps it.
-struct Proc {
-    child: Child,
-    /// Its stderr, line by line (forwarded by a reader thread).
-    lines: UnboundedReceiver<String>,
-}
-
-impl Proc {
-    /// SIGKILL (what `Child::kill` sends on unix), then reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Four services as separate processes over one temporary directory.
-/// Dropping it kills every process; on a panic it prints their stderr.
-struct Cluster {
-    procs: BTreeMap<Svc, Proc>,
-    addrs: MeshAddrs,
-    engine: Vec<String>,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    dir: TempDir,
-    /// Addresses of further orchestrators ([`Svc::Peer`]).
-    peers: Vec<SocketAddr>,
-    /// The MongoDB server every store is on; `None`: the embedded stores,
-    /// unless the test run sets `MONGODB_URI` (the script's MongoDB pass).
-    mongodb: Option<String>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for proc in self.procs.values_mut() {
-            proc.kill();
-        }
-        self.procs.clear();
-        if std::thread::panicking() {
-            let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-            eprintln!(
-                "---- last {} output lines of the services (data in {}) ----",
-                tail.len(),
-                self.dir.path().display()
-            );
-            for line in tail.iter() {
-                eprintln!("{line}");
-            }
-            eprintln!("---- end of service output ----");
-        }
-    }
-}
-
-/// Free loopback addresses: bound to port 0, read, released.
-fn free_addrs() -> MeshAddrs {
-    let listeners: Vec<TcpListener> = (0..4)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
-        .collect();
-    let addr = |i: usize| listeners[i].local_addr().expect("bound address");
-    MeshAddrs {
-        orchestrator: addr(0),
-        inventory: addr(1),
-        loyalty: addr(2),
-        order: addr(3),
-    }
-}
-
-/// Whether the process of `proc`, which exited, said it could not bind its
-/// port (reads its stderr to the end: the pipe closes with the process).
-async fn could_not_bind(proc: &mut Proc) -> bool {
-    let exited = proc.child.try_wait().is_ok_and(|s| s.is_some());
-    let said = timeout(Duration::from_secs(5), async {
-        while let Some(line) = proc.lines.recv().await {
-            if line.contains("cannot listen on") {
-                return true;
-            }
-        }
-        false
-    });
-    exited && said.await.unwrap_or(false)
-}
-
-/// Whether the gRPC health service at `addr` answers SERVING.
-async fn serving(addr: SocketAddr) -> bool {
-    serving_entry(addr, "").await
-}
-
-/// Whether the health entry `service` at `addr` answers SERVING.
-async fn serving_entry(addr: SocketAddr, service: &str) -> bool {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
-        return false;
-    };
-    let Ok(channel) = endpoint
-        .connect_timeout(Duration::from_millis(250))
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await
-    else {
-        return false;
-    };
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
-}
-
-/// `line` without ANSI colour sequences (`ESC [ ... m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
-/// Reads `stream` line by line on a thread until it closes: each line goes
-/// to the shared tail (for failure reports) and, if given, to `tx`.
-fn forward(
-    stream: impl Read + Send + 'static,
-    tag: String,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    tx: Option<UnboundedSender<String>>,
-) {
-    std::thread::Builder::new()
-        .name(tag.clone())
-        .spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                let line = strip_ansi(&line);
-                {
-                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    if tail.len() >= TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(format!("[{tag}] {line}"));
-                }
-                if let Some(tx) = &tx {
-                    // The test may have stopped listening: keep draining.
-                    let _ = tx.send(line);
-                }
-            }
-        })
-        .expect("spawn a pipe reader thread");
-}
-
-impl Cluster {
-    /// Starts the four services on free ports (new ports if one is taken
-    /// between picking and binding) and waits until each is SERVING.
-    async fn start(engine: &[&str]) -> Self {
-        Self::start_on(engine, None).await
-    }
-
-    /// As [`Cluster::start`], every store on the MongoDB server at `mongodb`.
-    async fn start_on(engine: &[&str], mongodb: Option<String>) -> Self {
-        let mut last = String::new();
-        for _ in 0..3 {
-            let mut cluster = Self {
-                procs: BTreeMap::new(),
-                addrs: free_addrs(),
-                engine: engine.iter().map(|s| (*s).to_owned()).collect(),
-                tail: Arc::new(Mutex::new(VecDeque::new())),
-                dir: tempfile::tempdir().expect("temporary directory"),
-                peers: Vec::new(),
-                mongodb: mongodb.clone(),
-            };
-            let mut started = Ok(());
-            for svc in Svc::START_ORDER {
-                cluster.spawn(svc, None);
-                started = cluster.try_ready(svc).await;
-                if started.is_err() {
-                    break;
-                }
-            }
-            match started {
-                Ok(()) => return cluster,
-                Err(why) => {
-                    eprintln!("mesh did not start ({why}); retrying on other ports");
-                    last = why;
-                }
-            }
-        }
-        panic!("the mesh did not start in 3 attempts: {last}");
-    }
-
-    fn data_dir(&self, svc: Svc) -> PathBuf {
-        match svc {
-            Svc::Peer(i) => self.dir.path().join(format!("orchestrator-peer-{i}")),
-            _ => self.dir.path().join(svc.name()),
-        }
-    }
-
-    fn addr(&self, svc: Svc) -> SocketAddr {
-        svc.addr(&self.addrs, &self.peers)
-    }
-
-    /// Starts one more orchestrator on a free port, named `peer-N` as a
-    /// lease owner, and waits for SERVING.
-    async fn start_peer(&mut self) -> Svc {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        self.peers
-            .push(listener.local_addr().expect("bound address"));
-        drop(listener);
-        let peer = Svc::Peer(self.peers.len() - 1);
-        self.start_svc(peer, None).await;
-        peer
-    }
-
-    /// Clients with the checkout and admin APIs of `orchestrator`.
-    fn clients_of(&self, orchestrator: Svc) -> MeshClients {
-        let mut clients = self.clients();
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(orchestrator)))
-                .expect("a valid url")
-                .connect_timeout(Duration::from_secs(1))
-                .connect_lazy();
-        clients.checkout = CheckoutServiceClient::new(channel.clone());
-        clients.admin = SagaAdminServiceClient::new(channel);
-        clients
-    }
-
-    /// Spawns `svc` (which must not be running), stderr piped to a reader
-    /// thread that keeps a tail and forwards each line to the test.
-    fn spawn(&mut self, svc: Svc, failpoint: Option<&str>) {
-        assert!(!self.procs.contains_key(&svc), "{svc:?} is already running");
-        let url = |s: Svc| format!("http://{}", self.addr(s));
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg(svc.name())
-            .arg("--listen")
-            .arg(self.addr(svc).to_string())
-            .arg("--data-dir")
-            .arg(self.data_dir(svc))
-            .arg("--inventory-url")
-            .arg(url(Svc::Inventory))
-            .arg("--loyalty-url")
-            .arg(url(Svc::Loyalty))
-            .arg("--order-url")
-            .arg(url(Svc::Order))
-            .arg("--insecure-no-auth");
-        if let Svc::Peer(i) = svc {
-            cmd.args(&self.engine)
-                .arg("--orchestrator-id")
-                .arg(format!("peer-{i}"));
-        } else if svc == Svc::Orchestrator {
-            cmd.args(&self.engine);
-        }
-        if let Some(point) = failpoint {
-            cmd.arg("--failpoint").arg(point);
-        }
-        // Only what this test sets: no MICROSHOP_* from the environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("MICROSHOP_") {
-                cmd.env_remove(key);
-            }
-        }
-        // On MongoDB (this cluster's, or the script's MongoDB pass, whose
-        // MONGODB_URI the children inherit), a database of its own.
-        let mongodb = self
-            .mongodb
-            .clone()
-            .or_else(|| std::env::var("MONGODB_URI").ok());
-        if let Some(uri) = mongodb {
-            cmd.env("MONGODB_URI", uri).env(
-                "MICROSHOP_MONGODB_DATABASE",
-                microshop_runtime::testing::database_for(self.dir.path()),
-            );
-        }
-        cmd.env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {BIN}: {e}"));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = unbounded_channel();
-        let tag = match failpoint {
-            Some(point) => format!("{} pid {} fp {point}", svc.name(), child.id()),
-            None => format!("{} pid {}", svc.name(), child.id()),
-        };
-        // The failpoint announcement is on stderr; the tracing logs are on
-        // stdout (runtime's fmt layer writes there): keep both for reports.
-        forward(
-            stderr,
-            format!("{tag} stderr"),
-            Arc::clone(&self.tail),
-            Some(tx),
-        );
-        forward(
-            stdout,
-            format!("{tag} stdout"),
-            Arc::clone(&self.tail),
-            None,
-        );
-        self.procs.insert(svc, Proc { child, lines });
-    }
-
-    /// Polls `svc`'s health until SERVING; an error if it exits first or
-    /// is not serving within [`READY_WITHIN`].
-    async fn try_ready(&mut self, svc: Svc) -> Result<(), String> {
-        let deadline = Instant::now() + READY_WITHIN;
-        let addr = self.addr(svc);
-        loop {
-            let proc = self
-                .procs
-                .get_mut(&svc)
-                .ok_or_else(|| format!("{svc:?} is not running"))?;
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                return Err(format!("{svc:?} at {addr} exited with {status}"));
-            }
-            if serving_entry(addr, svc.grpc_name()).await {
-                // A process that failed to bind exits at once: if it is
-                // still up after answering, the answer was its own.
-                if let Ok(Some(status)) = self
-                    .procs
-                    .get_mut(&svc)
-                    .map_or(Ok(None), |p| p.child.try_wait())
-                {
-                    return Err(format!("{svc:?} at {addr} exited with {status}"));
-                }
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{svc:?} at {addr} not SERVING within {READY_WITHIN:?}"
-                ));
-            }
-            sleep(POLL).await;
-        }
-    }
-
-    /// SIGKILLs `svc` and reaps it.
-    fn kill(&mut self, svc: Svc) {
-        let mut proc = self
-            .procs
-            .remove(&svc)
-            .unwrap_or_else(|| panic!("{svc:?} is not running"));
-        proc.kill();
-    }
-
-    /// Starts `svc` again on its port and data directory; waits for SERVING.
-    /// The port was free while `svc` was down, and every test draws its
-    /// connections from the same ephemeral range, so another one may hold
-    /// it for a moment: a start that could not bind is tried again on the
-    /// same port (the others dial `svc` there) for up to [`REBIND_WITHIN`].
-    async fn start_svc(&mut self, svc: Svc, failpoint: Option<&str>) {
-        let deadline = Instant::now() + REBIND_WITHIN;
-        loop {
-            self.spawn(svc, failpoint);
-            let Err(why) = self.try_ready(svc).await else {
-                return;
-            };
-            let mut proc = self.procs.remove(&svc).expect("just spawned");
-            if !(Instant::now() < deadline && could_not_bind(&mut proc).await) {
-                panic!("{why}");
-            }
-            eprintln!(
-                "{svc:?} could not bind {} yet; starting it again",
-                self.addr(svc)
-            );
-            sleep(REBIND_PAUSE).await;
-        }
-    }
-
-    /// SIGKILLs `svc` (if running) and starts it again.
-    async fn restart(&mut self, svc: Svc, failpoint: Option<&str>) {
-        if self.procs.contains_key(&svc) {
-            self.kill(svc);
-        }
-        self.start_svc(svc, failpoint).await;
-    }
-
-    /// Waits for a stderr line of `svc` containing `needle`.
-    async fn wait_line(&mut self, svc: Svc, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        let proc = self
-            .procs
-            .get_mut(&svc)
-            .unwrap_or_else(|| panic!("{svc:?} is not running"));
-        loop {
-            match timeout_at(deadline, proc.lines.recv()).await {
-                Ok(Some(line)) if line.contains(needle) => return line,
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("{svc:?} closed its stderr before printing {needle:?}"),
-                Err(_) => panic!("{svc:?} did not print {needle:?} within {within:?}"),
-            }
-        }
-    }
-
-    /// Fresh clients (a restarted service gets a fresh connection). They
-    /// connect lazily, so a service that is down fails only its own calls.
-    fn clients(&self) -> MeshClients {
-        let channel = |svc: Svc| {
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(svc)))
-                .expect("a valid url")
-                .connect_timeout(Duration::from_secs(1))
-                .connect_lazy()
-        };
-        let orchestrator = channel(Svc::Orchestrator);
-        MeshClients {
-            checkout: CheckoutServiceClient::new(orchestrator.clone()),
-            admin: SagaAdminServiceClient::new(orchestrator),
-            inventory: InventoryServiceClient::new(channel(Svc::Inventory)),
-            loyalty: LoyaltyServiceClient::new(channel(Svc::Loyalty)),
-            order: OrderServiceClient::new(channel(Svc::Order)),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Requests and reads
-// ---------------------------------------------------------------------------
-
-fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(deadline);
-    request
-}
-
-fn place(
-    key: &str,
-    customer: &str,
-    sku: &str,
-    coupon: &str,
-    points: i64,
-) -> orch::PlaceOrderRequest {
-    orch::PlaceOrderRequest {
-        idempotency_key: key.into(),
-        customer_id: customer.into(),
-        items: vec![orch::LineItem {
-            sku: sku.into(),
-            quantity: 1,
-        }],
-        coupon_code: coupon.into(),
-        points_to_redeem: points,
-        shipping: Some(orch::ShippingAddress {
-            name: customer.into(),
-            address: "1 Crash Street, Hanoi".into(),
-            phone: "+84 900 000 000".into(),
-        }),
-    }
-}
-
-async fn put_product(c: &MeshClients, u: &mut Universe, sku: &str, stock: i64) {
-    c.inventory
-        .clone()
-        .put_product(inv::PutProductRequest {
-            sku: sku.into(),
-            name: format!("product {sku}"),
-            unit_price: PRICE,
-            stock,
-        })
-        .await
-        .expect("PutProduct");
-    u.skus.insert(sku.into(), stock);
-}
-
-async fn put_coupon(c: &MeshClients, u: &mut Universe, code: &str, limit: i64) {
-    c.order
-        .clone()
-        .put_coupon(ord::PutCouponRequest {
-            code: code.into(),
-            kind: ord::CouponKind::Fixed.into(),
-            value: 50_000,
-            usage_limit: limit,
-        })
-        .await
-        .expect("PutCoupon");
-    u.coupons.insert(code.into());
-}
-
-async fn grant(c: &MeshClients, u: &mut Universe, customer: &str) {
-    c.loyalty
-        .clone()
-        .grant_points(loy::GrantPointsRequest {
-            customer_id: customer.into(),
-            points: GRANT,
-        })
-        .await
-        .expect("GrantPoints");
-    u.customers.insert(customer.into());
-}
-
-async fn product(c: &MeshClients, sku: &str) -> inv::GetProductResponse {
-    c.inventory
-        .clone()
-        .get_product(inv::GetProductRequest { sku: sku.into() })
-        .await
-        .expect("GetProduct")
-        .into_inner()
-}
-
-async fn balance(c: &MeshClients, customer: &str) -> loy::GetBalanceResponse {
-    c.loyalty
-        .clone()
-        .get_balance(loy::GetBalanceRequest {
-            customer_id: customer.into(),
-        })
-        .await
-        .expect("GetBalance")
-        .into_inner()
-}
-
-async fn coupon(c: &MeshClients, code: &str) -> ord::GetCouponResponse {
-    c.order
-        .clone()
-        .get_coupon(ord::GetCouponRequest { code: code.into() })
-        .await
-        .expect("GetCoupon")
-        .into_inner()
-}
-
-/// Every order of `customer` (all pages of ListOrders).
-async fn orders_of(c: &MeshClients, customer: &str) -> Vec<ord::Order> {
-    invariants::all_orders(&mut c.order.clone(), customer)
-        .await
-        .unwrap_or_else(|e| panic!("ListOrders {customer}: {e}"))
-}
-
-async fn order(c: &MeshClients, order_id: &str) -> ord::Order {
-    c.order
-        .clone()
-        .get_order(ord::GetOrderRequest {
-            order_id: order_id.into(),
-        })
-        .await
-        .expect("GetOrder")
-        .into_inner()
-        .order
-        .expect("GetOrder returns the order")
-}
-
-async fn place_ok(c: &MeshClients, req: orch::PlaceOrderRequest) -> orch::PlaceOrderResponse {
-    let key = req.idempotency_key.clone();
-    c.checkout
-        .clone()
-        .place_order(with_deadline(req, Duration::from_secs(20)))
-        .await
-        .unwrap_or_else(|s| panic!("PlaceOrder {key}: {s:?}"))
-        .into_inner()
-}
-
+/// [`assert_invariants`], counted for the matrix summary ([`CHECKS`]).
 async fn check_invariants(c: &MeshClients, u: &Universe, when: &str) {
-    if let Err(v) = invariants::check(c, u).await {
-        panic!("after {when}: {v}");
-    }
+    assert_invariants(c, u, when).await;
     CHECKS.fetch_add(1, Ordering::SeqCst);
-}
-
-/// The saga holding idempotency key `key`, if logged.
-async fn saga_by_key(c: &MeshClients, key: &str) -> Option<orch::Saga> {
-    let sagas = all_sagas(&mut c.admin.clone()).await.expect("ListSagas");
-    sagas.into_iter().find(|s| s.idempotency_key == key)
-}
-
-fn state_name(state: i32) -> &'static str {
-    orch::SagaState::try_from(state).map_or("?", |s| s.as_str_name())
-}
-
-fn describe(saga: &orch::Saga) -> String {
-    let steps: Vec<String> = saga
-        .steps
-        .iter()
-        .map(|s| {
-            let run = |r: Option<&orch::StepRun>| {
-                r.map_or_else(
-                    || "-".to_owned(),
-                    |r| {
-                        format!(
-                            "{}x{} {}",
-                            orch::StepStatus::try_from(r.status).map_or("?", |s| s.as_str_name()),
-                            r.attempts,
-                            r.last_error
-                        )
-                    },
-                )
-            };
-            format!(
-                "{}: {} / comp {}",
-                s.name,
-                run(s.action.as_ref()),
-                run(s.compensation.as_ref())
-            )
-        })
-        .collect();
-    format!(
-        "saga {} {} key {} reason {:?} steps [{}]",
-        saga.saga_id,
-        state_name(saga.state),
-        saga.idempotency_key,
-        saga.failure_reason,
-        steps.join("; ")
-    )
-}
-
-/// Polls GetSaga until the saga is COMPLETED or COMPENSATED; panics if it
-/// goes FAILED or does not end within [`SETTLE_WITHIN`].
-async fn wait_settled(c: &MeshClients, saga_id: &str) -> orch::Saga {
-    let deadline = Instant::now() + SETTLE_WITHIN;
-    let mut last = None;
-    loop {
-        let got = c
-            .admin
-            .clone()
-            .get_saga(orch::GetSagaRequest {
-                saga_id: saga_id.into(),
-            })
-            .await;
-        if let Ok(resp) = got {
-            let saga = resp.into_inner().saga.expect("GetSaga returns the saga");
-            match orch::SagaState::try_from(saga.state) {
-                Ok(orch::SagaState::Completed | orch::SagaState::Compensated) => return saga,
-                Ok(orch::SagaState::Failed) => {
-                    panic!("the saga went FAILED after recovery: {}", describe(&saga))
-                }
-                _ => last = Some(saga),
-            }
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "saga {saga_id} did not end within {SETTLE_WITHIN:?}: {}",
-                last.as_ref().map_or_else(|| "never read".into(), describe)
-            );
-        }
-        sleep(POLL).await;
-    }
-}
-
-/// Polls until the saga under `key` exists and `step`'s action (or its
-/// compensation) has been attempted at least `n` times.
-async fn wait_attempts(c: &MeshClients, key: &str, step: &str, compensation: bool, n: u32) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last = None;
-    loop {
-        if let Ok(sagas) = all_sagas(&mut c.admin.clone()).await
-            && let Some(saga) = sagas.into_iter().find(|s| s.idempotency_key == key)
-        {
-            let run = saga.steps.iter().find(|s| s.name == step).and_then(|s| {
-                if compensation {
-                    s.compensation.as_ref()
-                } else {
-                    s.action.as_ref()
-                }
-            });
-            if run.is_some_and(|r| r.attempts >= n) {
-                return;
-            }
-            last = Some(saga);
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "{step} (compensation: {compensation}) of {key} not attempted {n} times: {}",
-                last.as_ref().map_or_else(|| "no saga".into(), describe)
-            );
-        }
-        sleep(POLL).await;
-    }
-}
-
-fn action<'a>(saga: &'a orch::Saga, step: &str) -> &'a orch::StepRun {
-    saga.steps
-        .iter()
-        .find(|s| s.name == step)
-        .and_then(|s| s.action.as_ref())
-        .unwrap_or_else(|| panic!("no step {step}: {}", describe(saga)))
-}
-
-fn compensation<'a>(saga: &'a orch::Saga, step: &str) -> Option<&'a orch::StepRun> {
-    saga.steps
-        .iter()
-        .find(|s| s.name == step)
-        .and_then(|s| s.compensation.as_ref())
 }
 
 /// A call that runs a saga.
@@ -943,7 +167,9 @@ impl Call {
 /// failpoint (same port and data) and waits for the saga to end. Returns
 /// the ended saga and clients connected to the new orchestrator.
 async fn crash_at(cluster: &mut Cluster, point: &str, call: Call) -> (orch::Saga, MeshClients) {
-    cluster.restart(Svc::Orchestrator, Some(point)).await;
+    cluster
+        .restart(Svc::Orchestrator, &["--failpoint", point])
+        .await;
     let key = call.key();
     let pending = call.spawn(cluster.clients());
     cluster
@@ -955,7 +181,7 @@ async fn crash_at(cluster: &mut Cluster, point: &str, call: Call) -> (orch::Saga
         .await;
     cluster.kill(Svc::Orchestrator);
     expect_cut_off(pending, &key, point).await;
-    cluster.start_svc(Svc::Orchestrator, None).await;
+    cluster.start_svc(Svc::Orchestrator, &[]).await;
     let c = cluster.clients();
     let saga = saga_by_key(&c, &key)
         .await
@@ -1022,7 +248,7 @@ fn attempts_of(op: &str, crashed: &str, phase: &str, calls: &[&str]) -> u32 {
 async fn orchestrator_crash_matrix() {
     let started = std::time::Instant::now();
     let mut tally = Tally::new("orchestrator_crash_matrix");
-    let mut cluster = Cluster::start(MATRIX_ENGINE).await;
+    let mut cluster = Cluster::builder().orchestrator(MATRIX_ENGINE).start().await;
     let mut c = cluster.clients();
     let mut u = Universe::default();
     let sku = "CRASH-WIDGET";
@@ -1684,7 +910,9 @@ async fn crash_case(
     down: Svc,
     wait: Option<(Op, u32)>,
 ) -> (orch::Saga, MeshClients) {
-    cluster.restart(Svc::Orchestrator, Some(point)).await;
+    cluster
+        .restart(Svc::Orchestrator, &["--failpoint", point])
+        .await;
     let pending = match &s.call {
         Some(call) => Some(call.clone().spawn(cluster.clients())),
         None => {
@@ -1715,7 +943,7 @@ async fn crash_case(
             Err(_) => panic!("{key}: the call did not end after the orchestrator was killed"),
         }
     }
-    cluster.start_svc(Svc::Orchestrator, None).await;
+    cluster.start_svc(Svc::Orchestrator, &[]).await;
     let c = cluster.clients();
     let saga = saga_by_key(&c, &key)
         .await
@@ -1725,7 +953,7 @@ async fn crash_case(
             Some((op, n)) => wait_attempts(&c, &key, op.step, op.compensation, n).await,
             None => drop(wait_settled(&c, &saga.saga_id).await),
         }
-        cluster.start_svc(down, None).await;
+        cluster.start_svc(down, &[]).await;
     }
     let c = cluster.clients();
     let saga = wait_settled(&c, &saga.saga_id).await;
@@ -1842,7 +1070,7 @@ fn with_expiry(engine: &[&'static str]) -> Vec<&'static str> {
 async fn confirm_and_cancel_resume_after_crash() {
     let started = std::time::Instant::now();
     let mut tally = Tally::new("confirm_and_cancel_resume_after_crash");
-    let mut cluster = Cluster::start(MATRIX_ENGINE).await;
+    let mut cluster = Cluster::builder().orchestrator(MATRIX_ENGINE).start().await;
     let mut u = Universe::default();
     let fx = fixture(&cluster.clients(), &mut u, "CRASH-OCC", false).await;
     for kind in [Kind::Confirm, Kind::Cancel] {
@@ -1856,7 +1084,10 @@ async fn confirm_and_cancel_resume_after_crash() {
 async fn expiry_resumes_after_crash() {
     let started = std::time::Instant::now();
     let mut tally = Tally::new("expiry_resumes_after_crash");
-    let mut cluster = Cluster::start(&with_expiry(MATRIX_ENGINE)).await;
+    let mut cluster = Cluster::builder()
+        .orchestrator(with_expiry(MATRIX_ENGINE))
+        .start()
+        .await;
     let mut u = Universe::default();
     let fx = fixture(&cluster.clients(), &mut u, "CRASH-OEX", false).await;
     orchestrator_cases(&mut cluster, &mut u, &fx, Kind::Expire, &mut tally).await;
@@ -1868,7 +1099,7 @@ async fn expiry_resumes_after_crash() {
 async fn participant_crash_matrix_checkout() {
     let started = std::time::Instant::now();
     let mut tally = Tally::new("participant_crash_matrix_checkout");
-    let mut cluster = Cluster::start(OUTAGE_ENGINE).await;
+    let mut cluster = Cluster::builder().orchestrator(OUTAGE_ENGINE).start().await;
     let mut u = Universe::default();
     let fx = fixture(&cluster.clients(), &mut u, "CRASH-PCK", true).await;
     for kind in [Kind::Place, Kind::Rejected] {
@@ -1882,7 +1113,7 @@ async fn participant_crash_matrix_checkout() {
 async fn participant_crash_matrix_confirm_cancel() {
     let started = std::time::Instant::now();
     let mut tally = Tally::new("participant_crash_matrix_confirm_cancel");
-    let mut cluster = Cluster::start(OUTAGE_ENGINE).await;
+    let mut cluster = Cluster::builder().orchestrator(OUTAGE_ENGINE).start().await;
     let mut u = Universe::default();
     let fx = fixture(&cluster.clients(), &mut u, "CRASH-PCC", false).await;
     for kind in [Kind::Confirm, Kind::Cancel] {
@@ -1899,7 +1130,10 @@ async fn participant_crash_matrix_confirm_cancel() {
 async fn participant_crash_matrix_expiry() {
     let started = std::time::Instant::now();
     let mut tally = Tally::new("participant_crash_matrix_expiry");
-    let mut cluster = Cluster::start(&with_expiry(OUTAGE_ENGINE)).await;
+    let mut cluster = Cluster::builder()
+        .orchestrator(with_expiry(OUTAGE_ENGINE))
+        .start()
+        .await;
     let mut u = Universe::default();
     let fx = fixture(&cluster.clients(), &mut u, "CRASH-PEX", false).await;
     participant_cases(&mut cluster, &mut u, &fx, Kind::Expire, &mut tally).await;
@@ -1933,7 +1167,7 @@ async fn outage_before_call(
         !pending.is_finished(),
         "{who}: PlaceOrder ended while {down:?} was down"
     );
-    cluster.start_svc(down, None).await;
+    cluster.start_svc(down, &[]).await;
     let c = cluster.clients();
     match timeout(Duration::from_secs(25), pending).await {
         Ok(Ok(Ok(()))) => {}
@@ -1978,7 +1212,9 @@ async fn outage_mid_saga(
 ) -> (orch::Saga, MeshClients) {
     let key = req.idempotency_key.clone();
     u.customers.insert(req.customer_id.clone());
-    cluster.restart(Svc::Orchestrator, Some(park)).await;
+    cluster
+        .restart(Svc::Orchestrator, &["--failpoint", park])
+        .await;
     let pending = Call::Place(req.clone()).spawn(cluster.clients());
     cluster
         .wait_line(
@@ -1990,10 +1226,10 @@ async fn outage_mid_saga(
     cluster.kill(down);
     cluster.kill(Svc::Orchestrator);
     expect_cut_off(pending, &key, park).await;
-    cluster.start_svc(Svc::Orchestrator, None).await;
+    cluster.start_svc(Svc::Orchestrator, &[]).await;
     let c = cluster.clients();
     wait_attempts(&c, &key, step, is_compensation, 2).await;
-    cluster.start_svc(down, None).await;
+    cluster.start_svc(down, &[]).await;
     let c = cluster.clients();
     let saga = saga_by_key(&c, &key).await.expect("saga logged");
     let saga = wait_settled(&c, &saga.saga_id).await;
@@ -2004,7 +1240,7 @@ async fn outage_mid_saga(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn participant_killed_mid_saga() {
     let started = std::time::Instant::now();
-    let mut cluster = Cluster::start(OUTAGE_ENGINE).await;
+    let mut cluster = Cluster::builder().orchestrator(OUTAGE_ENGINE).start().await;
     let mut c = cluster.clients();
     let mut u = Universe::default();
     let sku = "CRASH-GIZMO";
@@ -2120,7 +1356,7 @@ async fn snapshot(c: &MeshClients, customer: &str, sku: &str, code: &str) -> Sna
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn everything_survives_sigkill() {
     let started = std::time::Instant::now();
-    let mut cluster = Cluster::start(MATRIX_ENGINE).await;
+    let mut cluster = Cluster::builder().orchestrator(MATRIX_ENGINE).start().await;
     let c = cluster.clients();
     let mut u = Universe::default();
     let (sku, code, who) = ("CRASH-DURABLE", "CRASH-KEEP", "durable-customer");
@@ -2157,7 +1393,7 @@ async fn everything_survives_sigkill() {
         cluster.kill(svc);
     }
     for svc in Svc::START_ORDER {
-        cluster.start_svc(svc, None).await;
+        cluster.start_svc(svc, &[]).await;
     }
     let c = cluster.clients();
     let after = snapshot(&c, who, sku, code).await;
@@ -2171,432 +1407,4 @@ async fn everything_survives_sigkill() {
     assert!(!third.order_id.is_empty());
     check_invariants(&c, &u, "the restart").await;
     eprintln!("durability in {:?}", started.elapsed());
-}
-
-// ---------------------------------------------------------------------------
-// 4. Several orchestrators on one MongoDB, and the database going away
-// ---------------------------------------------------------------------------
-
-/// Budgets of the shared-log tests: short leases so a dead orchestrator's
-/// sagas are taken over within seconds.
-const SHARED_ENGINE: &[&str] = &[
-    "--step-attempts",
-    "100",
-    "--step-budget-ms",
-    "60000",
-    "--compensation-attempts",
-    "1000",
-    "--backoff-min-ms",
-    "20",
-    "--backoff-max-ms",
-    "500",
-    // SecantusDB is one Python process: under a burst from three
-    // orchestrators a participant call may take seconds.
-    "--call-timeout-ms",
-    "5000",
-    "--recovery-interval-ms",
-    "200",
-    // Longer than a call timeout plus the largest retry delay, so a live
-    // owner renews its leases in time (README, "Several orchestrators").
-    "--lease-ms",
-    "8000",
-];
-
-/// PlaceOrder on `c`, retried on `fallback` with the same key when `c`'s
-/// orchestrator is gone (what a load balancer in front of several does).
-async fn place_via(
-    c: MeshClients,
-    fallback: MeshClients,
-    req: orch::PlaceOrderRequest,
-) -> Result<orch::PlaceOrderResponse, Status> {
-    let first = c
-        .checkout
-        .clone()
-        .place_order(with_deadline(req.clone(), Duration::from_secs(30)))
-        .await;
-    match first {
-        Err(s)
-            if matches!(
-                s.code(),
-                Code::Unavailable | Code::Unknown | Code::Cancelled
-            ) =>
-        {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let again = fallback
-                    .checkout
-                    .clone()
-                    .place_order(with_deadline(req.clone(), Duration::from_secs(30)))
-                    .await;
-                match again {
-                    // Still being finished by its new owner: ask again.
-                    Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
-                        sleep(Duration::from_millis(100)).await;
-                    }
-                    other => return other.map(tonic::Response::into_inner),
-                }
-            }
-        }
-        other => other.map(tonic::Response::into_inner),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_orchestrators_take_over_a_killed_ones_sagas() {
-    /// Orders placed at once, a third through each orchestrator (kept
-    /// small: SecantusDB is one Python process on a 2-core machine).
-    const BURST: usize = 18;
-    let test = "three_orchestrators_take_over_a_killed_ones_sagas";
-    let Some(uri) = microshop_runtime::testing::mongodb_uri_for_tests(test) else {
-        return;
-    };
-    let started = std::time::Instant::now();
-    let mut cluster = Cluster::start_on(SHARED_ENGINE, Some(uri)).await;
-    let second = cluster.start_peer().await;
-    let third = cluster.start_peer().await;
-    let c = cluster.clients_of(second);
-    let mut u = Universe::default();
-    let (sku, code) = ("SHARED-SKU", "SHARED-COUPON");
-    // A unit for every order, so every saga gets past reserve-stock and
-    // the first orchestrator's redeeming sagas surely reach its failpoint
-    // (with fewer units they could all be refused before it, and it would
-    // never hold a saga); a coupon of few uses makes some sagas compensate
-    // after deduct-points, so takeover covers both directions.
-    put_product(&c, &mut u, sku, BURST as i64).await;
-    put_coupon(&c, &mut u, code, 2).await;
-    let customers: Vec<String> = (0..6).map(|i| format!("shared-{i}")).collect();
-    for who in &customers {
-        grant(&c, &mut u, who).await;
-    }
-
-    // The first orchestrator holds every redeeming saga right after its
-    // points are deducted, so it dies owning sagas half done.
-    cluster
-        .restart(Svc::Orchestrator, Some("result:deduct-points"))
-        .await;
-    let targets = [Svc::Orchestrator, second, third];
-    let mut calls = Vec::new();
-    for i in 0..BURST {
-        let target = targets[i % 3];
-        let who = &customers[i % customers.len()];
-        let coupon = if i % 5 == 0 { code } else { "" };
-        let points = if i % 2 == 0 { REDEEM } else { 0 };
-        let req = place(&format!("shared-{i}"), who, sku, coupon, points);
-        calls.push(tokio::spawn(place_via(
-            cluster.clients_of(target),
-            cluster.clients_of(if target == second { third } else { second }),
-            req,
-        )));
-    }
-    cluster
-        .wait_line(Svc::Orchestrator, "FAILPOINT", Duration::from_secs(90))
-        .await;
-    cluster.kill(Svc::Orchestrator);
-
-    let mut completed = 0;
-    let mut rejected = 0;
-    for call in calls {
-        match call.await.expect("the call task") {
-            Ok(_) => completed += 1,
-            Err(s) if s.code() == Code::FailedPrecondition => rejected += 1,
-            Err(s) => panic!("PlaceOrder failed after the takeover: {s:?}"),
-        }
-    }
-    let sagas = all_sagas(&mut c.admin.clone()).await.expect("ListSagas");
-    let mut by_key: BTreeMap<&str, usize> = BTreeMap::new();
-    for saga in &sagas {
-        *by_key.entry(saga.idempotency_key.as_str()).or_default() += 1;
-        let state = orch::SagaState::try_from(saga.state);
-        assert!(
-            matches!(
-                state,
-                Ok(orch::SagaState::Completed | orch::SagaState::Compensated)
-            ),
-            "a saga did not finish: {}",
-            describe(saga)
-        );
-    }
-    assert_eq!(by_key.len(), BURST, "one saga per key");
-    assert!(by_key.values().all(|n| *n == 1), "one saga per key");
-    let orders: usize = {
-        let mut n = 0;
-        for who in &customers {
-            n += orders_of(&c, who).await.len();
-        }
-        n
-    };
-    assert_eq!(orders, completed, "exactly one order per completed saga");
-    assert!(rejected > 0, "the burst was meant to exhaust the coupon");
-    check_invariants(&c, &u, "the takeover").await;
-    eprintln!(
-        "takeover: {BURST} sagas over 3 orchestrators, one SIGKILLed holding sagas: \
-         {completed} completed, {rejected} compensated, in {:?}",
-        started.elapsed()
-    );
-}
-
-/// Budgets that outlast a database outage: steps and compensations keep
-/// retrying for two minutes.
-const DB_OUTAGE_ENGINE: &[&str] = &[
-    "--step-attempts",
-    "100000",
-    "--step-budget-ms",
-    "120000",
-    "--compensation-attempts",
-    "100000",
-    "--backoff-min-ms",
-    "20",
-    "--backoff-max-ms",
-    "200",
-    "--call-timeout-ms",
-    "2000",
-    "--recovery-interval-ms",
-    "200",
-    "--orchestrator-id",
-    "outage-test-orchestrator",
-];
-
-/// A SecantusDB server of the test's own, so it can be stopped and
-/// started again on the same port and data.
-struct Database {
-    command: String,
-    port: u16,
-    dir: TempDir,
-    child: Option<Child>,
-}
-
-impl Database {
-    fn start(command: String) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut db = Self {
-            command,
-            port,
-            dir: tempfile::tempdir().expect("temporary directory"),
-            child: None,
-        };
-        db.up();
-        db
-    }
-
-    fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
-    }
-
-    fn spawn(&self) -> Child {
-        Command::new(&self.command)
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--storage-path")
-            .arg(self.dir.path())
-            .arg("--log-level")
-            .arg("WARNING")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.command))
-    }
-
-    /// Starts the server and waits until it accepts connections. Its port
-    /// was free while it was down, so another test's connection may hold
-    /// it for a moment: a server that exits before listening (it could not
-    /// bind) is started again on the same port, within the same 30 s.
-    fn up(&mut self) {
-        // Kept in `self` at once, so a failed wait still kills it on drop.
-        self.child = Some(self.spawn());
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the database did not listen within 30 s"
-            );
-            let exited = self
-                .child
-                .as_mut()
-                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
-            if exited {
-                eprintln!(
-                    "the database exited before listening on {}; again",
-                    self.port
-                );
-                std::thread::sleep(Duration::from_millis(250));
-                self.child = Some(self.spawn());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Stops the server the way an operator does (SIGTERM) and reaps it.
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while child.try_wait().ok().flatten().is_none() {
-                if std::time::Instant::now() >= deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Polls the overall health of `svc` until it is `want`.
-async fn wait_health(cluster: &Cluster, svc: Svc, want: bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while serving(cluster.addr(svc)).await != want {
-        assert!(
-            Instant::now() < deadline,
-            "{svc:?} did not report {} within 30 s",
-            if want { "SERVING" } else { "NOT_SERVING" }
-        );
-        sleep(POLL).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn database_outage_degrades_and_recovers() {
-    let test = "database_outage_degrades_and_recovers";
-    let Some(command) = microshop_runtime::testing::secantusd_for_tests(test) else {
-        return;
-    };
-    let started = std::time::Instant::now();
-    let mut db = Database::start(command);
-    let mut cluster = Cluster::start_on(DB_OUTAGE_ENGINE, Some(db.uri())).await;
-    let c = cluster.clients();
-    let mut u = Universe::default();
-    let (sku, who) = ("OUTAGE-SKU", "outage-customer");
-    put_product(&c, &mut u, sku, 10).await;
-    grant(&c, &mut u, who).await;
-    place_ok(&c, place("outage-before", who, sku, "", REDEEM)).await;
-
-    // A saga in flight when the database goes: loyalty-svc is down, so it
-    // waits in deduct-points' retries, holding stock.
-    cluster.kill(Svc::Loyalty);
-    let in_flight = tokio::spawn({
-        let c = cluster.clients();
-        async move {
-            c.checkout
-                .clone()
-                .place_order(with_deadline(
-                    place("outage-in-flight", who, sku, "", REDEEM),
-                    Duration::from_secs(60),
-                ))
-                .await
-        }
-    });
-    let deadline = Instant::now() + SETTLE_WITHIN;
-    while saga_by_key(&c, "outage-in-flight").await.is_none_or(|s| {
-        s.steps.iter().all(|st| {
-            st.name != "deduct-points" || st.action.as_ref().is_none_or(|a| a.attempts == 0)
-        })
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "the saga never reached deduct-points"
-        );
-        sleep(POLL).await;
-    }
-
-    db.down();
-    for svc in [Svc::Inventory, Svc::Order, Svc::Orchestrator] {
-        wait_health(&cluster, svc, false).await;
-    }
-    // Calls fail with UNAVAILABLE meanwhile, and nothing exits.
-    let refused = c
-        .checkout
-        .clone()
-        .place_order(with_deadline(
-            place("outage-during", who, sku, "", 0),
-            Duration::from_secs(10),
-        ))
-        .await
-        .expect_err("PlaceOrder without a database");
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    let read = c
-        .inventory
-        .clone()
-        .get_product(inv::GetProductRequest { sku: sku.into() })
-        .await
-        .expect_err("GetProduct without a database");
-    assert_eq!(read.code(), Code::Unavailable, "{read:?}");
-    for (svc, proc) in &mut cluster.procs {
-        assert!(
-            proc.child.try_wait().expect("try_wait").is_none(),
-            "{svc:?} exited during the outage"
-        );
-    }
-    // Liveness (what Kubernetes restarts on) stays SERVING meanwhile.
-    for svc in [Svc::Inventory, Svc::Order, Svc::Orchestrator] {
-        assert!(
-            serving_entry(cluster.addr(svc), microshop_runtime::LIVENESS).await,
-            "{svc:?} liveness went down with the database"
-        );
-    }
-
-    db.up();
-    cluster.start_svc(Svc::Loyalty, None).await;
-    for svc in [Svc::Inventory, Svc::Loyalty, Svc::Order, Svc::Orchestrator] {
-        wait_health(&cluster, svc, true).await;
-    }
-    // The saga in flight finishes (recovery resumes it), the refused call
-    // succeeds when retried with its key, and nothing was lost.
-    let saga = saga_by_key(&c, "outage-in-flight")
-        .await
-        .expect("the in-flight saga is still logged");
-    let saga = wait_settled(&c, &saga.saga_id).await;
-    assert_eq!(
-        saga.state,
-        orch::SagaState::Completed as i32,
-        "{}",
-        describe(&saga)
-    );
-    // Its first call saw the database go: either it was still waiting when
-    // recovery finished the saga (the order), or the driver's save failed
-    // under it and it was told to retry (UNAVAILABLE, naming the saga).
-    match in_flight.await.expect("the in-flight call task") {
-        Ok(answer) => {
-            let answer = answer.into_inner();
-            assert_eq!(
-                (answer.saga_id.as_str(), answer.order_id.as_str()),
-                (saga.saga_id.as_str(), saga.order_id.as_str()),
-                "{answer:?}"
-            );
-        }
-        Err(status) => {
-            assert_eq!(
-                (status.code(), reason_of(&status)),
-                (Code::Unavailable, Some(Reason::DependencyUnavailable)),
-                "the in-flight call: {status:?}"
-            );
-            assert_eq!(
-                microshop_runtime::errors::metadata_of(&status, "sagaId").as_deref(),
-                Some(saga.saga_id.as_str()),
-                "the in-flight call's error names its saga: {status:?}"
-            );
-        }
-    }
-    let again = place_ok(&c, place("outage-in-flight", who, sku, "", REDEEM)).await;
-    assert_eq!(again.saga_id, saga.saga_id);
-    place_ok(&c, place("outage-during", who, sku, "", 0)).await;
-    assert_eq!(orders_of(&c, who).await.len(), 3);
-    check_invariants(&c, &u, "the database outage").await;
-    eprintln!("database outage survived in {:?}", started.elapsed());
 }

@@ -3,16 +3,20 @@
 //! methods (`/evil.SvcXXXX/M<i>`), plus unknown methods of real services
 //! and real methods sent to the wrong server, add only the `_OTHER`
 //! series; and after a real checkout no label carries its customer id,
-//! SKU, order id, saga id or idempotency key. Every wait is bounded polling.
+//! SKU, order id, saga id or idempotency key. `microshop up` runs under the
+//! shared process harness ([`cluster::up::Up`]). Every wait is bounded
+//! polling.
+
+mod cluster;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     hash::BuildHasher,
-    net::{SocketAddr, TcpListener},
-    process::{Child, Command, Stdio},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
+use cluster::{Svc, up::Up};
 use microshop_proto::{
     inventory::v1::{PutProductRequest, inventory_service_client::InventoryServiceClient},
     loyalty::v1::{GrantPointsRequest, loyalty_service_client::LoyaltyServiceClient},
@@ -22,16 +26,8 @@ use microshop_proto::{
     },
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::{
-    Code,
-    codegen::http::uri::PathAndQuery,
-    transport::{Channel, Endpoint},
-};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic::{Code, codegen::http::uri::PathAndQuery, transport::Channel};
 
-const BIN: &str = env!("CARGO_BIN_EXE_microshop");
 const WITHIN: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(25);
 /// Calls to random unknown paths.
@@ -42,89 +38,6 @@ const UNKNOWN_CALLS: usize = 1_000;
 const MAX_NEW_LINES: usize = 20;
 /// The only label names any series may have.
 const LABEL_NAMES: &[&str] = &["service", "method", "code", "saga_type", "step", "le"];
-
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("bound address")
-}
-
-/// `microshop up`, killed when dropped (printing its output on a failure).
-struct Up {
-    child: Child,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("{}", std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-    }
-}
-
-struct Ports {
-    orchestrator: SocketAddr,
-    inventory: SocketAddr,
-    loyalty: SocketAddr,
-    order: SocketAddr,
-    metrics: SocketAddr,
-}
-
-fn start_up(ports: &Ports) -> Up {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let log = dir.path().join("up.log");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("up")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--orchestrator-listen", &ports.orchestrator.to_string()])
-        .args(["--inventory-listen", &ports.inventory.to_string()])
-        .args(["--loyalty-listen", &ports.loyalty.to_string()])
-        .args(["--order-listen", &ports.order.to_string()])
-        .args(["--metrics-addr", &ports.metrics.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("create the log"));
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("MICROSHOP_") || key.starts_with("MONGODB_") || key.starts_with("OTEL_")
-        {
-            cmd.env_remove(key);
-        }
-    }
-    Up {
-        child: cmd.spawn().expect("start microshop up"),
-        log,
-        _dir: dir,
-    }
-}
-
-async fn wait_serving(up: &mut Up, addr: SocketAddr) -> Channel {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a valid url")
-        .connect_timeout(Duration::from_millis(250))
-        .timeout(Duration::from_secs(5));
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        if let Some(status) = up.child.try_wait().expect("poll the child") {
-            panic!("microshop up exited: {status}");
-        }
-        if let Ok(channel) = endpoint.connect().await {
-            let status = HealthClient::new(channel.clone())
-                .check(HealthCheckRequest::default())
-                .await
-                .map(|r| r.into_inner().status);
-            if status.is_ok_and(|s| s == ServingStatus::Serving as i32) {
-                return channel;
-            }
-        }
-        assert!(Instant::now() < deadline, "{addr} never reported SERVING");
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 /// `GET /metrics`, the body.
 async fn scrape(addr: SocketAddr) -> String {
@@ -188,18 +101,11 @@ async fn call(channel: Channel, path: String) -> Code {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_unknown_methods_add_only_the_other_series() {
-    let ports = Ports {
-        orchestrator: free_addr(),
-        inventory: free_addr(),
-        loyalty: free_addr(),
-        order: free_addr(),
-        metrics: free_addr(),
-    };
-    let mut up = start_up(&ports);
-    let orchestrator = wait_serving(&mut up, ports.orchestrator).await;
-    let inventory = wait_serving(&mut up, ports.inventory).await;
-    let loyalty = wait_serving(&mut up, ports.loyalty).await;
-    let order = wait_serving(&mut up, ports.order).await;
+    let up = Up::start(&[], &[]).await;
+    let orchestrator = up.channel(Svc::Orchestrator);
+    let inventory = up.channel(Svc::Inventory);
+    let loyalty = up.channel(Svc::Loyalty);
+    let order = up.channel(Svc::Order);
 
     // A real checkout first, so that its ids would show if any label took
     // them.
@@ -243,7 +149,7 @@ async fn random_unknown_methods_add_only_the_other_series() {
         .into_inner();
     assert!(!placed.saga_id.is_empty() && !placed.order_id.is_empty());
 
-    let before = scrape(ports.metrics).await;
+    let before = scrape(up.metrics).await;
     let placed_ok = r#"microshop_rpc_server_requests_total{service="microshop.orchestrator.v1.CheckoutService",method="PlaceOrder",code="OK"}"#;
     assert_eq!(
         series(&before).get(placed_ok).map(String::as_str),
@@ -291,7 +197,7 @@ async fn random_unknown_methods_add_only_the_other_series() {
     let other = r#"microshop_rpc_server_requests_total{service="_OTHER",method="_OTHER",code="UNIMPLEMENTED"}"#;
     let deadline = Instant::now() + WITHIN;
     let after = loop {
-        let body = scrape(ports.metrics).await;
+        let body = scrape(up.metrics).await;
         if series(&body).get(other).map(String::as_str) == Some(&sent.to_string()) {
             break body;
         }
@@ -329,7 +235,7 @@ async fn random_unknown_methods_add_only_the_other_series() {
 
     // Every label is bounded: only the known label names, no value that
     // came from a request.
-    let body = scrape(ports.metrics).await;
+    let body = scrape(up.metrics).await;
     for needle in [
         sku,
         customer,

@@ -11,19 +11,20 @@
 //! - JSON log lines inside a request carry its `trace_id` and `saga_id`;
 //! - `/metrics` counters move as orders succeed and are rejected.
 //!
-//! Export batches every 50 ms (`OTEL_BSP_SCHEDULE_DELAY`); nothing waits on
-//! a sleep for state: every wait is bounded polling (of health, of the
-//! spans received, of `/metrics`).
+//! The processes are the shared harness's ([`cluster::Cluster`]). Export
+//! batches every 50 ms (`OTEL_BSP_SCHEDULE_DELAY`); nothing waits on a
+//! sleep for state: every wait is bounded polling (of health, of the spans
+//! received, of `/metrics`) or a bounded wait for a log line.
+
+mod cluster;
 
 use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader},
-    net::{SocketAddr, TcpListener as StdListener},
-    process::{Child, Command, Stdio},
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use cluster::{Cluster, Svc, shop::place_units};
 use microshop_proto::{
     inventory::v1::{self as inv, inventory_service_client::InventoryServiceClient},
     loyalty::v1::{self as loy, loyalty_service_client::LoyaltyServiceClient},
@@ -40,19 +41,12 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value::Value,
     trace::v1::{Span, span::SpanKind},
 };
-use tempfile::TempDir;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     time::{Instant, sleep},
 };
 use tonic::{Code, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
-const BIN: &str = env!("CARGO_BIN_EXE_microshop");
-/// How long a service may take to answer health SERVING.
-const READY_WITHIN: Duration = Duration::from_secs(30);
 /// How long spans or metrics may take to show up.
 const SEEN_WITHIN: Duration = Duration::from_secs(30);
 /// Interval of every bounded poll.
@@ -212,312 +206,72 @@ fn kind(r: &Received, kind: SpanKind) {
 // Four processes
 // ---------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Svc {
-    Orchestrator,
-    Inventory,
-    Loyalty,
-    Order,
-}
-
-impl Svc {
-    const START_ORDER: [Self; 4] = [
-        Self::Inventory,
-        Self::Loyalty,
-        Self::Order,
-        Self::Orchestrator,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Orchestrator => "orchestrator",
-            Self::Inventory => "inventory",
-            Self::Loyalty => "loyalty",
-            Self::Order => "order",
-        }
+/// The mesh as four `microshop serve` processes with JSON logs and a
+/// `/metrics` port each, exporting traces to `otlp` if given; `extra`
+/// arguments for one service.
+async fn start(otlp: Option<SocketAddr>, extra: Option<(Svc, &[&str])>) -> Cluster {
+    let mut builder = Cluster::builder()
+        .metrics()
+        .args_all(["--log-format", "json"])
+        .orchestrator(["--recovery-interval-ms", "200"])
+        .log_filter("info,microshop_runtime::observe=debug,orchestrator=debug");
+    if let Some(otlp) = otlp {
+        builder = builder
+            .env_all("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+            .env_all("OTEL_BSP_SCHEDULE_DELAY", "50");
     }
-
-    /// The gRPC service its health reports: asking for it (not for `""`)
-    /// makes sure the port holds this service, not another test's.
-    fn grpc_service(self) -> &'static str {
-        match self {
-            Self::Orchestrator => "microshop.orchestrator.v1.CheckoutService",
-            Self::Inventory => "microshop.inventory.v1.InventoryService",
-            Self::Loyalty => "microshop.loyalty.v1.LoyaltyService",
-            Self::Order => "microshop.order.v1.OrderService",
-        }
+    if let Some((svc, args)) = extra {
+        builder = builder.args(svc, args);
     }
+    builder.start().await
 }
 
-fn free_addr() -> SocketAddr {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    l.local_addr().expect("bound address")
+fn checkout(cluster: &Cluster) -> CheckoutServiceClient<Channel> {
+    CheckoutServiceClient::new(cluster.channel(Svc::Orchestrator))
 }
 
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The mesh as four processes; dropping it kills them. On a panic it
-/// prints their output.
-struct Cluster {
-    procs: HashMap<Svc, Proc>,
-    addrs: HashMap<Svc, SocketAddr>,
-    metrics: HashMap<Svc, SocketAddr>,
-    otlp: Option<SocketAddr>,
-    lines: Arc<Mutex<Vec<(Svc, String)>>>,
-    dir: TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.procs.clear();
-        if std::thread::panicking() {
-            for (svc, line) in self.lines.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                eprintln!("[{}] {line}", svc.name());
-            }
-        }
-    }
-}
-
-async fn serving(addr: SocketAddr, service: &str) -> bool {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
-        return false;
-    };
-    let Ok(channel) = endpoint
-        .connect_timeout(Duration::from_millis(250))
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await
-    else {
-        return false;
-    };
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
+/// A product of `stock` units at 1,000,000 and a member with 500 points.
+async fn seed(cluster: &Cluster, sku: &str, stock: i64, customer: &str) {
+    InventoryServiceClient::new(cluster.channel(Svc::Inventory))
+        .put_product(inv::PutProductRequest {
+            sku: sku.into(),
+            name: format!("product {sku}"),
+            unit_price: 1_000_000,
+            stock,
         })
         .await
-        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+        .expect("PutProduct");
+    LoyaltyServiceClient::new(cluster.channel(Svc::Loyalty))
+        .grant_points(loy::GrantPointsRequest {
+            customer_id: customer.into(),
+            points: 500,
+        })
+        .await
+        .expect("GrantPoints");
 }
 
-impl Cluster {
-    /// Starts the four services, exporting traces to `otlp` if given and
-    /// serving metrics on a port of their own.
-    async fn start(otlp: Option<SocketAddr>) -> Self {
-        Self::start_with(otlp, Svc::Inventory, &[]).await
-    }
-
-    /// The same, with `extra` arguments for `svc`.
-    async fn start_with(otlp: Option<SocketAddr>, svc: Svc, extra: &[&str]) -> Self {
-        let mut cluster = Self {
-            procs: HashMap::new(),
-            addrs: Svc::START_ORDER.iter().map(|&s| (s, free_addr())).collect(),
-            metrics: Svc::START_ORDER.iter().map(|&s| (s, free_addr())).collect(),
-            otlp,
-            lines: Arc::new(Mutex::new(Vec::new())),
-            dir: tempfile::tempdir().expect("temporary directory"),
-        };
-        for s in Svc::START_ORDER {
-            cluster
-                .start_svc(s, if s == svc { extra } else { &[] })
-                .await;
-        }
-        cluster
-    }
-
-    fn spawn(&mut self, svc: Svc, extra: &[&str]) {
-        let url = |s: Svc| format!("http://{}", self.addrs[&s]);
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg(svc.name())
-            .arg("--listen")
-            .arg(self.addrs[&svc].to_string())
-            .arg("--data-dir")
-            .arg(self.dir.path().join(svc.name()))
-            .arg("--inventory-url")
-            .arg(url(Svc::Inventory))
-            .arg("--loyalty-url")
-            .arg(url(Svc::Loyalty))
-            .arg("--order-url")
-            .arg(url(Svc::Order))
-            .arg("--metrics-addr")
-            .arg(self.metrics[&svc].to_string())
-            .arg("--log-format")
-            .arg("json")
-            .arg("--insecure-no-auth")
-            .args(extra);
-        if svc == Svc::Orchestrator {
-            cmd.args(["--recovery-interval-ms", "200"]);
-        }
-        // Only what this test sets: nothing inherited from the environment.
-        for (key, _) in std::env::vars_os() {
-            let key_text = key.to_string_lossy();
-            if key_text.starts_with("MICROSHOP_") || key_text.starts_with("OTEL_") {
-                cmd.env_remove(key);
-            }
-        }
-        if let Some(otlp) = self.otlp {
-            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-                .env("OTEL_BSP_SCHEDULE_DELAY", "50");
-        }
-        cmd.env(
-            "RUST_LOG",
-            "info,microshop_runtime::observe=debug,orchestrator=debug",
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {BIN}: {e}"));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let lines = Arc::clone(&self.lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                lines
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((svc, line));
-            }
-        });
-        self.procs.insert(svc, Proc { child });
-    }
-
-    /// Starts `svc` and waits for SERVING. A port picked free may be taken
-    /// by the time the process binds it (other tests' connections use the
-    /// same ephemeral range): then `svc` exits, and starts again on new
-    /// ports. Nothing else dials a service before it first serves, and
-    /// only the test dials the orchestrator, so moving is safe.
-    async fn start_svc(&mut self, svc: Svc, extra: &[&str]) {
-        let mut exits = Vec::new();
-        for _ in 0..3 {
-            self.spawn(svc, extra);
-            match self.wait_serving(svc).await {
-                Ok(()) => return,
-                Err(status) => {
-                    exits.push(status);
-                    self.procs.remove(&svc);
-                    self.addrs.insert(svc, free_addr());
-                    self.metrics.insert(svc, free_addr());
-                }
-            }
-        }
-        panic!("{svc:?} exited at start, 3 times: {exits:?}");
-    }
-
-    /// Polls health until SERVING; the exit status if the process ends.
-    async fn wait_serving(&mut self, svc: Svc) -> Result<(), String> {
-        let addr = self.addrs[&svc];
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            let proc = self.procs.get_mut(&svc).expect("just spawned");
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                return Err(status.to_string());
-            }
-            if serving(addr, svc.grpc_service()).await {
-                return Ok(());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{svc:?} not SERVING within {READY_WITHIN:?}"
-            );
-            sleep(POLL).await;
-        }
-    }
-
-    fn kill(&mut self, svc: Svc) {
-        drop(self.procs.remove(&svc));
-    }
-
-    fn channel(&self, svc: Svc) -> Channel {
-        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addrs[&svc]))
-            .expect("a valid url")
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy()
-    }
-
-    fn checkout(&self) -> CheckoutServiceClient<Channel> {
-        CheckoutServiceClient::new(self.channel(Svc::Orchestrator))
-    }
-
-    /// A product of `stock` units at 1,000,000 and a member with 500 points.
-    async fn seed(&self, sku: &str, stock: i64, customer: &str) {
-        InventoryServiceClient::new(self.channel(Svc::Inventory))
-            .put_product(inv::PutProductRequest {
-                sku: sku.into(),
-                name: format!("product {sku}"),
-                unit_price: 1_000_000,
-                stock,
-            })
-            .await
-            .expect("PutProduct");
-        LoyaltyServiceClient::new(self.channel(Svc::Loyalty))
-            .grant_points(loy::GrantPointsRequest {
-                customer_id: customer.into(),
-                points: 500,
-            })
-            .await
-            .expect("GrantPoints");
-    }
-
-    /// The JSON lines `svc` wrote, once one satisfies `want` (the reader
-    /// thread may still be behind the process).
-    async fn json_lines(
-        &self,
-        svc: Svc,
-        want: impl Fn(&serde_json::Value) -> bool,
-    ) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + SEEN_WITHIN;
-        loop {
-            let lines = self.lines_of(svc);
-            let json: Vec<serde_json::Value> = lines
-                .iter()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            if json.iter().any(&want) {
-                return json;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no such {svc:?} log line within {SEEN_WITHIN:?}: {lines:#?}"
-            );
-            sleep(POLL).await;
-        }
-    }
-
-    /// Waits (bounded polling) for a stderr line of `svc` containing
-    /// `needle`.
-    async fn wait_line(&self, svc: Svc, needle: &str) {
-        let deadline = Instant::now() + SEEN_WITHIN;
-        while !self.lines_of(svc).iter().any(|l| l.contains(needle)) {
-            assert!(
-                Instant::now() < deadline,
-                "{svc:?} did not print {needle:?} within {SEEN_WITHIN:?}"
-            );
-            sleep(POLL).await;
-        }
-    }
-
-    /// Stderr lines of `svc` so far.
-    fn lines_of(&self, svc: Svc) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+/// The JSON lines `svc` wrote, once one satisfies `want` (the reader
+/// thread may still be behind the process).
+async fn json_lines(
+    cluster: &Cluster,
+    svc: Svc,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let parse = |lines: &[String]| -> Vec<serde_json::Value> {
+        lines
             .iter()
-            .filter(|(s, _)| *s == svc)
-            .map(|(_, l)| l.clone())
+            .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
-    }
+    };
+    let lines = cluster
+        .wait_lines(svc, "such a log line", SEEN_WITHIN, |lines| {
+            parse(lines).iter().any(&want)
+        })
+        .await;
+    parse(&lines)
 }
 
+/// A checkout of `quantity` units, no coupon.
 fn order(
     key: &str,
     customer: &str,
@@ -525,21 +279,7 @@ fn order(
     quantity: i64,
     points: i64,
 ) -> orch::PlaceOrderRequest {
-    orch::PlaceOrderRequest {
-        idempotency_key: key.into(),
-        customer_id: customer.into(),
-        items: vec![orch::LineItem {
-            sku: sku.into(),
-            quantity,
-        }],
-        coupon_code: String::new(),
-        points_to_redeem: points,
-        shipping: Some(orch::ShippingAddress {
-            name: customer.into(),
-            address: "1 Trace Street, Hanoi".into(),
-            phone: "+84 900 000 000".into(),
-        }),
-    }
+    place_units(key, customer, sku, quantity, "", points)
 }
 
 fn with_deadline<T>(message: T) -> tonic::Request<T> {
@@ -555,11 +295,10 @@ fn with_deadline<T>(message: T) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_place_order_is_one_trace_across_four_processes() {
     let (collector, otlp) = Collector::start().await;
-    let cluster = Cluster::start(Some(otlp)).await;
-    cluster.seed("TRACE-1", 5, "alice").await;
+    let cluster = start(Some(otlp), None).await;
+    seed(&cluster, "TRACE-1", 5, "alice").await;
 
-    let response = cluster
-        .checkout()
+    let response = checkout(&cluster)
         .place_order(with_deadline(order("trace-ok", "alice", "TRACE-1", 1, 100)))
         .await
         .expect("PlaceOrder");
@@ -723,8 +462,7 @@ async fn one_place_order_is_one_trace_across_four_processes() {
     }
 
     // A rejected checkout: the compensation is a span of its own trace.
-    let status = cluster
-        .checkout()
+    let status = checkout(&cluster)
         .place_order(with_deadline(order("trace-out", "alice", "TRACE-1", 99, 0)))
         .await
         .expect_err("out of stock");
@@ -788,16 +526,15 @@ async fn one_place_order_is_one_trace_across_four_processes() {
         .trace_id);
     let is_served =
         |v: &serde_json::Value| v["message"] == "served" && v["saga_id"] == saga_id.as_str();
-    let inventory = cluster.json_lines(Svc::Inventory, is_served).await;
+    let inventory = json_lines(&cluster, Svc::Inventory, is_served).await;
     for v in inventory.iter().filter(|v| is_served(v)) {
         assert_eq!(v["trace_id"], first_trace.as_str(), "{v}");
         assert_eq!(v["span"], "grpc.server", "{v}");
     }
-    cluster
-        .json_lines(Svc::Orchestrator, |v| {
-            v["saga_id"] == saga_id.as_str() && v["trace_id"] == first_trace.as_str()
-        })
-        .await;
+    json_lines(&cluster, Svc::Orchestrator, |v| {
+        v["saga_id"] == saga_id.as_str() && v["trace_id"] == first_trace.as_str()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -806,10 +543,9 @@ async fn retries_are_events_and_client_spans_of_their_step() {
     // Fault decisions follow the seed and the call count: with this seed
     // the first ReserveStock is refused UNAVAILABLE before its handler, so
     // the step is retried.
-    let cluster = Cluster::start_with(Some(otlp), Svc::Inventory, &["--faults", FAULTS]).await;
-    cluster.seed("TRACE-3", 5, "dave").await;
-    let placed = cluster
-        .checkout()
+    let cluster = start(Some(otlp), Some((Svc::Inventory, &["--faults", FAULTS]))).await;
+    seed(&cluster, "TRACE-3", 5, "dave").await;
+    let placed = checkout(&cluster)
         .place_order(with_deadline(order("trace-retry", "dave", "TRACE-3", 1, 0)))
         .await
         .expect("PlaceOrder succeeds after retries")
@@ -907,15 +643,15 @@ fn root_trace(spans: &[Received], saga_id: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_resumed_after_a_crash_continues_its_trace() {
     let (collector, otlp) = Collector::start().await;
-    let mut cluster = Cluster::start(Some(otlp)).await;
-    cluster.seed("TRACE-2", 5, "bob").await;
+    let mut cluster = start(Some(otlp), None).await;
+    seed(&cluster, "TRACE-2", 5, "bob").await;
 
     // The orchestrator stops for good after reserve-stock's result is saved.
     cluster.kill(Svc::Orchestrator);
     cluster
         .start_svc(Svc::Orchestrator, &["--failpoint", "result:reserve-stock"])
         .await;
-    let checkout = cluster.checkout();
+    let checkout = checkout(&cluster);
     let call = tokio::spawn(async move {
         let mut checkout = checkout;
         checkout
@@ -924,7 +660,11 @@ async fn a_saga_resumed_after_a_crash_continues_its_trace() {
     });
     // Held at the failpoint (so the kill below lands exactly there) ...
     cluster
-        .wait_line(Svc::Orchestrator, "FAILPOINT result:reserve-stock reached")
+        .wait_line(
+            Svc::Orchestrator,
+            "FAILPOINT result:reserve-stock reached",
+            SEEN_WITHIN,
+        )
         .await;
     // ... after the quote step, whose span ended before: it names the trace
     // (exported while the process is held, before the kill).
@@ -1064,7 +804,7 @@ async fn wait_metrics(cluster: &Cluster, expect: &[(Svc, &str, f64)]) {
     loop {
         let mut missing = Vec::new();
         for (svc, series, want) in expect {
-            let body = scrape(cluster.metrics[svc]).await;
+            let body = scrape(cluster.metrics_addr(*svc)).await;
             let got = sample(&body, series);
             if got < *want {
                 missing.push(format!("{svc:?} {series} = {got}, want {want}"));
@@ -1083,8 +823,8 @@ async fn wait_metrics(cluster: &Cluster, expect: &[(Svc, &str, f64)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_orders_succeed_and_fail() {
-    let cluster = Cluster::start(None).await;
-    cluster.seed("METRIC-1", 3, "carol").await;
+    let cluster = start(None, None).await;
+    seed(&cluster, "METRIC-1", 3, "carol").await;
 
     let o = Svc::Orchestrator;
     let i = Svc::Inventory;
@@ -1102,13 +842,12 @@ async fn metrics_move_as_orders_succeed_and_fail() {
 
     // Nothing yet: a fresh process has no saga series, but it exposes the
     // dead-letter gauge and ends as OpenMetrics does.
-    let before = scrape(cluster.metrics[&o]).await;
+    let before = scrape(cluster.metrics_addr(o)).await;
     assert_eq!(sample(&before, started), 0.0, "{before}");
     assert!(before.contains("microshop_sagas_dead_letter 0"), "{before}");
     assert!(before.ends_with("# EOF\n"));
 
-    cluster
-        .checkout()
+    checkout(&cluster)
         .place_order(with_deadline(order(
             "metrics-ok",
             "carol",
@@ -1130,11 +869,10 @@ async fn metrics_move_as_orders_succeed_and_fail() {
         ],
     )
     .await;
-    let body = scrape(cluster.metrics[&o]).await;
+    let body = scrape(cluster.metrics_addr(o)).await;
     assert_eq!(sample(&body, compensated), 0.0);
 
-    let status = cluster
-        .checkout()
+    let status = checkout(&cluster)
         .place_order(with_deadline(order(
             "metrics-out",
             "carol",
@@ -1156,7 +894,7 @@ async fn metrics_move_as_orders_succeed_and_fail() {
         ],
     )
     .await;
-    let body = scrape(cluster.metrics[&o]).await;
+    let body = scrape(cluster.metrics_addr(o)).await;
     assert_eq!(
         sample(&body, completed),
         1.0,
@@ -1165,8 +903,7 @@ async fn metrics_move_as_orders_succeed_and_fail() {
     assert_eq!(sample(&body, place_ok), 1.0);
 
     // A retry of the successful order replays it: no new saga.
-    cluster
-        .checkout()
+    checkout(&cluster)
         .place_order(with_deadline(order(
             "metrics-ok",
             "carol",
@@ -1177,11 +914,11 @@ async fn metrics_move_as_orders_succeed_and_fail() {
         .await
         .expect("replayed PlaceOrder");
     wait_metrics(&cluster, &[(o, place_ok, 2.0)]).await;
-    let body = scrape(cluster.metrics[&o]).await;
+    let body = scrape(cluster.metrics_addr(o)).await;
     assert_eq!(sample(&body, started), 2.0, "a replay starts no saga");
 
     // Anything but GET /metrics is refused.
-    let mut stream = tokio::net::TcpStream::connect(cluster.metrics[&o])
+    let mut stream = tokio::net::TcpStream::connect(cluster.metrics_addr(o))
         .await
         .expect("connect");
     stream
@@ -1199,10 +936,9 @@ async fn metrics_move_as_orders_succeed_and_fail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_share_a_trace_id_across_services_without_export() {
-    let cluster = Cluster::start(None).await;
-    cluster.seed("LOGS-1", 5, "erin").await;
-    let placed = cluster
-        .checkout()
+    let cluster = start(None, None).await;
+    seed(&cluster, "LOGS-1", 5, "erin").await;
+    let placed = checkout(&cluster)
         .place_order(with_deadline(order("logs-1", "erin", "LOGS-1", 1, 100)))
         .await
         .expect("PlaceOrder")
@@ -1214,7 +950,7 @@ async fn json_logs_share_a_trace_id_across_services_without_export() {
     // well-formed one, although nothing is exported...
     let mut traces = std::collections::BTreeSet::new();
     for svc in [Svc::Inventory, Svc::Loyalty, Svc::Order] {
-        let lines = cluster.json_lines(svc, is_served).await;
+        let lines = json_lines(&cluster, svc, is_served).await;
         for v in lines.iter().filter(|v| is_served(v)) {
             let trace = v["trace_id"].as_str().unwrap_or_default().to_owned();
             assert!(
@@ -1228,9 +964,8 @@ async fn json_logs_share_a_trace_id_across_services_without_export() {
     let trace = traces.into_iter().next().expect("a trace id");
     // ...and it is the orchestrator's for the saga (the checkout call and
     // the saga's steps).
-    cluster
-        .json_lines(Svc::Orchestrator, |v| {
-            v["saga_id"] == saga_id && v["trace_id"] == trace.as_str()
-        })
-        .await;
+    json_lines(&cluster, Svc::Orchestrator, |v| {
+        v["saga_id"] == saga_id && v["trace_id"] == trace.as_str()
+    })
+    .await;
 }

@@ -1,60 +1,41 @@
 //! The pricing settings refuse to start the real binary when they would
 //! misprice orders: `serve order`, `up` and `demo` exit non-zero, before
 //! serving anything, with a message naming the setting, whether it came
-//! from a flag or a `MICROSHOP_*` variable.
+//! from a flag or a `MICROSHOP_*` variable. The binary runs under the
+//! shared process harness ([`cluster::process`]).
 
-use std::{
-    process::{Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+mod cluster;
 
-const BIN: &str = env!("CARGO_BIN_EXE_microshop");
+use std::time::Duration;
+
+use cluster::process::{Exited, Spawn};
 
 /// How long a refusal may take; a binary still running then has started
 /// despite the bad setting (it is killed and the test fails).
 const REFUSE_WITHIN: Duration = Duration::from_secs(30);
 
 /// Runs `microshop ARGS` with `env` (and no other `MICROSHOP_*` variable)
-/// and returns its output once it exits, or panics if it keeps running.
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// and returns how it exited, or panics if it keeps running.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Exited {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
+    Spawn::microshop("microshop")
+        .args(args)
         .arg("--data-dir")
         .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MICROSHOP_") || key == "MONGODB_URI" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn().expect("the binary runs");
-    let deadline = Instant::now() + REFUSE_WITHIN;
-    let mut pause = Duration::from_millis(10);
-    loop {
-        if child.try_wait().expect("wait for the binary").is_some() {
-            return child.wait_with_output().expect("its output");
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("its output");
+        .envs(env.iter().copied())
+        .spawn()
+        .exit_within(REFUSE_WITHIN)
+        .unwrap_or_else(|stderr| {
             panic!(
                 "microshop {args:?} {env:?} is still running after {REFUSE_WITHIN:?}: it \
-                 started despite the setting; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
+                 started despite the setting; stderr: {stderr}"
+            )
+        })
 }
 
 #[track_caller]
-fn assert_refused(out: &Output, names: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
+fn assert_refused(out: &Exited, names: &[&str]) {
+    let stderr = &out.stderr;
     assert!(!out.status.success(), "exited 0: {stderr}");
     for name in names {
         assert!(stderr.contains(name), "{name:?} not named in: {stderr}");

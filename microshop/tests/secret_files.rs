@@ -5,121 +5,59 @@
 //!
 //! The MongoDB test runs against the server of `MICROSHOP_TEST_MONGODB_URI`
 //! (SecantusDB, started by `scripts/test.sh`); it is skipped without one,
-//! except under `CI=true`. Every wait is bounded polling.
+//! except under `CI=true`. The processes run under the shared harness
+//! ([`cluster::process`]). Every wait is bounded polling.
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
+mod cluster;
+
+use std::{path::Path, process::ExitStatus, time::Duration};
+
+use cluster::{
+    Svc,
+    process::{Process, Spawn, endpoint, free_addr, lazy_channel, serve},
 };
-
 use microshop_proto::inventory::v1::{
     GetProductRequest, PutProductRequest, inventory_service_client::InventoryServiceClient,
 };
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_microshop");
 /// How long `serve` may take to answer SERVING (it creates its indexes
 /// first) or to exit on a bad setting.
 const WITHIN: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(25);
 /// In every secret this file writes: it must never show up in an error.
 const PASSWORD: &str = "hunter2-never-printed";
 
-/// `microshop serve inventory` with no `MICROSHOP_*` or `MONGODB_*`
-/// variable inherited (the test script's MongoDB pass sets `MONGODB_URI`),
-/// its stderr in `log`.
-fn serve_inventory(listen: SocketAddr, data_dir: &Path, log: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "inventory", "--insecure-no-auth", "--listen"])
-        .arg(listen.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("create the log file"));
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("MICROSHOP_") || key.starts_with("MONGODB_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
+/// `microshop serve inventory` without authentication, with no
+/// `MICROSHOP_*` or `MONGODB_*` variable inherited (the test script's
+/// MongoDB pass sets `MONGODB_URI`).
+fn serve_inventory(name: &str, data_dir: &Path) -> (Spawn, std::net::SocketAddr) {
+    let addr = free_addr();
+    let spawn = serve(Svc::Inventory, addr, data_dir)
+        .name(name)
+        .arg("--insecure-no-auth");
+    (spawn, addr)
 }
 
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("bound address")
-}
-
-/// A child process killed when dropped, printing its log on a failure.
-struct Served {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {}:\n{}",
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-/// Polls health until the overall entry ("", which follows MongoDB) is
-/// SERVING; panics if the process exits or time runs out.
-async fn wait_serving(served: &mut Served, addr: SocketAddr) -> Channel {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a valid url")
-        .connect_timeout(Duration::from_millis(250))
-        .timeout(Duration::from_secs(2));
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        if let Some(status) = served.child.try_wait().expect("poll the child") {
-            panic!("serve exited before serving: {status}");
-        }
-        if let Ok(channel) = endpoint.connect().await {
-            let status = HealthClient::new(channel.clone())
-                .check(HealthCheckRequest::default())
-                .await
-                .map(|r| r.into_inner().status);
-            if status.is_ok_and(|s| s == ServingStatus::Serving as i32) {
-                return channel;
-            }
-        }
-        assert!(Instant::now() < deadline, "{addr} never reported SERVING");
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Starts `serve inventory` with the connection string in `uri_file`.
+/// Starts `serve inventory` with the connection string in `uri_file` and
+/// waits until the overall health entry ("", which follows MongoDB) is
+/// SERVING.
 async fn start_on_mongodb(
     dir: &Path,
     name: &str,
     uri_file: &Path,
     database: &str,
-) -> (Served, Channel) {
-    let addr = free_addr();
-    let log = dir.join(format!("{name}.log"));
-    let data_dir = dir.join(name);
-    let child = serve_inventory(addr, &data_dir, &log)
+) -> (Process, Channel) {
+    let (spawn, addr) = serve_inventory(name, &dir.join(name));
+    let mut served = spawn
         .env("MONGODB_URI_FILE", uri_file)
         .env("MICROSHOP_MONGODB_DATABASE", database)
-        .spawn()
-        .expect("start microshop serve");
-    let mut served = Served { child, log };
-    let channel = wait_serving(&mut served, addr).await;
-    (served, channel)
+        .spawn();
+    let health = endpoint(&format!("http://{addr}"), Duration::from_secs(2));
+    served
+        .wait_serving(&health, "", WITHIN)
+        .await
+        .unwrap_or_else(|why| panic!("serve did not come up on MongoDB: {why}"));
+    (served, lazy_channel(addr))
 }
 
 #[tokio::test]
@@ -165,30 +103,18 @@ async fn serve_takes_the_mongodb_uri_from_a_file() {
 
 /// Runs `serve` with `env` until it exits (bounded); its status and stderr.
 fn exit_of(dir: &Path, env: &[(&str, &Path)], inline_uri: Option<&str>) -> (ExitStatus, String) {
-    let log = dir.join("refused.log");
-    let mut cmd = serve_inventory(free_addr(), &dir.join("data"), &log);
+    let (mut spawn, _) = serve_inventory("refused", &dir.join("data"));
     for (key, value) in env {
-        cmd.env(key, value);
+        spawn = spawn.env(key, value);
     }
     if let Some(uri) = inline_uri {
-        cmd.env("MONGODB_URI", uri);
+        spawn = spawn.env("MONGODB_URI", uri);
     }
-    let mut served = Served {
-        child: cmd.spawn().expect("start microshop serve"),
-        log: log.clone(),
-    };
-    let deadline = Instant::now() + WITHIN;
-    let status = loop {
-        if let Some(status) = served.child.try_wait().expect("poll the child") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve kept running with a bad secret setting"
-        );
-        std::thread::sleep(POLL);
-    };
-    (status, std::fs::read_to_string(&log).unwrap_or_default())
+    let exited = spawn
+        .spawn()
+        .exit_within(WITHIN)
+        .unwrap_or_else(|stderr| panic!("serve kept running with a bad secret setting: {stderr}"));
+    (exited.status, exited.stderr)
 }
 
 #[test]
