@@ -6,6 +6,7 @@
 //! directly.
 
 pub mod bench;
+pub mod cli;
 pub mod demo;
 pub mod invariants;
 pub mod mesh;
