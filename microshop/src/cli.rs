@@ -1,7 +1,7 @@
 //! The command line of the `microshop` binary: every subcommand's flags
 //! and `MICROSHOP_*` variables as clap definitions. The binary parses them
 //! ([`Cli`]); `docs/configuration.md` is rendered from them
-//!, so the page and `--help` cannot drift.
+//! ([`crate::config_doc`]), so the page and `--help` cannot drift.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
