@@ -5,7 +5,9 @@
 //!   default or help text fails here until the page is regenerated with
 //!   `MICROSHOP_UPDATE_DOCS=1 cargo test -p microshop --test docs`;
 //! - every flag and variable that `microshop <command> --help` prints (the
-//!   real binary) is on that page.
+//!   real binary) is on that page;
+//! - every relative link of `README.md` and `docs/*.md` reaches a file of
+//!   the repository, and every `#anchor` a heading of its page.
 
 use std::{
     collections::BTreeSet,
@@ -160,4 +162,122 @@ fn every_flag_of_help_is_on_the_configuration_page() {
          MICROSHOP_UPDATE_DOCS=1 cargo test -p microshop --test docs):\n{}",
         missing.join("\n")
     );
+}
+
+/// GitHub's anchor of a heading: lower case, punctuation dropped, spaces
+/// as hyphens.
+fn anchor_of(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn anchors(page: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    page.lines()
+        .filter(|l| {
+            if l.starts_with("```") {
+                fenced = !fenced;
+            }
+            !fenced
+        })
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|l| anchor_of(l.trim_start_matches('#')))
+        .collect()
+}
+
+/// The targets of the Markdown links `[text](target)` of `page`, outside
+/// code blocks.
+fn links(page: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut found = Vec::new();
+    for line in page.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("](") {
+            let after = &rest[i + 2..];
+            let Some(end) = after.find(')') else {
+                break;
+            };
+            found.push(after[..end].to_owned());
+            rest = &after[end..];
+        }
+    }
+    found
+}
+
+#[test]
+fn links_of_readme_and_docs_resolve() {
+    let root = repo();
+    let mut pages = vec![root.join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).expect("a page");
+        let dir = page.parent().expect("a directory");
+        for target in links(&text) {
+            if target.starts_with("http://")
+                || target.starts_with("https://")
+                || target.starts_with("mailto:")
+            {
+                continue;
+            }
+            checked += 1;
+            let (file, anchor) = match target.split_once('#') {
+                Some((f, a)) => (f, Some(a)),
+                None => (target.as_str(), None),
+            };
+            let resolved = if file.is_empty() {
+                page.clone()
+            } else {
+                dir.join(file)
+            };
+            let name = page
+                .strip_prefix(&root)
+                .unwrap_or(page)
+                .display()
+                .to_string();
+            if !resolved.exists() {
+                broken.push(format!("{name}: {target} (no such file)"));
+                continue;
+            }
+            let inside = resolved
+                .canonicalize()
+                .is_ok_and(|p| p.starts_with(root.canonicalize().expect("the root")));
+            if !inside {
+                broken.push(format!("{name}: {target} (outside the repository)"));
+                continue;
+            }
+            if let Some(anchor) = anchor
+                && resolved.extension().is_some_and(|e| e == "md")
+            {
+                let target_text = std::fs::read_to_string(&resolved).expect("a page");
+                if !anchors(&target_text).contains(anchor) {
+                    broken.push(format!("{name}: {target} (no such heading)"));
+                }
+            }
+        }
+    }
+    assert!(checked > 10, "too few links found ({checked})");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
