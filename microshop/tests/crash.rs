@@ -5,7 +5,8 @@
 //! holds) or in the middle of a saga. After a restart on the same port and
 //! data directory, every saga must end COMPLETED or COMPENSATED with its
 //! effects applied exactly once, a retry with the same idempotency key must
-//! answer the same outcome, and the invariants of ARCHITECTURE §8 must hold.
+//! answer the same outcome, and the invariants of `docs/architecture.md`
+//! must hold.
 //!
 //! The matrix covers every step boundary (`intent:`, `rpc:`, `result:`) of
 //! every saga type: checkout (completing, and rejected then compensated),
@@ -483,7 +484,7 @@ impl Tally {
         SURVIVED[svc_index(svc)].fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Checks §8 and counts the check.
+    /// Checks the invariants and counts the check.
     async fn check(&mut self, c: &MeshClients, u: &Universe, when: &str) {
         check_invariants(c, u, when).await;
         self.checks += 1;

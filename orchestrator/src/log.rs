@@ -113,7 +113,7 @@ pub trait SagaLog: microshop_storage::Ping + Clone {
     /// (`(customer, key)` for a checkout); assigns `seq`. Answers once the
     /// creation is visible (the key is taken), with what says when it is
     /// durable: the saga may run its read-only first step meanwhile, and
-    /// waits for it before its first effect (ARCHITECTURE §7).
+    /// waits for it before its first effect (`docs/architecture.md`, "Durability").
     fn begin(
         &self,
         record: SagaRecord,

@@ -3,10 +3,10 @@
 //! the MongoDB-only lease test (several orchestrators on one database).
 //!
 //! Asserted here: one idempotency key → one saga, however many begin it at
-//! once (ARCHITECTURE §8); records round-trip whole; listing newest first,
-//! by state, paged without duplicates or misses; the unfinished set that
-//! recovery reads; payment deadlines; claims; and, on MongoDB, that a
-//! former owner whose lease was taken over is fenced off.
+//! once (`docs/architecture.md`, "Invariants"); records round-trip whole;
+//! listing newest first, by state, paged without duplicates or misses; the
+//! unfinished set that recovery reads; payment deadlines; claims; and, on
+//! MongoDB, that a former owner whose lease was taken over is fenced off.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

@@ -1,4 +1,4 @@
-//! The participant barrier (ARCHITECTURE §6) on the embedded store.
+//! The participant barrier (`docs/architecture.md`) on the embedded store.
 //!
 //! Every mutating saga RPC records `(saga_id, op)` with its outcome in the
 //! same write job as its business effect. From those records:

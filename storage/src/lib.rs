@@ -9,9 +9,9 @@
 //! - [`mongo`]: the MongoDB engine (chosen when `MONGODB_URI` is set):
 //!   transactions retried with jitter, and the barrier as one document per
 //!   saga.
-//! - [`barrier`]: the participant barrier of ARCHITECTURE §6 as functions
-//!   over a write transaction, so the record and the business effect commit
-//!   together.
+//! - [`barrier`]: the participant barrier of `docs/architecture.md` as
+//!   functions over a write transaction, so the record and the business
+//!   effect commit together.
 
 pub mod barrier;
 pub mod embedded;

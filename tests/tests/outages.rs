@@ -6,7 +6,7 @@
 //! RetrySaga / AbortSaga act on waiting sagas and say who did it.
 //!
 //! Every wait is bounded polling; every scenario ends with the invariants
-//! of ARCHITECTURE §8.
+//! of `docs/architecture.md`.
 
 use std::time::Duration;
 

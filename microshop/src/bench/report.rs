@@ -244,7 +244,7 @@ fn lat(p: &PhaseStats) -> String {
     )
 }
 
-/// The results as a Markdown table (pasteable into the README).
+/// The results as a Markdown table (pasteable into `docs/performance.md`).
 pub fn table(r: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();

@@ -119,7 +119,7 @@ enum Flow {
 }
 
 /// How durable a save of `record` must be (the durability rule,
-/// ARCHITECTURE §7). A client hears an outcome only once it survives a
+/// `docs/architecture.md`, "Durability"). A client hears an outcome only once it survives a
 /// power cut: COMPENSATED and FAILED ends, and a saga that waits (whose
 /// recorded error a retry is answered with), are fsync'd; every other save
 /// (intents, results, a COMPLETED end) is buffered, because recovery
