@@ -154,7 +154,7 @@ impl<L: SagaLog> Api<L> {
         // An operator's decision: durable before it is acted on.
         self.engine
             .log()
-            .save(record.clone(), PaymentDeadline::Keep, Sync::Durable)
+            .save(&record, PaymentDeadline::Keep, Sync::Durable)
             .await?;
         metrics().dead_letters_changed(-1);
         Ok(record)
@@ -612,7 +612,7 @@ impl<L: SagaLog> SagaAdminService for Api<L> {
                 record.transition_by(SagaState::Compensating, note, &actor);
                 self.engine
                     .log()
-                    .save(record, PaymentDeadline::Keep, Sync::Durable)
+                    .save(&record, PaymentDeadline::Keep, Sync::Durable)
                     .await
                     .map_err(OrchestratorError::from)?;
                 metrics().dead_letters_changed(-1);

@@ -118,7 +118,32 @@ fn view_load(view: &View, saga_id: &str) -> Result<Option<SagaRecord>, StorageEr
         .transpose()
 }
 
+/// What a save writes: the record encoded on the caller's task (so the
+/// store's one writer thread only moves indexes), and what the indexes
+/// need of it.
+struct Encoded {
+    saga_id: String,
+    seq: u64,
+    state: SagaState,
+    bytes: Vec<u8>,
+}
+
+impl Encoded {
+    fn of(record: &SagaRecord) -> Self {
+        Self {
+            saga_id: record.saga_id.clone(),
+            seq: record.seq,
+            state: record.state,
+            bytes: record::encode(record),
+        }
+    }
+}
+
 fn write_record(txn: &mut Txn, record: &SagaRecord, is_new: bool) -> Result<(), StorageError> {
+    write_encoded(txn, Encoded::of(record), is_new)
+}
+
+fn write_encoded(txn: &mut Txn, record: Encoded, is_new: bool) -> Result<(), StorageError> {
     let key = SAGAS.str_key(&record.saga_id);
     let old_state = match (txn.get(&key)?, is_new) {
         (None, true) => None,
@@ -136,7 +161,7 @@ fn write_record(txn: &mut Txn, record: &SagaRecord, is_new: bool) -> Result<(), 
             )));
         }
     };
-    txn.put(key, record::encode(record));
+    txn.put(key, record.bytes);
     if old_state != Some(record.state) {
         if let Some(old) = old_state {
             txn.remove(BY_STATE.key().u8(old.index()).u64(record.seq).done());
@@ -217,13 +242,14 @@ impl SagaLog for EmbeddedSagaLog {
 
     async fn save(
         &self,
-        record: SagaRecord,
+        record: &SagaRecord,
         deadline: PaymentDeadline,
         sync: Sync,
     ) -> Result<(), StorageError> {
+        let encoded = Encoded::of(record);
         self.db
             .write(sync, move |txn| {
-                write_record(txn, &record, false)?;
+                write_encoded(txn, encoded, false)?;
                 apply_deadline(txn, &deadline)
             })
             .await

@@ -127,7 +127,7 @@ pub trait SagaLog: microshop_storage::Ping + Clone {
     /// write is durable (MongoDB) ignores it.
     fn save(
         &self,
-        record: SagaRecord,
+        record: &SagaRecord,
         deadline: PaymentDeadline,
         sync: Sync,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;

@@ -387,14 +387,14 @@ impl MongoSagaLog {
 
     async fn save_durable(
         &self,
-        record: SagaRecord,
+        record: &SagaRecord,
         deadline: PaymentDeadline,
     ) -> Result<(), StorageError> {
         let filter = doc! {
             "_id": &record.saga_id,
             "epoch": i64::try_from(record.lease_epoch).unwrap_or(i64::MAX),
         };
-        let update = self.record_update(&record)?;
+        let update = self.record_update(record)?;
         if deadline == PaymentDeadline::Keep {
             let done = self
                 .sagas
@@ -440,7 +440,7 @@ impl SagaLog for MongoSagaLog {
 
     async fn save(
         &self,
-        record: SagaRecord,
+        record: &SagaRecord,
         deadline: PaymentDeadline,
         _sync: Sync,
     ) -> Result<(), StorageError> {

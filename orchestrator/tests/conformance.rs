@@ -189,7 +189,7 @@ async fn mongodb_leases_fence_a_former_owner() {
     );
     // a's last save before it stops renewing: a short lease.
     a_briefly
-        .save(theirs.clone(), PaymentDeadline::Keep, Sync::Durable)
+        .save(&theirs, PaymentDeadline::Keep, Sync::Durable)
         .await
         .expect("a renews its lease");
     let key = theirs.idempotency_key.clone();
@@ -222,10 +222,7 @@ async fn mongodb_leases_fence_a_former_owner() {
     // a, slow, saves from its old copy: fenced, with or without a deadline.
     let mut stale = theirs.clone();
     stale.transition(SagaState::Compensating, "a is behind");
-    match a
-        .save(stale.clone(), PaymentDeadline::Keep, Sync::Durable)
-        .await
-    {
+    match a.save(&stale, PaymentDeadline::Keep, Sync::Durable).await {
         Err(StorageError::Fenced(_)) => {}
         other => panic!("a's save after the takeover must be fenced, got {other:?}"),
     }
@@ -233,7 +230,7 @@ async fn mongodb_leases_fence_a_former_owner() {
         order_id: "lease-order".to_owned(),
         due_ms: 1,
     };
-    match a.save(stale, deadline, Sync::Durable).await {
+    match a.save(&stale, deadline, Sync::Durable).await {
         Err(StorageError::Fenced(_)) => {}
         other => {
             panic!("a's save with a deadline after the takeover must be fenced, got {other:?}")
@@ -254,7 +251,7 @@ async fn mongodb_leases_fence_a_former_owner() {
     let mut progressed = mine.clone();
     progressed.outputs.order_id = Some("lease-order".to_owned());
     progressed.transition(SagaState::Completed, "b finished it");
-    b.save(progressed.clone(), PaymentDeadline::Keep, Sync::Durable)
+    b.save(&progressed, PaymentDeadline::Keep, Sync::Durable)
         .await
         .expect("the new owner saves");
     assert_eq!(
@@ -437,7 +434,7 @@ async fn save<L: SagaLog>(
     record: &SagaRecord,
     deadline: PaymentDeadline,
 ) {
-    log.save(record.clone(), deadline, Sync::Durable)
+    log.save(&record, deadline, Sync::Durable)
         .await
         .unwrap_or_else(|e| panic!("save of {}: {e}", record.saga_id));
     book.keep(record);
@@ -1038,7 +1035,7 @@ async fn purge_removes_only_old_ended_sagas<L: SagaLog>(log: &L, book: &mut Book
             r.transition(end, "ended long ago");
         }
         r.updated_at_ms = long_ago + i64::try_from(i).unwrap_or(0);
-        log.save(r.clone(), PaymentDeadline::Keep, Sync::Durable)
+        log.save(&r, PaymentDeadline::Keep, Sync::Durable)
             .await
             .expect("save an aged saga");
         book.keep(&r);

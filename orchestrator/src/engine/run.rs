@@ -161,9 +161,7 @@ impl<L: SagaLog> Engine<L> {
         deadline: PaymentDeadline,
     ) -> Result<(), StorageError> {
         record.updated_at_ms = now_ms();
-        self.log
-            .save(record.clone(), deadline, sync_of(record))
-            .await
+        self.log.save(record, deadline, sync_of(record)).await
     }
 
     /// Drives `record` until it ends or waits. `resume` names who re-drives

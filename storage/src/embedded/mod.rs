@@ -18,10 +18,11 @@
 //!   committed; the next fsync of the store, for anyone, covers it too,
 //!   since the journal is one sequential file.
 //!
-//! A commit writes the batch to the journal file (the OS holds it: a
-//! killed process loses nothing), and only an fsync makes it survive a
-//! power cut. One writer thread means nobody else ever waits on fjall's
-//! journal lock, which fjall holds through its fsync.
+//! Once a batch is committed the writer hands the journal to the OS (one
+//! `write`: from then on a killed process loses nothing) and only then
+//! answers; only an fsync makes it survive a power cut. One writer thread
+//! means nobody else ever waits on fjall's journal lock, which fjall holds
+//! through its fsync.
 //!
 //! Reads run on the caller's task against a snapshot: point reads are
 //! answered from memory or the page cache in microseconds. A read may see
@@ -331,10 +332,13 @@ impl EmbeddedDb {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| io_error(&e, &format!("creating {}", dir.display())))?;
+        // The writer flushes the journal to the OS once per batch (not once
+        // per commit), then fsyncs it when a write of the batch needs it.
         let db = Database::builder(&path)
             .cache_size(CACHE_BYTES)
             .max_journaling_size(JOURNALING_BYTES)
             .worker_threads(1)
+            .manual_journal_persist(true)
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => StorageError::Backend(format!(
@@ -345,7 +349,9 @@ impl EmbeddedDb {
             })?;
         let ks = db
             .keyspace("data", || {
-                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(MEMTABLE_BYTES)
+                    .manual_journal_persist(true)
             })
             .map_err(fjall_error)?;
         let mut txn = Txn {
@@ -354,9 +360,12 @@ impl EmbeddedDb {
         };
         init(&mut txn)?;
         commit(&db, &ks, txn.writes)?;
-        if durable == Durable::Yes {
-            db.persist(PersistMode::SyncData).map_err(fjall_error)?;
-        }
+        db.persist(if durable == Durable::Yes {
+            PersistMode::SyncData
+        } else {
+            PersistMode::Buffer
+        })
+        .map_err(fjall_error)?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let (writer_db, writer_ks) = (db.clone(), ks.clone());
         let writer = thread::Builder::new()
@@ -494,10 +503,13 @@ fn writer(db: &Database, ks: &Keyspace, rx: &mpsc::Receiver<Job>, durable: Durab
                 Err(_) => break,
             }
         }
-        // Answered once the batch's fsync is done: callers of durable
-        // writes, and the durability of early ones.
+        // Answered once the batch is in the OS (buffered writes: a killed
+        // process loses nothing), or once its fsync is done (durable
+        // writes, and the durability of early ones).
+        let mut buffered: Vec<Completion> = Vec::new();
         let mut waiting: Vec<Completion> = Vec::new();
         let mut early: Vec<oneshot::Sender<Result<(), StorageError>>> = Vec::new();
+        let mut failed: Vec<(Completion, StorageError)> = Vec::new();
         for job in batch {
             let mut txn = Txn {
                 ks,
@@ -511,15 +523,15 @@ fn writer(db: &Database, ks: &Keyspace, rx: &mpsc::Receiver<Job>, durable: Durab
             match commit(db, ks, txn.writes) {
                 Err(e) => {
                     tracing::error!(error = %e, "store write not committed");
-                    (done.answer)(Err(&e));
                     if let Some(s) = done.synced {
-                        let _ = s.send(Err(e));
+                        let _ = s.send(Err(e.duplicate()));
                     }
+                    failed.push((done.answer, e));
                 }
                 Ok(()) if done.sync == Sync::Durable && durable == Durable::Yes => {
                     match done.synced {
                         Some(s) => {
-                            (done.answer)(Ok(()));
+                            buffered.push(done.answer);
                             early.push(s);
                         }
                         None => waiting.push(done.answer),
@@ -527,21 +539,32 @@ fn writer(db: &Database, ks: &Keyspace, rx: &mpsc::Receiver<Job>, durable: Durab
                 }
                 Ok(()) => {
                     stats.buffered_writes.fetch_add(1, Ordering::Relaxed);
-                    (done.answer)(Ok(()));
+                    buffered.push(done.answer);
                     if let Some(s) = done.synced {
-                        let _ = s.send(Ok(()));
+                        early.push(s);
                     }
                 }
             }
         }
+        for (answer, e) in failed {
+            answer(Err(&e));
+        }
+        let flushed = db.persist(PersistMode::Buffer).map_err(fjall_error);
+        for answer in buffered {
+            answer(flushed.as_ref().map(|_| ()));
+        }
         if waiting.is_empty() && early.is_empty() {
             continue;
         }
-        let synced = db.persist(PersistMode::SyncData).map_err(fjall_error);
-        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        stats
-            .durable_writes
-            .fetch_add((waiting.len() + early.len()) as u64, Ordering::Relaxed);
+        let synced = if durable == Durable::Yes {
+            stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            stats
+                .durable_writes
+                .fetch_add((waiting.len() + early.len()) as u64, Ordering::Relaxed);
+            db.persist(PersistMode::SyncData).map_err(fjall_error)
+        } else {
+            flushed
+        };
         if let Err(e) = &synced {
             tracing::error!(error = %e, jobs = waiting.len(), "store fsync failed");
         }
