@@ -434,7 +434,7 @@ async fn save<L: SagaLog>(
     record: &SagaRecord,
     deadline: PaymentDeadline,
 ) {
-    log.save(&record, deadline, Sync::Durable)
+    log.save(record, deadline, Sync::Durable)
         .await
         .unwrap_or_else(|e| panic!("save of {}: {e}", record.saga_id));
     book.keep(record);
