@@ -63,6 +63,9 @@ pub enum Reason {
     /// UNAVAILABLE: a participant URL reaches a server that does not serve
     /// that participant (e.g. swapped ports); an operator must fix it.
     DependencyMisconfigured,
+    /// UNAVAILABLE: the disk under a store is full; nothing was written, and
+    /// the store serves again by itself once space is freed.
+    StorageFull,
     /// DEADLINE_EXCEEDED: the saga did not end within the caller's deadline.
     DeadlineExceeded,
     /// RESOURCE_EXHAUSTED: too many requests.
@@ -101,6 +104,7 @@ impl Reason {
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::DependencyUnavailable => "DEPENDENCY_UNAVAILABLE",
             Self::DependencyMisconfigured => "DEPENDENCY_MISCONFIGURED",
+            Self::StorageFull => "STORAGE_FULL",
             Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Self::Overloaded => "OVERLOADED",
             Self::Internal => "INTERNAL",
@@ -137,6 +141,7 @@ const ALL_REASONS: &[Reason] = &[
     Reason::IdempotencyKeyReused,
     Reason::DependencyUnavailable,
     Reason::DependencyMisconfigured,
+    Reason::StorageFull,
     Reason::DeadlineExceeded,
     Reason::Overloaded,
     Reason::Internal,
@@ -280,8 +285,20 @@ pub fn metadata_of(status: &Status, key: &str) -> Option<String> {
 }
 
 /// The status of a storage failure: UNAVAILABLE (retry) when the store is
-/// unreachable, INTERNAL (logged in full, nothing leaked) otherwise.
+/// unreachable or its disk full (reason STORAGE_FULL), INTERNAL (logged in
+/// full, nothing leaked) otherwise.
 pub fn storage_status(err: &microshop_storage::StorageError) -> Status {
+    if let microshop_storage::StorageError::Full(why) = err {
+        tracing::warn!(error = %why, "store full");
+        return rich_status(
+            Code::Unavailable,
+            Reason::StorageFull,
+            "the disk under this service's store is full: nothing was written; the \
+             service serves again once space is freed (retry with the same idempotency key)",
+            [],
+            Some(Duration::from_secs(1)),
+        );
+    }
     if err.is_transient() {
         unavailable_status("storage", err)
     } else {

@@ -29,6 +29,14 @@
 //! a write a moment before it is durable; a power cut can take such a
 //! write back, never one whose answer was given.
 //!
+//! A full disk: fjall poisons a database whose journal write or memtable
+//! flush failed (its memtable may then hold a batch the journal lacks), so
+//! the writer answers that batch with the failure, closes the database and,
+//! once the disk has room again, opens it anew from its files (the journal
+//! drops its unwritten tail). Until then every read and write answers
+//! [`StorageError::Full`] (health: NOT_SERVING); nothing acknowledged is
+//! lost, since nothing is acknowledged before it is in the OS.
+//!
 //! Data directories written by earlier versions (one redb file per
 //! service) are refused with what to do: `microshop migrate`.
 
@@ -39,11 +47,12 @@ use std::{
     ops::RangeBounds,
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, RwLock,
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
     thread,
+    time::{Duration, Instant},
 };
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
@@ -65,6 +74,13 @@ const MAX_BATCH: usize = 1024;
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 const JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Free space a store needs to work: room to flush a full memtable. Below
+/// it a failed write is a full disk, and a failed store is not reopened.
+const ROOM_BYTES: u64 = MEMTABLE_BYTES + 1024 * 1024;
+
+/// How long a failed store waits between attempts to reopen, at most.
+const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Whether commits are fsync'd before they are acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -134,7 +150,9 @@ pub fn write_stats() -> &'static WriteStats {
 
 /// The writes of one job: read through, then committed as one batch.
 pub struct Txn<'a> {
-    ks: &'a Keyspace,
+    /// The store, or why it cannot be read (a failed store answers every
+    /// job with its failure).
+    ks: Result<&'a Keyspace, &'a StorageError>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
@@ -152,7 +170,11 @@ impl Txn<'_> {
         match self.writes.get(key) {
             Some(Some(v)) => Ok(Some(Value::from(v.as_slice()))),
             Some(None) => Ok(None),
-            None => self.ks.get(key).map_err(fjall_error),
+            None => self
+                .ks
+                .map_err(StorageError::duplicate)?
+                .get(key)
+                .map_err(fjall_error),
         }
     }
 
@@ -173,7 +195,11 @@ impl Txn<'_> {
         range: impl RangeBounds<Vec<u8>>,
         limit: usize,
     ) -> Result<Vec<(Value, Value)>, StorageError> {
-        scan(self.ks.range(range), limit, false)
+        scan(
+            self.ks.map_err(StorageError::duplicate)?.range(range),
+            limit,
+            false,
+        )
     }
 }
 
@@ -253,6 +279,28 @@ fn fjall_error(err: fjall::Error) -> StorageError {
     }
 }
 
+/// Bytes free for us on the file system holding `path` (`None` if unknown).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// What a write that left the database unusable means for its callers: a
+/// full disk when there is no room under the store (fjall reports a
+/// failed flush only as a poisoned database), else the store is
+/// unavailable while it reopens. Logged in full here.
+fn failure_of(err: &StorageError, path: &Path) -> StorageError {
+    tracing::error!(error = %err, path = %path.display(), "store write failed; reopening the store");
+    match (err, free_bytes(path)) {
+        (StorageError::Full(m), _) => StorageError::Full(m.clone()),
+        (_, Some(free)) if free < ROOM_BYTES => StorageError::Full(format!(
+            "the disk under {} is full ({free} bytes free)",
+            path.display()
+        )),
+        _ => StorageError::Unavailable("the store failed a write and is reopening".into()),
+    }
+}
+
 type Completion = Box<dyn FnOnce(Result<(), &StorageError>) + Send>;
 type Job = Box<dyn FnOnce(&mut Txn) -> Done + Send>;
 
@@ -272,9 +320,23 @@ pub struct EmbeddedDb {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+/// The fjall handles of an open store.
+#[derive(Clone)]
+struct Handles {
     db: Database,
     ks: Keyspace,
+}
+
+/// Whether a store serves (see the module docs on a full disk).
+enum State {
+    Open(Handles),
+    Failed(StorageError),
+}
+
+struct Inner {
+    /// Shared with the writer, which replaces it when the store fails and
+    /// when it is reopened.
+    state: Arc<RwLock<State>>,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<thread::JoinHandle<()>>,
     path: PathBuf,
@@ -332,55 +394,45 @@ impl EmbeddedDb {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| io_error(&e, &format!("creating {}", dir.display())))?;
-        // The writer flushes the journal to the OS once per batch (not once
-        // per commit), then fsyncs it when a write of the batch needs it.
-        let db = Database::builder(&path)
-            .cache_size(CACHE_BYTES)
-            .max_journaling_size(JOURNALING_BYTES)
-            .worker_threads(1)
-            .manual_journal_persist(true)
-            .open()
-            .map_err(|e| match e {
-                fjall::Error::Locked => StorageError::Backend(format!(
-                    "{} is in use by another process",
-                    path.display()
-                )),
-                other => fjall_error(other),
-            })?;
-        let ks = db
-            .keyspace("data", || {
-                KeyspaceCreateOptions::default()
-                    .max_memtable_size(MEMTABLE_BYTES)
-                    .manual_journal_persist(true)
-            })
-            .map_err(fjall_error)?;
+        let handles = open_handles(&path)?;
         let mut txn = Txn {
-            ks: &ks,
+            ks: Ok(&handles.ks),
             writes: BTreeMap::new(),
         };
         init(&mut txn)?;
-        commit(&db, &ks, txn.writes)?;
-        db.persist(if durable == Durable::Yes {
-            PersistMode::SyncData
-        } else {
-            PersistMode::Buffer
-        })
-        .map_err(fjall_error)?;
+        commit(&handles, txn.writes)?;
+        handles
+            .db
+            .persist(if durable == Durable::Yes {
+                PersistMode::SyncData
+            } else {
+                PersistMode::Buffer
+            })
+            .map_err(fjall_error)?;
+        let state = Arc::new(RwLock::new(State::Open(handles.clone())));
         let (jobs, rx) = mpsc::channel::<Job>();
-        let (writer_db, writer_ks) = (db.clone(), ks.clone());
+        let writer_state = Arc::clone(&state);
+        let writer_path = path.clone();
         let writer = thread::Builder::new()
             .name(format!("{name}-writer"))
-            .spawn(move || writer(&writer_db, &writer_ks, &rx, durable))
+            .spawn(move || writer(handles, &writer_state, &writer_path, &rx, durable))
             .map_err(|e| StorageError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
-                ks,
+                state,
                 jobs: Some(jobs),
                 writer: Some(writer),
                 path,
             }),
         })
+    }
+
+    /// The open store's handles, or why it is not open.
+    fn handles(&self) -> Result<Handles, StorageError> {
+        match &*self.inner.state.read().unwrap_or_else(|e| e.into_inner()) {
+            State::Open(h) => Ok(h.clone()),
+            State::Failed(e) => Err(e.duplicate()),
+        }
     }
 
     /// Runs `job` on the writer thread in its own [`Txn`] and returns its
@@ -457,9 +509,10 @@ impl EmbeddedDb {
         &self,
         f: impl FnOnce(&View) -> Result<R, StorageError>,
     ) -> Result<R, StorageError> {
+        let Handles { db, ks } = self.handles()?;
         let view = View {
-            snapshot: self.inner.db.snapshot(),
-            ks: self.inner.ks.clone(),
+            snapshot: db.snapshot(),
+            ks,
         };
         f(&view)
     }
@@ -471,109 +524,242 @@ impl EmbeddedDb {
 
     /// Bytes the store's files take on disk.
     pub fn disk_space(&self) -> Result<u64, StorageError> {
-        self.inner.db.disk_space().map_err(fjall_error)
+        self.handles()?.db.disk_space().map_err(fjall_error)
     }
 }
 
+/// Opens the fjall database at `path` (recovering its journal) and its
+/// keyspace.
+fn open_handles(path: &Path) -> Result<Handles, StorageError> {
+    // The writer flushes the journal to the OS once per batch (not once per
+    // commit), then fsyncs it when a write of the batch needs it.
+    let db = Database::builder(path)
+        .cache_size(CACHE_BYTES)
+        .max_journaling_size(JOURNALING_BYTES)
+        .worker_threads(1)
+        .manual_journal_persist(true)
+        .open()
+        .map_err(|e| match e {
+            fjall::Error::Locked => {
+                StorageError::Backend(format!("{} is in use by another process", path.display()))
+            }
+            other => fjall_error(other),
+        })?;
+    let ks = db
+        .keyspace("data", || {
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(MEMTABLE_BYTES)
+                .manual_journal_persist(true)
+        })
+        .map_err(fjall_error)?;
+    Ok(Handles { db, ks })
+}
+
 fn commit(
-    db: &Database,
-    ks: &Keyspace,
+    handles: &Handles,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 ) -> Result<(), StorageError> {
     if writes.is_empty() {
         return Ok(());
     }
-    let mut batch = db.batch();
+    let mut batch = handles.db.batch();
     for (key, value) in writes {
         match value {
-            Some(v) => batch.insert(ks, key, v),
-            None => batch.remove(ks, key),
+            Some(v) => batch.insert(&handles.ks, key, v),
+            None => batch.remove(&handles.ks, key),
         }
     }
     batch.commit().map_err(fjall_error)
 }
 
-fn writer(db: &Database, ks: &Keyspace, rx: &mpsc::Receiver<Job>, durable: Durable) {
-    let stats = write_stats();
+/// Takes the queued jobs, up to [`MAX_BATCH`], after `first`.
+fn take_batch(first: Job, rx: &mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// Answers `job` with `failure` without writing anything.
+fn refuse(job: Job, failure: &StorageError) {
+    let mut txn = Txn {
+        ks: Err(failure),
+        writes: BTreeMap::new(),
+    };
+    let done = job(&mut txn);
+    if let Some(s) = done.synced {
+        let _ = s.send(Err(failure.duplicate()));
+    }
+    if done.failed {
+        (done.answer)(Ok(()));
+    } else {
+        (done.answer)(Err(failure));
+    }
+}
+
+fn writer(
+    mut handles: Handles,
+    state: &RwLock<State>,
+    path: &Path,
+    rx: &mpsc::Receiver<Job>,
+    durable: Durable,
+) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let batch = take_batch(first, rx);
+        if let Err(e) = write_batch(&handles, batch, durable) {
+            // fjall poisoned the database: answer from the failure until
+            // it is open again.
+            let failure = failure_of(&e, path);
+            *state.write().unwrap_or_else(|e| e.into_inner()) = State::Failed(failure.duplicate());
+            drop(handles);
+            match reopen(path, state, rx, failure) {
+                Some(open) => handles = open,
+                None => break,
             }
-        }
-        // Answered once the batch is in the OS (buffered writes: a killed
-        // process loses nothing), or once its fsync is done (durable
-        // writes, and the durability of early ones).
-        let mut buffered: Vec<Completion> = Vec::new();
-        let mut waiting: Vec<Completion> = Vec::new();
-        let mut early: Vec<oneshot::Sender<Result<(), StorageError>>> = Vec::new();
-        let mut failed: Vec<(Completion, StorageError)> = Vec::new();
-        for job in batch {
-            let mut txn = Txn {
-                ks,
-                writes: BTreeMap::new(),
-            };
-            let done = job(&mut txn);
-            if done.failed {
-                (done.answer)(Ok(()));
-                continue;
-            }
-            match commit(db, ks, txn.writes) {
-                Err(e) => {
-                    tracing::error!(error = %e, "store write not committed");
-                    if let Some(s) = done.synced {
-                        let _ = s.send(Err(e.duplicate()));
-                    }
-                    failed.push((done.answer, e));
-                }
-                Ok(()) if done.sync == Sync::Durable && durable == Durable::Yes => {
-                    match done.synced {
-                        Some(s) => {
-                            buffered.push(done.answer);
-                            early.push(s);
-                        }
-                        None => waiting.push(done.answer),
-                    }
-                }
-                Ok(()) => {
-                    stats.buffered_writes.fetch_add(1, Ordering::Relaxed);
-                    buffered.push(done.answer);
-                    if let Some(s) = done.synced {
-                        early.push(s);
-                    }
-                }
-            }
-        }
-        for (answer, e) in failed {
-            answer(Err(&e));
-        }
-        let flushed = db.persist(PersistMode::Buffer).map_err(fjall_error);
-        for answer in buffered {
-            answer(flushed.as_ref().map(|_| ()));
-        }
-        if waiting.is_empty() && early.is_empty() {
-            continue;
-        }
-        let synced = if durable == Durable::Yes {
-            stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            stats
-                .durable_writes
-                .fetch_add((waiting.len() + early.len()) as u64, Ordering::Relaxed);
-            db.persist(PersistMode::SyncData).map_err(fjall_error)
-        } else {
-            flushed
-        };
-        if let Err(e) = &synced {
-            tracing::error!(error = %e, jobs = waiting.len(), "store fsync failed");
-        }
-        for answer in waiting {
-            answer(synced.as_ref().map(|_| ()));
-        }
-        for s in early {
-            let _ = s.send(synced.as_ref().map(|_| ()).map_err(StorageError::duplicate));
         }
     }
     tracing::debug!("store writer stopped");
+}
+
+/// While the store is failed: answers every job with `failure` and, on a
+/// capped backoff, opens the store again once the disk has room. `None`
+/// when the store shuts down meanwhile.
+fn reopen(
+    path: &Path,
+    state: &RwLock<State>,
+    rx: &mpsc::Receiver<Job>,
+    mut failure: StorageError,
+) -> Option<Handles> {
+    let mut delay = Duration::from_millis(50);
+    let mut next_try = Instant::now() + delay;
+    loop {
+        match rx.recv_timeout(next_try.saturating_duration_since(Instant::now())) {
+            Ok(job) => {
+                refuse(job, &failure);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        delay = (delay * 2).min(REOPEN_BACKOFF_MAX);
+        next_try = Instant::now() + delay;
+        if free_bytes(path).is_some_and(|free| free < ROOM_BYTES) {
+            continue;
+        }
+        // Readers may still hold the old database for a moment (its lock):
+        // then this fails, and the next attempt succeeds.
+        match open_handles(path).and_then(|h| {
+            h.db.persist(PersistMode::SyncData).map_err(fjall_error)?;
+            Ok(h)
+        }) {
+            Ok(handles) => {
+                tracing::info!(path = %path.display(), "store reopened; serving again");
+                *state.write().unwrap_or_else(|e| e.into_inner()) = State::Open(handles.clone());
+                return Some(handles);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "store not reopened yet");
+                if matches!(e, StorageError::Full(_)) {
+                    failure = e;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one batch of jobs and answers them; `Err` when a commit or the
+/// journal's flush or fsync failed, which leaves the database poisoned
+/// (every job of the batch not answered yet is answered with it).
+fn write_batch(handles: &Handles, batch: Vec<Job>, durable: Durable) -> Result<(), StorageError> {
+    let stats = write_stats();
+    // Answered once the batch is in the OS (buffered writes: a killed
+    // process loses nothing), or once its fsync is done (durable writes,
+    // and the durability of early ones).
+    let mut buffered: Vec<Completion> = Vec::new();
+    let mut waiting: Vec<Completion> = Vec::new();
+    let mut early: Vec<oneshot::Sender<Result<(), StorageError>>> = Vec::new();
+    let mut jobs = batch.into_iter();
+    let mut broken: Option<StorageError> = None;
+    for job in jobs.by_ref() {
+        let mut txn = Txn {
+            ks: Ok(&handles.ks),
+            writes: BTreeMap::new(),
+        };
+        let done = job(&mut txn);
+        if done.failed {
+            (done.answer)(Ok(()));
+            continue;
+        }
+        match commit(handles, txn.writes) {
+            Err(e) => {
+                if let Some(s) = done.synced {
+                    let _ = s.send(Err(e.duplicate()));
+                }
+                (done.answer)(Err(&e));
+                broken = Some(e);
+                break;
+            }
+            Ok(()) if done.sync == Sync::Durable && durable == Durable::Yes => match done.synced {
+                Some(s) => {
+                    buffered.push(done.answer);
+                    early.push(s);
+                }
+                None => waiting.push(done.answer),
+            },
+            Ok(()) => {
+                stats.buffered_writes.fetch_add(1, Ordering::Relaxed);
+                buffered.push(done.answer);
+                if let Some(s) = done.synced {
+                    early.push(s);
+                }
+            }
+        }
+    }
+    let flushed = match broken {
+        Some(e) => Err(e),
+        None => handles.db.persist(PersistMode::Buffer).map_err(fjall_error),
+    };
+    if let Err(e) = flushed {
+        // Nothing of this batch was acknowledged: answer all of it (and
+        // what is still queued in it) with the failure.
+        for answer in buffered.into_iter().chain(waiting) {
+            answer(Err(&e));
+        }
+        for s in early {
+            let _ = s.send(Err(e.duplicate()));
+        }
+        for job in jobs {
+            refuse(job, &e);
+        }
+        return Err(e);
+    }
+    for answer in buffered {
+        answer(Ok(()));
+    }
+    if waiting.is_empty() && early.is_empty() {
+        return Ok(());
+    }
+    let synced = if durable == Durable::Yes {
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        stats
+            .durable_writes
+            .fetch_add((waiting.len() + early.len()) as u64, Ordering::Relaxed);
+        handles
+            .db
+            .persist(PersistMode::SyncData)
+            .map_err(fjall_error)
+    } else {
+        Ok(())
+    };
+    for answer in waiting {
+        answer(synced.as_ref().map(|_| ()));
+    }
+    for s in early {
+        let _ = s.send(synced.as_ref().map(|_| ()).map_err(StorageError::duplicate));
+    }
+    synced
 }
