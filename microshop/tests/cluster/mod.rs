@@ -35,7 +35,9 @@
 // used by another, so dead-code warnings here say nothing.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod database;
+pub mod metrics;
 pub mod netns;
 pub mod process;
 pub mod shop;
