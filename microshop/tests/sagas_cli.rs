@@ -14,112 +14,40 @@
 //!   abort them, single and bulk, with the admin token's `sub` in their
 //!   history; the CA is checked and bad tokens are refused.
 //!
-//! Every wait is bounded polling (health, or the CLI process exiting); the
-//! CLI runs with stdin from /dev/null, so it never has a terminal.
+//! The processes and the CLI runs go through the shared harness
+//! (`cluster`). Every wait is bounded polling (health, or the CLI process
+//! exiting); the CLI runs with stdin from /dev/null, so it never has a
+//! terminal.
+
+mod cluster;
 
 use std::{
-    fs::File,
-    io::{BufRead as _, BufReader},
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use cluster::{
+    READY_WITHIN, Svc,
+    cli::{ids, sagas_with as sagas},
+    process::{Process, free_addr, serve},
+    up::Up,
+};
 use microshop_proto::{
     inventory::v1::{self as inv, inventory_service_client::InventoryServiceClient},
     loyalty::v1::{self as loy, loyalty_service_client::LoyaltyServiceClient},
     orchestrator::v1::{self as orch, checkout_service_client::CheckoutServiceClient},
 };
 use microshop_runtime::errors::metadata_of;
-use serde_json::Value;
 use tonic::{
     Request,
     transport::{Certificate, ClientTlsConfig, Endpoint},
 };
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
 // ---------------------------------------------------------------------------
-// Process harness: `microshop up` and `microshop serve orchestrator` as
-// child processes on free loopback ports. Self-contained, so it can move
-// into the shared cluster harness (`microshop/tests/cluster/mod.rs`).
+// Processes: `microshop up` is the shared harness's; the lone orchestrator
+// (TLS, JWT, a dead loyalty URL) is spawned and awaited through it too.
 // ---------------------------------------------------------------------------
-
-const BIN: &str = env!("CARGO_BIN_EXE_microshop");
-/// How long a process may take to answer health SERVING.
-const READY_WITHIN: Duration = Duration::from_secs(30);
-/// Interval of every bounded poll.
-const POLL: Duration = Duration::from_millis(20);
-
-/// A child process, killed and reaped when dropped; its output goes to a
-/// log file, whose tail is printed if the test panics.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let lines: Vec<String> = File::open(&self.log)
-                .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
-                .unwrap_or_default();
-            eprintln!(
-                "---- last lines of {} ({}) ----",
-                self.name,
-                self.log.display()
-            );
-            for line in lines.iter().skip(lines.len().saturating_sub(60)) {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-/// A free loopback address (bound to port 0, read, released).
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
-/// `cmd` without any `MICROSHOP_*` or `MONGODB_URI` of the environment
-/// (embedded stores; only what the test sets).
-fn clean_env(cmd: &mut Command) -> &mut Command {
-    for (key, _) in std::env::vars_os() {
-        let key_str = key.to_string_lossy();
-        if key_str.starts_with("MICROSHOP_") || key_str == "MONGODB_URI" {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("NO_COLOR", "1")
-}
-
-/// Spawns `microshop ARGS`, output to `DIR/NAME.log`.
-fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
-    let log = dir.join(format!("{name}.log"));
-    let out = File::create(&log).expect("create a log file");
-    let err = out.try_clone().expect("clone the log file");
-    let mut cmd = Command::new(BIN);
-    clean_env(&mut cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {BIN}: {e}"));
-    Proc {
-        name: name.to_owned(),
-        child,
-        log,
-    }
-}
 
 /// A channel to `url`, TLS-verified against `ca` for `https://`.
 fn endpoint(url: &str, ca: Option<&[u8]>) -> Endpoint {
@@ -135,95 +63,13 @@ fn endpoint(url: &str, ca: Option<&[u8]>) -> Endpoint {
     endpoint
 }
 
-/// Polls health entry `service` at `url` until SERVING; an error if `proc`
-/// exits first or it is not serving within [`READY_WITHIN`].
-async fn ready(proc: &mut Proc, url: &str, ca: Option<&[u8]>, service: &str) -> Result<(), String> {
-    let deadline = Instant::now() + READY_WITHIN;
-    loop {
-        if let Ok(Some(status)) = proc.child.try_wait() {
-            return Err(format!("{} exited with {status}", proc.name));
-        }
-        if let Ok(channel) = endpoint(url, ca).connect().await {
-            let reply = HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: service.to_owned(),
-                })
-                .await;
-            if reply.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
-                return Ok(());
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "{} not SERVING at {url} within {READY_WITHIN:?}",
-                proc.name
-            ));
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// `microshop up` on free ports.
-struct Up {
-    _proc: Proc,
-    orchestrator: SocketAddr,
-    inventory: SocketAddr,
-    loyalty: SocketAddr,
-    order: SocketAddr,
-}
-
-impl Up {
-    /// Starts it (again on other ports if one was taken meanwhile) and
-    /// waits until every service is SERVING.
-    async fn start(dir: &Path) -> Self {
-        let mut last = String::new();
-        for attempt in 0..3 {
-            let [orchestrator, inventory, loyalty, order] = [(); 4].map(|()| free_addr());
-            let flag = |name: &str, addr: SocketAddr| [format!("--{name}"), addr.to_string()];
-            let mut args = vec!["up".to_owned(), "--data-dir".to_owned()];
-            args.push(dir.join(format!("up-{attempt}")).display().to_string());
-            args.extend(flag("orchestrator-listen", orchestrator));
-            args.extend(flag("inventory-listen", inventory));
-            args.extend(flag("loyalty-listen", loyalty));
-            args.extend(flag("order-listen", order));
-            args.extend(["--metrics-addr".to_owned(), "127.0.0.1:0".to_owned()]);
-            let mut proc = spawn(dir, &format!("up-{attempt}"), &args);
-            let mut started = Ok(());
-            for (addr, service) in [
-                (inventory, inventory_svc::SERVICE_NAME),
-                (loyalty, loyalty_svc::SERVICE_NAME),
-                (order, order_svc::SERVICE_NAME),
-                (orchestrator, orchestrator::SERVICE_NAME),
-            ] {
-                started = ready(&mut proc, &format!("http://{addr}"), None, service).await;
-                if started.is_err() {
-                    break;
-                }
-            }
-            match started {
-                Ok(()) => {
-                    return Self {
-                        _proc: proc,
-                        orchestrator,
-                        inventory,
-                        loyalty,
-                        order,
-                    };
-                }
-                Err(why) => last = why,
-            }
-        }
-        panic!("microshop up did not start in 3 attempts: {last}");
-    }
-}
-
 /// A lone orchestrator against `up`'s inventory and order services and a
 /// loyalty URL nothing listens on, with TLS and HS256 authentication, and
 /// budgets that make a checkout redeeming points wait within a second.
 /// Recovery passes are 10 minutes apart, so nothing but the CLI drives a
 /// waiting saga during the test.
 struct LoneOrchestrator {
-    _proc: Proc,
+    _proc: Process,
     url: String,
 }
 
@@ -234,17 +80,11 @@ impl LoneOrchestrator {
             let addr = free_addr();
             let dead_loyalty = free_addr();
             let path = |p: &Path| p.display().to_string();
-            let mut args: Vec<String> = [
-                "serve",
-                "orchestrator",
-                "--listen",
-                &addr.to_string(),
-                "--data-dir",
-                &path(&dir.join(format!("lone-{attempt}"))),
+            let args: Vec<String> = [
                 "--inventory-url",
-                &format!("http://{}", up.inventory),
+                &format!("http://{}", up.addr(Svc::Inventory)),
                 "--order-url",
-                &format!("http://{}", up.order),
+                &format!("http://{}", up.addr(Svc::Order)),
                 "--loyalty-url",
                 &format!("http://{dead_loyalty}"),
                 "--auth-hs256-secret-file",
@@ -257,40 +97,43 @@ impl LoneOrchestrator {
                 &path(&tls.cert),
                 "--tls-key-file",
                 &path(&tls.key),
+                "--step-attempts",
+                "3",
+                "--step-budget-ms",
+                "300",
+                "--backoff-min-ms",
+                "10",
+                "--backoff-max-ms",
+                "50",
+                "--call-timeout-ms",
+                "300",
+                "--compensation-attempts",
+                "2",
+                "--recovery-interval-ms",
+                "600000",
             ]
             .map(str::to_owned)
             .to_vec();
-            args.extend(
-                [
-                    "--step-attempts",
-                    "3",
-                    "--step-budget-ms",
-                    "300",
-                    "--backoff-min-ms",
-                    "10",
-                    "--backoff-max-ms",
-                    "50",
-                    "--call-timeout-ms",
-                    "300",
-                    "--compensation-attempts",
-                    "2",
-                    "--recovery-interval-ms",
-                    "600000",
-                ]
-                .map(str::to_owned),
-            );
-            let mut proc = spawn(dir, &format!("lone-orchestrator-{attempt}"), &args);
-            let url = format!("https://{addr}");
-            match ready(
-                &mut proc,
-                &url,
-                Some(&tls.ca_pem),
-                orchestrator::SERVICE_NAME,
+            let mut proc = serve(
+                Svc::Orchestrator,
+                addr,
+                &dir.join(format!("lone-{attempt}")),
             )
-            .await
+            .args(&args)
+            .name(format!("lone-orchestrator-{attempt}"))
+            .spawn();
+            let url = format!("https://{addr}");
+            match proc
+                .wait_serving(
+                    &endpoint(&url, Some(&tls.ca_pem)),
+                    orchestrator::SERVICE_NAME,
+                    READY_WITHIN,
+                )
+                .await
             {
                 Ok(()) => return Self { _proc: proc, url },
-                Err(why) => last = why,
+                Err(why) if proc.could_not_bind().await => last = why,
+                Err(why) => panic!("{why}"),
             }
         }
         panic!("the lone orchestrator did not start in 3 attempts: {last}");
@@ -380,94 +223,6 @@ fn make_auth(dir: &Path) -> Auth {
         customer_file: write("customer.jwt", &token("dave", "customer")),
         garbage_file: write("garbage.jwt", "not-a-token\n"),
     }
-}
-
-// ---------------------------------------------------------------------------
-// Running the CLI
-// ---------------------------------------------------------------------------
-
-/// How long one CLI run may take.
-const CLI_WITHIN: Duration = Duration::from_secs(90);
-
-/// The result of one `microshop sagas …` run.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Its stdout as one JSON document.
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:#?}"))
-    }
-
-    #[track_caller]
-    fn exits(&self, code: i32) -> &Self {
-        assert_eq!(self.code, code, "exit code: {self:#?}");
-        self
-    }
-
-    #[track_caller]
-    fn says(&self, needles: &[&str]) -> &Self {
-        let all = format!("{}\n{}", self.stdout, self.stderr);
-        for needle in needles {
-            assert!(
-                all.contains(needle),
-                "{needle:?} not in the output: {self:#?}"
-            );
-        }
-        self
-    }
-}
-
-/// Runs `microshop sagas ARGS` with `env`, stdin from /dev/null, and waits
-/// (bounded) for it to exit.
-fn sagas(env: &[(&str, &Path)], args: &[&str]) -> Run {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-    let mut cmd = Command::new(BIN);
-    clean_env(&mut cmd)
-        .arg("sagas")
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path).expect("stdout file"))
-        .stderr(File::create(&err_path).expect("stderr file"));
-    let mut child = cmd.spawn().expect("the binary runs");
-    let deadline = Instant::now() + CLI_WITHIN;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the CLI") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "microshop sagas {args:?} still runs after {CLI_WITHIN:?}; stderr: {}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(POLL);
-    };
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: std::fs::read_to_string(&out_path).expect("stdout"),
-        stderr: std::fs::read_to_string(&err_path).expect("stderr"),
-    }
-}
-
-/// The ids of a `{"sagas": [...]}` or `{"results": [...]}` document.
-fn ids(doc: &Value, list: &str, key: &str) -> Vec<String> {
-    doc[list]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {list:?} array in {doc:#}"))
-        .iter()
-        .map(|s| s[key].as_str().expect("an id").to_owned())
-        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -597,15 +352,14 @@ fn usage_errors_exit_2_and_a_dead_orchestrator_exits_1() {
 
 #[tokio::test]
 async fn list_show_retry_and_abort_on_a_real_mesh() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let up = Up::start(dir.path()).await;
-    let url = format!("http://{}", up.orchestrator);
+    let up = Up::start(&[], &[]).await;
+    let url = format!("http://{}", up.addr(Svc::Orchestrator));
     let u = url.as_str();
     let none: &[(&str, &Path)] = &[];
 
     // Sagas: alice's checkout and payment, bob's checkout and cancel (all
     // COMPLETED), carol's checkout out of stock (COMPENSATED).
-    put_product(up.inventory, "MUG", 5).await;
+    put_product(up.addr(Svc::Inventory), "MUG", 5).await;
     let channel = endpoint(u, None).connect().await.expect("connect");
     let mut checkout = CheckoutServiceClient::new(channel);
     let a = checkout
@@ -1028,9 +782,9 @@ async fn waiting_sagas_are_retried_and_aborted_over_tls_with_an_admin_token() {
     let tls = make_tls(dir.path(), "mesh");
     let other = make_tls(dir.path(), "other");
     let auth = make_auth(dir.path());
-    let up = Up::start(dir.path()).await;
-    put_product(up.inventory, "BOOK", 10).await;
-    let loyalty = endpoint(&format!("http://{}", up.loyalty), None)
+    let up = Up::start(&[], &[]).await;
+    put_product(up.addr(Svc::Inventory), "BOOK", 10).await;
+    let loyalty = endpoint(&format!("http://{}", up.addr(Svc::Loyalty)), None)
         .connect()
         .await
         .expect("connect to loyalty-svc");
@@ -1064,7 +818,7 @@ async fn waiting_sagas_are_retried_and_aborted_over_tls_with_an_admin_token() {
         );
     }
     assert_eq!(
-        reserved(up.inventory, "BOOK").await,
+        reserved(up.addr(Svc::Inventory), "BOOK").await,
         3,
         "each waiting checkout holds its stock"
     );
@@ -1074,7 +828,7 @@ async fn waiting_sagas_are_retried_and_aborted_over_tls_with_an_admin_token() {
     // Credentials: none, garbage, a customer's, another CA.
     let ca = tls.ca.as_path();
     let token = auth.admin_file.as_path();
-    sagas(
+    sagas::<&str>(
         &[],
         &[
             "list",
@@ -1232,7 +986,7 @@ async fn waiting_sagas_are_retried_and_aborted_over_tls_with_an_admin_token() {
         .map(|s| s["compensation"]["status"].clone());
     assert_eq!(release, Some("STEP_STATUS_SUCCEEDED".into()), "{saga:#}");
     assert_eq!(
-        reserved(up.inventory, "BOOK").await,
+        reserved(up.addr(Svc::Inventory), "BOOK").await,
         2,
         "the aborted checkout's stock is back"
     );
@@ -1261,7 +1015,7 @@ async fn waiting_sagas_are_retried_and_aborted_over_tls_with_an_admin_token() {
         assert_eq!(r["state"], "SAGA_STATE_COMPENSATING", "{doc:#}");
     }
     assert_eq!(
-        reserved(up.inventory, "BOOK").await,
+        reserved(up.addr(Svc::Inventory), "BOOK").await,
         0,
         "every aborted checkout's stock is back"
     );

@@ -3,12 +3,21 @@
 //! an operator does and start it again where the services expect it.
 //! Tests that only need a MongoDB share the script's server
 //! (`MICROSHOP_TEST_MONGODB_URI`) instead: this one is for outages.
+//!
+//! The fault suite runs it on a host of its network ([`Database::on`]):
+//! in that host's namespace, listening on its address.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use tempfile::TempDir;
 
-use super::process::{Process, Spawn, free_addr};
+use super::{
+    netns::Host,
+    process::{Process, Spawn, free_addr},
+};
 
 /// How long the server may take to listen after its start.
 const LISTEN_WITHIN: Duration = Duration::from_secs(30);
@@ -18,7 +27,10 @@ const STOP_WITHIN: Duration = Duration::from_secs(20);
 /// A SecantusDB server; dropping it SIGKILLs it.
 pub struct Database {
     command: String,
+    ip: IpAddr,
     port: u16,
+    /// `ip netns exec NS` on a host of the fault suite's network.
+    prefix: Vec<String>,
     dir: TempDir,
     process: Option<Process>,
 }
@@ -29,12 +41,28 @@ impl Database {
     pub fn start(command: String) -> Self {
         let mut db = Self {
             command,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: free_addr().port(),
+            prefix: Vec::new(),
             dir: tempfile::tempdir().expect("temporary directory"),
             process: None,
         };
         db.up();
         db
+    }
+
+    /// A server for `host` of a fault-suite network, on `port` of its
+    /// address, not started yet ([`Database::up`] starts it): the
+    /// services may be started against it first.
+    pub fn on(command: String, host: &Host, port: u16) -> Self {
+        Self {
+            command,
+            ip: IpAddr::V4(host.ip),
+            port,
+            prefix: host.prefix(),
+            dir: tempfile::tempdir().expect("temporary directory"),
+            process: None,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -43,11 +71,13 @@ impl Database {
 
     /// The connection string of the services.
     pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+        format!("mongodb://{}:{}/?directConnection=true", self.ip, self.port)
     }
 
     fn spawn(&self) -> Process {
         Spawn::program("secantusd", &self.command)
+            .prefix(&self.prefix)
+            .args(["--host".to_owned(), self.ip.to_string()])
             .arg("--port")
             .arg(self.port.to_string())
             .arg("--storage-path")
@@ -65,7 +95,8 @@ impl Database {
         // Kept in `self` at once, so a failed wait still kills it on drop.
         self.process = Some(self.spawn());
         let deadline = std::time::Instant::now() + LISTEN_WITHIN;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let addr = std::net::SocketAddr::new(self.ip, self.port);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the database did not listen within {LISTEN_WITHIN:?}"

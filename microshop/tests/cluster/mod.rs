@@ -17,6 +17,10 @@
 //! namespace's address as the service's): the harness dials and passes
 //! whatever address a service has, never assuming loopback.
 //!
+//! For the fault suite, [`netns`] builds the namespaces, the bridge and
+//! the silent cuts; the test thread joins the network itself, so the
+//! harness's clients dial the services' namespace addresses as they are.
+//!
 //! Ports: a service's first start takes free loopback ports, and if one was
 //! taken between picking and binding (every test draws from the same
 //! ephemeral range) it starts again on others: nothing dials a service
@@ -31,7 +35,10 @@
 // used by another, so dead-code warnings here say nothing.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod database;
+pub mod metrics;
+pub mod netns;
 pub mod process;
 pub mod shop;
 pub mod up;
@@ -154,12 +161,18 @@ pub enum Health<'a> {
 pub struct ClusterBuilder {
     args: Vec<(Option<Svc>, String)>,
     env: Vec<(Option<Svc>, String, String)>,
+    /// Variables of one service alone (one peer, not every orchestrator).
+    own_env: Vec<(Svc, String, String)>,
+    /// Participant URLs the orchestrators dial instead of the cluster's.
+    urls: BTreeMap<Svc, String>,
     addrs: BTreeMap<Svc, SocketAddr>,
     metrics_addrs: BTreeMap<Svc, SocketAddr>,
     prefixes: BTreeMap<Svc, Vec<String>>,
     metrics: bool,
     insecure_no_auth: bool,
     mongodb: Option<String>,
+    /// The embedded stores even when the run sets `MONGODB_URI`.
+    embedded: bool,
     log_filter: String,
 }
 
@@ -168,12 +181,15 @@ impl Default for ClusterBuilder {
         Self {
             args: Vec::new(),
             env: Vec::new(),
+            own_env: Vec::new(),
+            urls: BTreeMap::new(),
             addrs: BTreeMap::new(),
             metrics_addrs: BTreeMap::new(),
             prefixes: BTreeMap::new(),
             metrics: false,
             insecure_no_auth: true,
             mongodb: None,
+            embedded: false,
             log_filter: "info".to_owned(),
         }
     }
@@ -210,6 +226,24 @@ impl ClusterBuilder {
     /// A variable of `svc`.
     pub fn env(mut self, svc: Svc, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((Some(svc.kind()), key.into(), value.into()));
+        self
+    }
+
+    /// A variable of `svc` alone: of one peer, not of every orchestrator
+    /// as [`Self::env`] (a clock shifted under one orchestrator).
+    pub fn env_of(mut self, svc: Svc, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.own_env.push((svc, key.into(), value.into()));
+        self
+    }
+
+    /// The orchestrators dial `participant` at `url` instead of where the
+    /// cluster runs it (a URL pointing at the wrong service).
+    pub fn participant_url(mut self, participant: Svc, url: impl Into<String>) -> Self {
+        assert!(
+            matches!(participant, Svc::Inventory | Svc::Loyalty | Svc::Order),
+            "{participant:?} is not a participant"
+        );
+        self.urls.insert(participant, url.into());
         self
     }
 
@@ -257,6 +291,17 @@ impl ClusterBuilder {
     /// server, the same way.
     pub fn mongodb(mut self, uri: impl Into<String>) -> Self {
         self.mongodb = Some(uri.into());
+        self.embedded = false;
+        self
+    }
+
+    /// The embedded stores, even when the test run sets `MONGODB_URI` (the
+    /// script's MongoDB pass): its server listens on the loopback of the
+    /// namespace the run started in, which a service in a namespace of its
+    /// own cannot reach.
+    pub fn embedded(mut self) -> Self {
+        self.embedded = true;
+        self.mongodb = None;
         self
     }
 
@@ -268,6 +313,24 @@ impl ClusterBuilder {
 
     /// Starts the four services and waits until each is SERVING.
     pub async fn start(self) -> Cluster {
+        let mut cluster = self.cluster();
+        for svc in Svc::START_ORDER {
+            cluster.start_svc(svc, &[]).await;
+        }
+        cluster
+    }
+
+    /// Spawns the four services without waiting for any to serve (their
+    /// database is not up yet, say); [`Cluster::wait_ready`] waits.
+    pub fn spawn(self) -> Cluster {
+        let mut cluster = self.cluster();
+        for svc in Svc::START_ORDER {
+            cluster.spawn(svc, &[]);
+        }
+        cluster
+    }
+
+    fn cluster(self) -> Cluster {
         let mut cluster = Cluster {
             procs: BTreeMap::new(),
             addrs: BTreeMap::new(),
@@ -280,9 +343,6 @@ impl ClusterBuilder {
         };
         for svc in Svc::START_ORDER {
             cluster.pick_ports(svc);
-        }
-        for svc in Svc::START_ORDER {
-            cluster.start_svc(svc, &[]).await;
         }
         cluster
     }
@@ -413,13 +473,20 @@ impl Cluster {
         assert!(!self.procs.contains_key(&svc), "{svc:?} is already running");
         let config = &self.config;
         let applies = |key: &Option<Svc>| key.is_none_or(|k| k == svc.kind());
+        let url = |participant: Svc| {
+            config
+                .urls
+                .get(&participant)
+                .cloned()
+                .unwrap_or_else(|| self.url(participant))
+        };
         let mut spawn = serve(svc, self.addr(svc), &self.data_dir(svc))
             .arg("--inventory-url")
-            .arg(self.url(Svc::Inventory))
+            .arg(url(Svc::Inventory))
             .arg("--loyalty-url")
-            .arg(self.url(Svc::Loyalty))
+            .arg(url(Svc::Loyalty))
             .arg("--order-url")
-            .arg(self.url(Svc::Order));
+            .arg(url(Svc::Order));
         if let Some(metrics) = self.metrics.get(&svc) {
             spawn = spawn.arg("--metrics-addr").arg(metrics.to_string());
         }
@@ -445,20 +512,30 @@ impl Cluster {
         let mongodb = config
             .mongodb
             .clone()
-            .or_else(|| std::env::var("MONGODB_URI").ok());
+            .or_else(|| std::env::var("MONGODB_URI").ok())
+            .filter(|_| !config.embedded);
         if let Some(uri) = mongodb {
             spawn = spawn.env("MONGODB_URI", uri).env(
                 "MICROSHOP_MONGODB_DATABASE",
                 microshop_runtime::testing::database_for(self.dir.path()),
             );
         }
-        spawn = spawn.env("RUST_LOG", &config.log_filter).envs(
-            config
-                .env
-                .iter()
-                .filter(|(key, _, _)| applies(key))
-                .map(|(_, k, v)| (k, v)),
-        );
+        spawn = spawn
+            .env("RUST_LOG", &config.log_filter)
+            .envs(
+                config
+                    .env
+                    .iter()
+                    .filter(|(key, _, _)| applies(key))
+                    .map(|(_, k, v)| (k, v)),
+            )
+            .envs(
+                config
+                    .own_env
+                    .iter()
+                    .filter(|(key, _, _)| *key == svc)
+                    .map(|(_, k, v)| (k, v)),
+            );
         let name = match (svc, extra.is_empty()) {
             (Svc::Peer(i), _) => format!("orchestrator-peer-{i}"),
             (_, true) => svc.name().to_owned(),
@@ -515,6 +592,22 @@ impl Cluster {
             );
             sleep(REBIND_PAUSE).await;
         }
+    }
+
+    /// From now on the orchestrators dial `participant` where the cluster
+    /// runs it again (undoes [`ClusterBuilder::participant_url`]; a
+    /// restart picks it up).
+    pub fn reset_participant_url(&mut self, participant: Svc) {
+        self.config.urls.remove(&participant);
+    }
+
+    /// Waits until `svc`, spawned by [`ClusterBuilder::spawn`], is SERVING
+    /// (within [`READY_WITHIN`]); panics if it exits first.
+    pub async fn wait_ready(&mut self, svc: Svc) {
+        if let Err(why) = self.try_ready(svc).await {
+            panic!("{why}");
+        }
+        self.started.insert(svc);
     }
 
     /// SIGKILLs `svc` and reaps it.
