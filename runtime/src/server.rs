@@ -114,13 +114,24 @@ pub async fn serve<P: StorageProbe>(
     health
         .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
+    // The service's own entries exist from the first call on, NOT_SERVING
+    // until the first probe: a name the server does not know answers
+    // NOT_FOUND, which the orchestrator takes for a URL that points at
+    // another service.
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(service_name, ServingStatus::NotServing)
+        .await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let prober = tokio::spawn(probe_loop(probe, health.clone(), service_name, stop_rx));
 
     let local = listener.local_addr().ok();
     tracing::info!(service = service_name, addr = ?local, "serving");
 
-    let result = builder
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = builder
         .timeout(args.request_timeout())
         .layer(
             ServiceBuilder::new()
@@ -142,10 +153,32 @@ pub async fn serve<P: StorageProbe>(
         .serve_with_incoming_shutdown(incoming(listener), async {
             shutdown.await;
             tracing::info!(service = service_name, "draining in-flight calls");
-        })
-        .await;
+            let _ = draining_tx.send(());
+        });
+    // Draining is bounded: no call outlives the request timeout, and a
+    // client that keeps an idle connection open past it must not hold the
+    // process (a SIGTERM'd pod would wait for its SIGKILL).
+    let drain_within = args.request_timeout() + Duration::from_secs(1);
+    let result = tokio::select! {
+        result = serving => result,
+        () = async {
+            if draining_rx.await.is_ok() {
+                tokio::time::sleep(drain_within).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(
+                service = service_name,
+                "connections still open {drain_within:?} after shutdown began; closing them"
+            );
+            Ok(())
+        }
+    };
 
     let _ = stop_tx.send(true);
+    // A probe may hang (a database that does not answer): stop it.
+    prober.abort();
     let _ = prober.await;
     health
         .set_service_status("", ServingStatus::NotServing)
@@ -207,4 +240,79 @@ fn incoming(
 /// A new health reporter for [`serve`].
 pub fn health_reporter() -> HealthReporter {
     HealthReporter::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::pending;
+
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus as Status,
+        health_client::HealthClient,
+    };
+
+    use super::*;
+
+    /// A store that has not answered its first probe yet.
+    struct NeverAnswers;
+
+    impl StorageProbe for NeverAnswers {
+        async fn probe(&self) -> Result<(), String> {
+            pending().await
+        }
+    }
+
+    /// Regression: before its first storage probe a server answered
+    /// NOT_FOUND for its own name, which the orchestrator takes for a
+    /// participant URL that points at another service (it logged a
+    /// misconfiguration at every start of `microshop bench`).
+    #[tokio::test]
+    async fn a_server_that_has_not_probed_its_store_yet_knows_its_own_name() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            serve(
+                listener,
+                "test.v1.NotYetProbed",
+                Services::default(),
+                NeverAnswers,
+                health_reporter(),
+                &ServerArgs::default(),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+        // The listener is bound: the connection waits in its backlog until
+        // the server accepts it.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = HealthClient::new(channel);
+        for name in ["test.v1.NotYetProbed", ""] {
+            let answer = client
+                .check(HealthCheckRequest {
+                    service: name.into(),
+                })
+                .await
+                .unwrap_or_else(|s| panic!("health of {name:?}: {s:?}"));
+            assert_eq!(
+                answer.get_ref().status,
+                Status::NotServing as i32,
+                "{name:?}"
+            );
+        }
+        drop(client);
+        let _ = stop.send(());
+        // Ends although its probe never answered.
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server stops")
+            .expect("join")
+            .expect("served");
+    }
 }

@@ -369,7 +369,10 @@ pub(super) async fn history_scenario(
         bulk_begin(&log, n, |i| completed_record(i, &skus[i % skus.len()])).await?;
     }
     let prefill_s = started.elapsed().as_secs_f64();
-    let log_bytes = std::fs::metadata(dir.join("orchestrator.redb")).map_or(0, |m| m.len());
+    let log_bytes = dir_bytes(&microshop_storage::embedded::store_path(
+        dir,
+        "orchestrator",
+    ));
     eprintln!("bench: pre-fill took {prefill_s:.1} s ({log_bytes} bytes); measuring");
     let mesh = start_mesh(dir, Durable::Yes).await?;
     seed_mesh(&mesh, skus, opts.redeem_points).await?;
@@ -408,5 +411,19 @@ pub(super) async fn history_scenario(
         closed_loop: closed,
         half_peak,
         empty_p50_ms,
+    })
+}
+
+/// Bytes the files under `dir` take (0 where unreadable).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                Ok(_) => e.metadata().map_or(0, |m| m.len()),
+                Err(_) => 0,
+            })
+            .sum()
     })
 }
