@@ -118,7 +118,7 @@ impl Secret {
 /// Settings shared by every server of the mesh.
 #[derive(Clone, clap::Args)]
 pub struct ServerArgs {
-    /// Directory holding the embedded stores (one redb file per service).
+    /// Directory holding the embedded stores (one fjall store per service).
     #[arg(long, env = "MICROSHOP_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
