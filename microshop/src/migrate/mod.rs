@@ -10,7 +10,8 @@
 //!    while it runs;
 //! 2. a `NAME.fjall` already there refuses it unless it is empty, or is
 //!    this migration's own, left by an interrupted run (two stores are
-//!    never merged);
+//!    never merged). Telling which opens it, as a service would: fjall
+//!    may replay and rewrite its journal, never its data;
 //! 3. every table is read ([`redb_v1`]) and written to a fresh store in
 //!    `.NAME.migrating/` beside it, which is then fsync'd whole, files and
 //!    directories, with a [`MIGRATED_FROM`] row saying where it came from;
@@ -338,6 +339,10 @@ async fn migrate_store(
     if matches!(existing, Existing::Ours) {
         if !dry_run {
             retire_old(dir, name)?;
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging)
+                    .with_context(|| format!("cannot remove {}", staging.display()))?;
+            }
         }
         return Ok(Some(Outcome::Finished));
     }
@@ -492,4 +497,37 @@ fn fsync_tree(root: &Path) -> anyhow::Result<()> {
         }
     }
     fsync_dir(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::TableDefinition;
+
+    use super::*;
+
+    /// The migration reads the old file read-only, which must still keep
+    /// an old service (a writer) out while it runs, and be kept out by one.
+    #[test]
+    fn the_read_only_open_and_a_writer_exclude_each_other() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("inventory.redb");
+        {
+            let db = redb::Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(TableDefinition::<&str, &[u8]>::new("products"))
+                .expect("table");
+            txn.commit().expect("commit");
+        }
+        let reading = open_old(&path, false).expect("a clean file opens read-only");
+        assert!(matches!(reading, Old::ReadOnly(_)));
+        assert!(matches!(
+            redb::Database::open(&path),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+        ));
+        drop(reading);
+        let writer = redb::Database::open(&path).expect("free again");
+        let refused = open_old(&path, false).err().expect("refused");
+        assert!(refused.to_string().contains("is in use"), "{refused}");
+        drop(writer);
+    }
 }
