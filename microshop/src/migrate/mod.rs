@@ -1,7 +1,7 @@
 //! `microshop migrate`: converts a data directory of an earlier version
 //! (one `NAME.redb` file per store) to this version's stores (one
 //! `NAME.fjall` directory each), once, with every service of the directory
-//! stopped. `docs/operations.md` ("Upgrading from the redb stores") is the
+//! stopped. `docs/deployment.md` ("Upgrading from the redb stores") is the
 //! operator's side of it.
 //!
 //! For each old file, in a store of its own:

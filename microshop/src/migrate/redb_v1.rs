@@ -466,3 +466,59 @@ pub async fn orchestrator(
     }
     Ok(counts)
 }
+
+#[cfg(test)]
+mod tests {
+    use microshop_storage::{BarrierPurge, embedded::Durable};
+
+    use super::*;
+
+    /// A store of the layout after 999a96e times its barrier entries: the
+    /// migration keeps each entry's time, so its retention runs from when
+    /// it was recorded, not from the migration.
+    #[tokio::test]
+    async fn barrier_times_of_the_later_layout_are_kept() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("inventory.redb");
+        let recorded = 1_700_000_000_000_i64;
+        {
+            let db = redb::Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(BARRIER)
+                .expect("barrier")
+                .insert(("s-old", "release"), br#""NothingReserved""#.as_slice())
+                .expect("insert");
+            txn.open_table(BARRIER)
+                .expect("barrier")
+                .insert(("s-new", "release"), br#""NothingReserved""#.as_slice())
+                .expect("insert");
+            txn.open_table(BARRIER_TIMES)
+                .expect("barrier_times")
+                .insert((recorded, "s-old", "release"), ())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let old = redb::ReadOnlyDatabase::open(&path).expect("open");
+        let src = Source::new(&old, "inventory").expect("a known layout");
+        let out_dir = dir.path().join("new");
+        let store = EmbeddedInventory::open(&out_dir, Durable::Yes).expect("new store");
+        let mut out = Writer::new(Some(store.clone()));
+        let migrated_at = recorded + 86_400_000;
+        let counts = inventory(&src, &mut out, migrated_at).await.expect("read");
+        out.finish().await.expect("write");
+        assert_eq!(
+            counts.to_string(),
+            "barrier_times 1, barrier 2",
+            "rows per table"
+        );
+        // Just after its recorded time only the timed entry is due; the
+        // other was timed at the migration.
+        let purged = store.purge_barrier(recorded + 1, 10).await.expect("purge");
+        assert_eq!(purged, 1);
+        let purged = store
+            .purge_barrier(migrated_at + 1, 10)
+            .await
+            .expect("purge");
+        assert_eq!(purged, 1, "the untimed entry is timed at the migration");
+    }
+}
