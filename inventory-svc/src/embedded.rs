@@ -32,7 +32,7 @@ const OP_RESERVE: &str = "reserve";
 const OP_RELEASE: &str = "release";
 const OP_COMMIT: &str = "commit";
 
-/// Inventory on redb (`inventory.redb` in the data directory).
+/// Inventory on the embedded engine (`inventory.fjall` in the data directory).
 #[derive(Clone, Debug)]
 pub struct EmbeddedInventory {
     db: EmbeddedDb,
@@ -43,6 +43,50 @@ impl EmbeddedInventory {
     pub fn open(dir: &Path, durable: Durable) -> Result<Self, StorageError> {
         let db = EmbeddedDb::open(dir, "inventory", durable, |_| Ok(()))?;
         Ok(Self { db })
+    }
+}
+
+/// A row of an earlier version's store, as `microshop migrate` carries it
+/// over.
+#[derive(Debug)]
+pub enum ImportRow {
+    /// A product.
+    Product(Product),
+    /// A checkout's reservation.
+    Reservation {
+        /// The checkout saga.
+        saga_id: String,
+        /// Its reservation.
+        reservation: Reservation,
+    },
+    /// A barrier entry.
+    Barrier(barrier::Entry),
+}
+
+impl EmbeddedInventory {
+    /// Writes `rows` under the keys the live code writes, for `microshop
+    /// migrate`. Buffered: [`Self::sync`] makes them durable.
+    pub async fn import(&self, rows: Vec<ImportRow>) -> Result<(), StorageError> {
+        self.db
+            .write(Sync::Buffered, move |txn| {
+                for row in rows {
+                    match row {
+                        ImportRow::Product(p) => save_product(txn, &p)?,
+                        ImportRow::Reservation {
+                            saga_id,
+                            reservation,
+                        } => save_reservation(txn, &saga_id, &reservation)?,
+                        ImportRow::Barrier(entry) => barrier::import(txn, entry),
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Makes everything imported durable.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        self.db.write(Sync::Durable, |_| Ok(())).await
     }
 }
 

@@ -46,6 +46,49 @@ impl EmbeddedLoyalty {
     }
 }
 
+/// A row of an earlier version's store, as `microshop migrate` carries it
+/// over.
+#[derive(Debug)]
+pub enum ImportRow {
+    /// An account.
+    Account(Account),
+    /// What a checkout deducted, refunded and earned.
+    Points {
+        /// The checkout saga.
+        saga_id: String,
+        /// Its ledger entry.
+        points: OrderPoints,
+    },
+    /// A barrier entry.
+    Barrier(barrier::Entry),
+}
+
+impl EmbeddedLoyalty {
+    /// Writes `rows` under the keys the live code writes, for `microshop
+    /// migrate`. Buffered: [`Self::sync`] makes them durable.
+    pub async fn import(&self, rows: Vec<ImportRow>) -> Result<(), StorageError> {
+        self.db
+            .write(Sync::Buffered, move |txn| {
+                for row in rows {
+                    match row {
+                        ImportRow::Account(a) => save_account(txn, &a)?,
+                        ImportRow::Points { saga_id, points } => {
+                            save_points(txn, &saga_id, &points)?;
+                        }
+                        ImportRow::Barrier(entry) => barrier::import(txn, entry),
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Makes everything imported durable.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        self.db.write(Sync::Durable, |_| Ok(())).await
+    }
+}
+
 fn load_points(txn: &Txn, saga_id: &str) -> Result<Option<OrderPoints>, StorageError> {
     txn.get(&LEDGER.str_key(saga_id))?
         .map(|v| decode(&v))

@@ -39,6 +39,26 @@ pub enum Command {
     /// Find, inspect, retry and abort sagas (operators; talks to the
     /// orchestrator's SagaAdminService).
     Sagas(crate::sagas::SagasArgs),
+    /// Convert a data directory of an earlier version (one `NAME.redb` file
+    /// per store) to this version's stores, once, before the first start;
+    /// each old file is kept as `NAME.redb.migrated`.
+    Migrate(MigrateArgs),
+}
+
+/// `microshop migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The data directory to convert (stop every service using it first).
+    #[arg(long, env = "MICROSHOP_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Read and count every row, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Crash point for tests: stop dead once a store is `staged` (written
+    /// beside the data, not yet in place) or `placed` (in place, the old
+    /// file not yet renamed).
+    #[arg(long, hide = true)]
+    pub failpoint: Option<crate::migrate::Failpoint>,
 }
 
 /// `microshop up`.

@@ -12,7 +12,7 @@
 //! - one row per distinct definition (flag, variable, default, help); the
 //!   same definition on several commands is one row listing them all;
 //! - rows come in the order the commands are walked (`up`, `serve`,
-//!   `demo`, `bench`, `sagas` and its subcommands), each command's flags in
+//!   `demo`, `bench`, `sagas` and its subcommands, `migrate`), each command's flags in
 //!   the order `--help` prints them;
 //! - flags that `sagas` marks global are listed once, for every `sagas`
 //!   subcommand;

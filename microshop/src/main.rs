@@ -32,6 +32,13 @@ fn main() -> anyhow::Result<ExitCode> {
             Command::Up(args) => up(args).await.map(|()| ExitCode::SUCCESS),
             Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Sagas(args) => Ok(microshop::sagas::run(args).await),
+            Command::Migrate(args) => Ok(match microshop::migrate::run(&args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("microshop migrate: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }),
             Command::Demo(args) => {
                 microshop_runtime::telemetry::init_logging_at(
                     microshop_runtime::LogFormat::Text,

@@ -28,6 +28,7 @@ const COMMANDS: &[&[&str]] = &[
     &["sagas", "show"],
     &["sagas", "retry"],
     &["sagas", "abort"],
+    &["migrate"],
 ];
 
 fn repo() -> PathBuf {

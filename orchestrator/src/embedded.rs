@@ -57,28 +57,36 @@ impl EmbeddedSagaLog {
         Ok(Self { db })
     }
 
-    /// Writes `record` as-is (with its seq) and its indexes, for `microshop
-    /// migrate`; `deadline` is the order's payment deadline, if it has one.
-    pub async fn import(
-        &self,
-        record: SagaRecord,
-        deadline: Option<(String, i64)>,
-    ) -> Result<(), StorageError> {
+    /// Writes `rows` of an earlier version's log under the keys the live
+    /// code writes (a record's key and listing indexes from the record),
+    /// for `microshop migrate`. Buffered: [`Self::sync`] makes them
+    /// durable. A record this version's format cannot hold unchanged is
+    /// refused (nothing of `rows` is written).
+    pub async fn import(&self, rows: Vec<ImportRow>) -> Result<(), StorageError> {
         self.db
             .write(Sync::Buffered, move |txn| {
                 let seq_key = META.str_key("seq");
-                let last = txn.get(&seq_key)?.map(|v| read_u64(&v)).transpose()?;
-                if last.is_none_or(|l| l < record.seq) {
-                    txn.put(seq_key, u64_value(record.seq));
+                let mut last = txn.get(&seq_key)?.map(|v| read_u64(&v)).transpose()?;
+                for row in rows {
+                    match row {
+                        ImportRow::Saga(record) => {
+                            let record = convertible(*record)?;
+                            last = last.max(Some(record.seq));
+                            txn.put(key_of(&record), record.saga_id.as_bytes().to_vec());
+                            txn.put(
+                                BY_SEQ.key().u64(record.seq).done(),
+                                record.saga_id.as_bytes().to_vec(),
+                            );
+                            write_record(txn, &record, true)?;
+                        }
+                        ImportRow::Deadline { order_id, due_ms } => {
+                            apply_deadline(txn, &PaymentDeadline::Set { order_id, due_ms })?;
+                        }
+                        ImportRow::LastSeq(seq) => last = last.max(Some(seq)),
+                    }
                 }
-                txn.put(key_of(&record), record.saga_id.as_bytes().to_vec());
-                txn.put(
-                    BY_SEQ.key().u64(record.seq).done(),
-                    record.saga_id.as_bytes().to_vec(),
-                );
-                write_record(txn, &record, true)?;
-                if let Some((order_id, due_ms)) = deadline {
-                    apply_deadline(txn, &PaymentDeadline::Set { order_id, due_ms })?;
+                if let Some(last) = last {
+                    txn.put(seq_key, u64_value(last));
                 }
                 Ok(())
             })
@@ -89,6 +97,52 @@ impl EmbeddedSagaLog {
     pub async fn sync(&self) -> Result<(), StorageError> {
         self.db.write(Sync::Durable, |_| Ok(())).await
     }
+}
+
+/// A row of an earlier version's saga log, as `microshop migrate` carries
+/// it over.
+#[derive(Debug)]
+pub enum ImportRow {
+    /// A saga record, with its seq.
+    Saga(Box<SagaRecord>),
+    /// An order's payment deadline.
+    Deadline {
+        /// The order.
+        order_id: String,
+        /// When it is due, Unix ms.
+        due_ms: i64,
+    },
+    /// The last seq the earlier version handed out (a purged saga's may be
+    /// above every record's): the next saga gets a greater one.
+    LastSeq(u64),
+}
+
+/// `record` as this version stores it, if its format holds it unchanged:
+/// step names and descriptions come from the saga's definition (a changed
+/// description is not data), the lease epoch is not the embedded log's.
+fn convertible(mut record: SagaRecord) -> Result<SagaRecord, StorageError> {
+    record.lease_epoch = 0;
+    for (step, def) in record
+        .steps
+        .iter_mut()
+        .zip(crate::steps::definition(record.saga_type))
+    {
+        def.description.clone_into(&mut step.description);
+    }
+    let back = record::decode(&record::encode(&record)).map_err(|e| {
+        StorageError::Corrupt(format!(
+            "saga {} does not fit this version's record format: {e}",
+            record.saga_id
+        ))
+    })?;
+    if back != record {
+        return Err(StorageError::Corrupt(format!(
+            "saga {} would change in this version's record format (its steps do not \
+             match its saga's definition?)",
+            record.saga_id
+        )));
+    }
+    Ok(record)
 }
 
 /// Reads the seq out of a listing index key.

@@ -49,7 +49,7 @@ const ORDER_SEQ: &str = "order_seq";
 const OP_CREATE: &str = "create";
 const OP_CANCEL: &str = "cancel";
 
-/// Orders and coupons on redb (`order.redb` in the data directory).
+/// Orders and coupons on the embedded engine (`order.fjall` in the data directory).
 #[derive(Clone, Debug)]
 pub struct EmbeddedOrders {
     db: EmbeddedDb,
@@ -60,6 +60,79 @@ impl EmbeddedOrders {
     pub fn open(dir: &Path, durable: Durable) -> Result<Self, StorageError> {
         let db = EmbeddedDb::open(dir, "order", durable, |_| Ok(()))?;
         Ok(Self { db })
+    }
+}
+
+/// A row of an earlier version's store, as `microshop migrate` carries it
+/// over.
+#[derive(Debug)]
+pub enum ImportRow {
+    /// An order.
+    Order(Box<Order>),
+    /// A coupon.
+    Coupon(Coupon),
+    /// An entry of a customer's order listing: `seq` is the order's
+    /// sequence number.
+    CustomerOrder {
+        /// The customer.
+        customer_id: String,
+        /// The order's sequence number.
+        seq: u64,
+        /// The order.
+        order_id: String,
+    },
+    /// The order a checkout created.
+    SagaOrder {
+        /// The checkout saga.
+        saga_id: String,
+        /// Its order.
+        order_id: String,
+    },
+    /// The last order sequence number handed out.
+    LastSeq(u64),
+    /// A barrier entry.
+    Barrier(barrier::Entry),
+}
+
+impl EmbeddedOrders {
+    /// Writes `rows` under the keys the live code writes, for `microshop
+    /// migrate`. Buffered: [`Self::sync`] makes them durable.
+    pub async fn import(&self, rows: Vec<ImportRow>) -> Result<(), StorageError> {
+        self.db
+            .write(Sync::Buffered, move |txn| {
+                for row in rows {
+                    match row {
+                        ImportRow::Order(o) => save_order(txn, &o)?,
+                        ImportRow::Coupon(c) => save_coupon(txn, &c)?,
+                        ImportRow::CustomerOrder {
+                            customer_id,
+                            seq,
+                            order_id,
+                        } => txn.put(
+                            CUSTOMER_ORDERS
+                                .key()
+                                .str(&customer_id)
+                                .u64(u64::MAX - seq)
+                                .done(),
+                            order_id.into_bytes(),
+                        ),
+                        ImportRow::SagaOrder { saga_id, order_id } => {
+                            txn.put(SAGA_ORDERS.str_key(&saga_id), order_id.into_bytes());
+                        }
+                        ImportRow::LastSeq(seq) => {
+                            txn.put(META.str_key(ORDER_SEQ), u64_value(seq));
+                        }
+                        ImportRow::Barrier(entry) => barrier::import(txn, entry),
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Makes everything imported durable.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        self.db.write(Sync::Durable, |_| Ok(())).await
     }
 }
 

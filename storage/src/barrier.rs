@@ -101,6 +101,37 @@ pub fn record<T: Serialize>(
     Ok(())
 }
 
+/// A barrier entry as `microshop migrate` carries it over from an earlier
+/// version's store: the outcome's encoded bytes as that version wrote them
+/// (the same encoding), and when it was recorded (its retention runs from
+/// then).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The saga.
+    pub saga_id: String,
+    /// The op (`reserve`, `deduct`, ...).
+    pub op: String,
+    /// The op's encoded outcome.
+    pub outcome: Vec<u8>,
+    /// When it was recorded, Unix ms.
+    pub recorded_at_ms: i64,
+}
+
+/// Writes `entry` under the keys [`record`] writes (the entry and its time
+/// index), for `microshop migrate`.
+pub fn import(txn: &mut Txn, entry: Entry) {
+    txn.put(
+        BARRIER_TIMES
+            .key()
+            .i64(entry.recorded_at_ms)
+            .str(&entry.saga_id)
+            .str(&entry.op)
+            .done(),
+        Vec::new(),
+    );
+    txn.put(entry_key(&entry.saga_id, &entry.op), entry.outcome);
+}
+
 /// Every barrier entry: `(saga_id, op, outcome bytes)`, for store upgrades.
 pub fn entries(txn: &Txn) -> Result<Vec<(String, String, Vec<u8>)>, StorageError> {
     txn.scan_committed(BARRIER.all(), usize::MAX)?

@@ -61,24 +61,6 @@ impl StorageError {
     }
 }
 
-macro_rules! backend_error {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StorageError {
-            fn from(err: $t) -> Self {
-                Self::Backend(err.to_string())
-            }
-        }
-    )*};
-}
-backend_error!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
-
 impl From<serde_json::Error> for StorageError {
     fn from(err: serde_json::Error) -> Self {
         Self::Corrupt(err.to_string())

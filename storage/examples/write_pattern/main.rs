@@ -104,7 +104,7 @@ use fjall::{
     KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace,
     SingleWriterWriteTx,
 };
-use microshop_storage::{StorageError, decode, encode};
+use microshop_storage::{decode, encode};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
     WriteTransaction, backends::FileBackend,
@@ -113,7 +113,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use self::redb_group::{
-    Durable, EmbeddedDb,
+    Durable, EmbeddedDb, StorageError,
     barrier::{self, ActionGate},
 };
 

@@ -14,7 +14,45 @@ use std::{
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
 
-use microshop_storage::StorageError;
+/// The harness's error on its redb side: the variants of
+/// [`microshop_storage::StorageError`] it needs, and redb's errors (the
+/// storage crate no longer depends on redb, so it converts none of them).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The store is shut down.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The store failed.
+    #[error("storage failed: {0}")]
+    Backend(String),
+    /// A record did not decode.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<microshop_storage::StorageError> for StorageError {
+    fn from(err: microshop_storage::StorageError) -> Self {
+        Self::Backend(err.to_string())
+    }
+}
+
+macro_rules! backend_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(err: $t) -> Self {
+                Self::Backend(err.to_string())
+            }
+        }
+    )*};
+}
+backend_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// Most jobs committed by one transaction.
 const MAX_BATCH: usize = 512;
@@ -209,7 +247,9 @@ pub mod barrier {
     use redb::{ReadableTable, TableDefinition, WriteTransaction};
     use serde::{Serialize, de::DeserializeOwned};
 
-    use microshop_storage::{StorageError, decode, encode};
+    use microshop_storage::{decode, encode};
+
+    use super::StorageError;
 
     /// `(saga_id, op)` → the op's encoded outcome.
     pub const BARRIER: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("barrier");
@@ -256,7 +296,7 @@ pub mod barrier {
     ) -> Result<Option<T>, StorageError> {
         let table = txn.open_table(BARRIER)?;
         let found = table.get((saga_id, op))?;
-        found.map(|v| decode(v.value())).transpose()
+        Ok(found.map(|v| decode(v.value())).transpose()?)
     }
 
     /// Records the outcome of `op` for `saga_id`.

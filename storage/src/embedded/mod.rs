@@ -64,6 +64,11 @@ use crate::StorageError;
 /// A stored value.
 pub type Value = fjall::Slice;
 
+/// Table 250 of every store: written once by `microshop migrate`, saying
+/// which earlier store it was converted from (so an interrupted migration
+/// is told from a store that already held data).
+pub const MIGRATED_FROM: Table = Table::new(250, "migrated_from");
+
 /// Most jobs one batch (one fsync) takes.
 const MAX_BATCH: usize = 1024;
 
