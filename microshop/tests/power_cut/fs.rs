@@ -1,0 +1,887 @@
+//! A FUSE filesystem that loses, on a power cut, everything that was not
+//! made durable, the way a disk without a battery-backed cache may.
+//!
+//! [`PowerCutFs::mount`] mounts it over a mount point; every operation
+//! passes through to a backing directory, so the processes on it see an
+//! ordinary filesystem. Beside that live state it keeps the durable image,
+//! by POSIX's rules and no kinder:
+//!
+//! - a file's content (its bytes and its size) is durable as of its last
+//!   `fsync` or `fdatasync`: the byte ranges written or truncated since are
+//!   copied then into a shadow copy of the file;
+//! - a directory's entries (creates, renames, unlinks, mkdir, rmdir) are
+//!   durable as of its last `fsync`: an `fsync` of a new file does not make
+//!   its name durable, only one of its directory does;
+//! - what existed when it was mounted is durable.
+//!
+//! [`PowerCutFs::cut`] is the power cut: it unmounts (the processes on it
+//! must be dead), builds the durable image from the root's durable entries
+//! down, each file with its durable content, and mounts again over that.
+//! A file whose name is durable but whose content was never synced comes
+//! back empty; one whose name is not durable does not come back; a renamed
+//! file whose directories were not synced is back under its old name with
+//! its old content.
+//!
+//! Inode numbers are its own and never reused within a mount, so a durable
+//! entry keeps pointing at the content it had even after the file was
+//! unlinked or renamed over. Hard links and symbolic links are refused
+//! (the stores make none). Locks are left to the kernel (local `flock`).
+//! It needs root and `/dev/fuse`: fuser mounts with mount(2) itself, no
+//! libfuse or fusermount.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    ffi::{OsStr, OsString},
+    fs::{self, File, OpenOptions},
+    io,
+    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use fuser::{
+    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow, WriteFlags,
+};
+
+/// No caching of entries or attributes in the kernel: every lookup comes
+/// here, so nothing the kernel remembers can disagree with the model.
+const TTL: Duration = Duration::ZERO;
+/// Chunk of the sparse copies (all-zero chunks are left as holes).
+const CHUNK: usize = 256 * 1024;
+
+/// What one cut dropped, for the test's report.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    /// Files whose live content differed from their durable content.
+    pub files_rolled_back: usize,
+    /// Directories whose live entries differed from their durable ones.
+    pub dirs_rolled_back: usize,
+}
+
+/// A mounted power-cut filesystem (see the module docs). Dropping it
+/// unmounts it.
+pub struct PowerCutFs {
+    mountpoint: PathBuf,
+    work: tempfile::TempDir,
+    generation: usize,
+    session: Option<BackgroundSession>,
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for PowerCutFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PowerCutFs")
+            .field("mountpoint", &self.mountpoint)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl PowerCutFs {
+    /// Mounts an empty power-cut filesystem over `mountpoint` (an existing
+    /// empty directory).
+    pub fn mount(mountpoint: &Path) -> io::Result<Self> {
+        let work = tempfile::tempdir()?;
+        fs::create_dir(work.path().join("live-0"))?;
+        let (session, state) = mount_over(mountpoint, work.path(), 0)?;
+        Ok(Self {
+            mountpoint: mountpoint.to_owned(),
+            work,
+            generation: 0,
+            session: Some(session),
+            state,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The power cut: unmounts (every process using it must be dead),
+    /// replaces the live state by the durable image and mounts it again.
+    pub fn cut(&mut self) -> io::Result<Dropped> {
+        self.unmount()?;
+        let next = self.generation + 1;
+        let live = self.work.path().join(format!("live-{next}"));
+        fs::create_dir(&live)?;
+        let dropped = {
+            let state = lock(&self.state);
+            state.build_durable(&live)?
+        };
+        let old = self.work.path().join(format!("live-{}", self.generation));
+        fs::remove_dir_all(&old)?;
+        fs::remove_dir_all(self.work.path().join(format!("shadow-{}", self.generation)))?;
+        let (session, state) = mount_over(&self.mountpoint, self.work.path(), next)?;
+        self.session = Some(session);
+        self.state = state;
+        self.generation = next;
+        Ok(dropped)
+    }
+
+    /// Makes everything durable as it is now (as a `sync` of the whole
+    /// disk would): for a test's setup, before its cuts.
+    pub fn sync_all(&self) -> io::Result<()> {
+        lock(&self.state).sync_everything()
+    }
+
+    fn unmount(&mut self) -> io::Result<()> {
+        if let Some(session) = self.session.take() {
+            session.umount_and_join()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PowerCutFs {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            eprintln!(
+                "unmounting {} failed ({e}); detaching it",
+                self.mountpoint.display()
+            );
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Mounts generation `generation` (backing `live-N`, shadow `shadow-N`
+/// under `work`) over `mountpoint`.
+fn mount_over(
+    mountpoint: &Path,
+    work: &Path,
+    generation: usize,
+) -> io::Result<(BackgroundSession, Arc<Mutex<State>>)> {
+    let live = work.join(format!("live-{generation}"));
+    let shadow = work.join(format!("shadow-{generation}"));
+    fs::create_dir(&shadow)?;
+    let state = Arc::new(Mutex::new(State::scan(live, shadow)?));
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("powercut".into()),
+        MountOption::Subtype("powercut".into()),
+    ];
+    let fs = PowerCut {
+        state: Arc::clone(&state),
+    };
+    let session = fuser::spawn_mount(fs, mountpoint, &config)?;
+    Ok((session, state))
+}
+
+/// One inode of the live tree.
+#[derive(Debug, Clone)]
+struct Node {
+    parent: u64,
+    name: OsString,
+}
+
+/// The live tree, the durable image and the open files.
+#[derive(Debug)]
+struct State {
+    live: PathBuf,
+    shadow: PathBuf,
+    next_ino: u64,
+    next_fh: u64,
+    /// Where each live inode is (the root has no entry).
+    nodes: HashMap<u64, Node>,
+    /// Every inode's kind, live or not.
+    kinds: HashMap<u64, FileType>,
+    /// Live entries of each live directory.
+    children: HashMap<u64, BTreeMap<OsString, u64>>,
+    /// Durable entries of each directory (none: never synced, empty).
+    durable: HashMap<u64, BTreeMap<OsString, u64>>,
+    /// Byte ranges of each file changed since its last sync.
+    dirty: HashMap<u64, Vec<(u64, u64)>>,
+    /// Files whose durable content is in the shadow (the others: empty).
+    has_shadow: HashSet<u64>,
+    handles: HashMap<u64, (u64, Arc<File>)>,
+}
+
+impl State {
+    /// The tree under `live`, all of it durable (copied into `shadow`).
+    fn scan(live: PathBuf, shadow: PathBuf) -> io::Result<Self> {
+        let mut state = Self {
+            live,
+            shadow,
+            next_ino: 2,
+            next_fh: 1,
+            nodes: HashMap::new(),
+            kinds: HashMap::from([(1, FileType::Directory)]),
+            children: HashMap::new(),
+            durable: HashMap::new(),
+            dirty: HashMap::new(),
+            has_shadow: HashSet::new(),
+            handles: HashMap::new(),
+        };
+        state.scan_dir(1)?;
+        Ok(state)
+    }
+
+    fn scan_dir(&mut self, dir: u64) -> io::Result<()> {
+        let path = self.path(dir);
+        let mut entries = BTreeMap::new();
+        for entry in fs::read_dir(&path)? {
+            let entry = entry?;
+            let ino = self.new_ino();
+            let name = entry.file_name();
+            let kind = entry.file_type()?;
+            self.nodes.insert(
+                ino,
+                Node {
+                    parent: dir,
+                    name: name.clone(),
+                },
+            );
+            entries.insert(name, ino);
+            if kind.is_dir() {
+                self.kinds.insert(ino, FileType::Directory);
+                self.scan_dir(ino)?;
+            } else if kind.is_file() {
+                self.kinds.insert(ino, FileType::RegularFile);
+                let src = File::open(entry.path())?;
+                let dst = File::create(self.shadow_path(ino))?;
+                copy_sparse(&src, &dst)?;
+                self.has_shadow.insert(ino);
+            } else {
+                return Err(io::Error::other(format!(
+                    "{} is neither a file nor a directory",
+                    entry.path().display()
+                )));
+            }
+        }
+        self.durable.insert(dir, entries.clone());
+        self.children.insert(dir, entries);
+        Ok(())
+    }
+
+    fn new_ino(&mut self) -> u64 {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        ino
+    }
+
+    fn shadow_path(&self, ino: u64) -> PathBuf {
+        self.shadow.join(ino.to_string())
+    }
+
+    /// The backing path of live inode `ino`.
+    fn path(&self, ino: u64) -> PathBuf {
+        let mut names = Vec::new();
+        let mut at = ino;
+        while at != 1 {
+            let Some(node) = self.nodes.get(&at) else {
+                break;
+            };
+            names.push(node.name.clone());
+            at = node.parent;
+        }
+        let mut path = self.live.clone();
+        for name in names.iter().rev() {
+            path.push(name);
+        }
+        path
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+        self.children
+            .get(&parent)
+            .and_then(|c| c.get(name))
+            .copied()
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn attr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        let meta = match self.handles.values().find(|(i, _)| *i == ino) {
+            Some((_, file)) => file.metadata(),
+            None => fs::symlink_metadata(self.path(ino)),
+        }
+        .map_err(Errno::from)?;
+        Ok(attr_of(ino, &meta))
+    }
+
+    fn mark_dirty(&mut self, ino: u64, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let ranges = self.dirty.entry(ino).or_default();
+        match ranges.last_mut() {
+            Some(last) if last.0 <= start && start <= last.1 => last.1 = last.1.max(end),
+            _ => ranges.push((start, end)),
+        }
+    }
+
+    /// An fsync of file `ino` read through `file`: its changed ranges and
+    /// size go to its shadow.
+    fn sync_file(&mut self, ino: u64, file: &File) -> io::Result<()> {
+        let ranges = self.dirty.remove(&ino).unwrap_or_default();
+        let len = file.metadata()?.len();
+        let shadow = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.shadow_path(ino))?;
+        let mut buf = vec![0u8; CHUNK];
+        for (start, end) in ranges {
+            let mut at = start;
+            let end = end.min(len);
+            while at < end {
+                let n = usize::try_from(end - at).unwrap_or(CHUNK).min(CHUNK);
+                file.read_exact_at(&mut buf[..n], at)?;
+                shadow.write_all_at(&buf[..n], at)?;
+                at += n as u64;
+            }
+        }
+        shadow.set_len(len)?;
+        self.has_shadow.insert(ino);
+        Ok(())
+    }
+
+    /// An fsync of directory `ino`: its live entries become its durable
+    /// ones.
+    fn sync_dir(&mut self, ino: u64) {
+        let entries = self.children.get(&ino).cloned().unwrap_or_default();
+        self.durable.insert(ino, entries);
+    }
+
+    fn sync_everything(&mut self) -> io::Result<()> {
+        let dirs: Vec<u64> = self.children.keys().copied().collect();
+        for dir in dirs {
+            self.sync_dir(dir);
+        }
+        let files: Vec<u64> = self
+            .kinds
+            .iter()
+            .filter(|(ino, k)| **k == FileType::RegularFile && self.nodes.contains_key(ino))
+            .map(|(ino, _)| *ino)
+            .collect();
+        for ino in files {
+            let file = File::open(self.path(ino))?;
+            // Everything, not only what is marked: cheap enough for a setup.
+            let len = file.metadata()?.len();
+            self.dirty.insert(ino, vec![(0, len)]);
+            self.sync_file(ino, &file)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the durable image under `target` (an empty directory).
+    fn build_durable(&self, target: &Path) -> io::Result<Dropped> {
+        let mut dropped = Dropped::default();
+        let mut seen = HashSet::new();
+        self.build_dir(1, target, &mut seen, &mut dropped)?;
+        Ok(dropped)
+    }
+
+    fn build_dir(
+        &self,
+        dir: u64,
+        target: &Path,
+        seen: &mut HashSet<u64>,
+        dropped: &mut Dropped,
+    ) -> io::Result<()> {
+        let empty = BTreeMap::new();
+        let entries = self.durable.get(&dir).unwrap_or(&empty);
+        if self.children.get(&dir) != Some(entries) {
+            dropped.dirs_rolled_back += 1;
+        }
+        for (name, &ino) in entries {
+            // A directory renamed into itself's durable subtree: cut the loop.
+            if !seen.insert(ino) && self.kinds.get(&ino) == Some(&FileType::Directory) {
+                continue;
+            }
+            let path = target.join(name);
+            match self.kinds.get(&ino) {
+                Some(FileType::Directory) => {
+                    fs::create_dir(&path)?;
+                    self.build_dir(ino, &path, seen, dropped)?;
+                }
+                _ => {
+                    let dst = File::create(&path)?;
+                    if self.has_shadow.contains(&ino) {
+                        copy_sparse(&File::open(self.shadow_path(ino))?, &dst)?;
+                    }
+                    if self.dirty.get(&ino).is_some_and(|r| !r.is_empty())
+                        || !self.nodes.contains_key(&ino)
+                    {
+                        dropped.files_rolled_back += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies `src` into `dst` (truncated to `src`'s length), leaving holes
+/// where `src` reads as zeros: the stores preallocate large sparse files.
+fn copy_sparse(src: &File, dst: &File) -> io::Result<()> {
+    let len = src.metadata()?.len();
+    dst.set_len(0)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    while at < len {
+        let n = usize::try_from(len - at).unwrap_or(CHUNK).min(CHUNK);
+        src.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            dst.write_all_at(&buf[..n], at)?;
+        }
+        at += n as u64;
+    }
+    dst.set_len(len)
+}
+
+fn attr_of(ino: u64, meta: &fs::Metadata) -> FileAttr {
+    let time = |secs: i64, nanos: i64| {
+        UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(secs).unwrap_or(0),
+                u32::try_from(nanos).unwrap_or(0),
+            )
+    };
+    let kind = if meta.is_dir() {
+        FileType::Directory
+    } else {
+        FileType::RegularFile
+    };
+    FileAttr {
+        ino: INodeNo(ino),
+        size: meta.len(),
+        blocks: meta.blocks(),
+        atime: time(meta.atime(), meta.atime_nsec()),
+        mtime: time(meta.mtime(), meta.mtime_nsec()),
+        ctime: time(meta.ctime(), meta.ctime_nsec()),
+        crtime: time(meta.ctime(), meta.ctime_nsec()),
+        kind,
+        perm: u16::try_from(meta.permissions().mode() & 0o7777).unwrap_or(0o600),
+        nlink: if meta.is_dir() { 2 } else { 1 },
+        uid: meta.uid(),
+        gid: meta.gid(),
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// Opens `path` as `flags` ask, but always readable (an fsync through a
+/// write-only handle reads what it copies), without O_APPEND (writes go
+/// where the kernel says, so the changed range is known) and without the
+/// flags the kernel already applied.
+fn open_backing(path: &Path, flags: i32, create: bool) -> io::Result<File> {
+    let acc = flags & libc::O_ACCMODE;
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .write(acc == libc::O_WRONLY || acc == libc::O_RDWR);
+    if create {
+        opts.write(true).create_new(true).mode(0o644);
+    }
+    let passed =
+        flags & !(libc::O_ACCMODE | libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+    opts.custom_flags(passed & !libc::O_DIRECT).open(path)
+}
+
+/// The FUSE side: each request takes the state's lock for its length (one
+/// request at a time, so the model's order is the requests' order).
+struct PowerCut {
+    state: Arc<Mutex<State>>,
+}
+
+impl PowerCut {
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+}
+
+impl Filesystem for PowerCut {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let s = self.state();
+        match s.child(parent.0, name).and_then(|ino| s.attr(ino)) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.state().attr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mut s = self.state();
+        let result = (|| -> io::Result<()> {
+            let file = match fh.and_then(|fh| s.handles.get(&fh.0)) {
+                Some((_, file)) => Arc::clone(file),
+                None => Arc::new(
+                    OpenOptions::new()
+                        .write(size.is_some())
+                        .read(true)
+                        .open(s.path(ino.0))?,
+                ),
+            };
+            if let Some(size) = size {
+                let old = file.metadata()?.len();
+                file.set_len(size)?;
+                s.mark_dirty(ino.0, old.min(size), old.max(size));
+            }
+            if let Some(mode) = mode {
+                file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+            Ok(())
+        })();
+        match result.map_err(Errno::from).and_then(|()| s.attr(ino.0)) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let mut s = self.state();
+        let path = s.path(parent.0).join(name);
+        if let Err(e) = fs::create_dir(&path) {
+            return reply.error(e.into());
+        }
+        let ino = s.new_ino();
+        s.nodes.insert(
+            ino,
+            Node {
+                parent: parent.0,
+                name: name.to_owned(),
+            },
+        );
+        s.kinds.insert(ino, FileType::Directory);
+        s.children.insert(ino, BTreeMap::new());
+        s.children
+            .entry(parent.0)
+            .or_default()
+            .insert(name.to_owned(), ino);
+        match s.attr(ino) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let mut s = self.state();
+        let ino = match s.child(parent.0, name) {
+            Ok(ino) => ino,
+            Err(e) => return reply.error(e),
+        };
+        let path = s.path(ino);
+        if let Err(e) = fs::remove_file(&path) {
+            return reply.error(e.into());
+        }
+        s.nodes.remove(&ino);
+        if let Some(c) = s.children.get_mut(&parent.0) {
+            c.remove(name);
+        }
+        reply.ok();
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let mut s = self.state();
+        let ino = match s.child(parent.0, name) {
+            Ok(ino) => ino,
+            Err(e) => return reply.error(e),
+        };
+        if let Err(e) = fs::remove_dir(s.path(ino)) {
+            return reply.error(e.into());
+        }
+        s.nodes.remove(&ino);
+        s.children.remove(&ino);
+        if let Some(c) = s.children.get_mut(&parent.0) {
+            c.remove(name);
+        }
+        reply.ok();
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mut s = self.state();
+        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let ino = match s.child(parent.0, name) {
+            Ok(ino) => ino,
+            Err(e) => return reply.error(e),
+        };
+        let replaced = s.child(newparent.0, newname).ok();
+        if replaced.is_some() && flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            return reply.error(Errno::EEXIST);
+        }
+        let from = s.path(ino);
+        let to = s.path(newparent.0).join(newname);
+        if let Err(e) = fs::rename(&from, &to) {
+            return reply.error(e.into());
+        }
+        if let Some(old) = replaced {
+            s.nodes.remove(&old);
+            s.children.remove(&old);
+        }
+        if let Some(c) = s.children.get_mut(&parent.0) {
+            c.remove(name);
+        }
+        s.children
+            .entry(newparent.0)
+            .or_default()
+            .insert(newname.to_owned(), ino);
+        s.nodes.insert(
+            ino,
+            Node {
+                parent: newparent.0,
+                name: newname.to_owned(),
+            },
+        );
+        reply.ok();
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let mut s = self.state();
+        let path = s.path(ino.0);
+        if flags.0 & libc::O_TRUNC != 0 {
+            let old = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            s.mark_dirty(ino.0, 0, old);
+        }
+        match open_backing(&path, flags.0, false) {
+            Ok(file) => {
+                if flags.0 & libc::O_TRUNC != 0
+                    && let Err(e) = file.set_len(0)
+                {
+                    return reply.error(e.into());
+                }
+                let fh = s.next_fh;
+                s.next_fh += 1;
+                s.handles.insert(fh, (ino.0, Arc::new(file)));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let mut s = self.state();
+        let path = s.path(parent.0).join(name);
+        let file = match open_backing(&path, flags, true) {
+            Ok(file) => file,
+            Err(e) => return reply.error(e.into()),
+        };
+        let ino = s.new_ino();
+        s.nodes.insert(
+            ino,
+            Node {
+                parent: parent.0,
+                name: name.to_owned(),
+            },
+        );
+        s.kinds.insert(ino, FileType::RegularFile);
+        s.children
+            .entry(parent.0)
+            .or_default()
+            .insert(name.to_owned(), ino);
+        let fh = s.next_fh;
+        s.next_fh += 1;
+        s.handles.insert(fh, (ino, Arc::new(file)));
+        match s.attr(ino) {
+            Ok(attr) => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let file = match self.state().handles.get(&fh.0) {
+            Some((_, file)) => Arc::clone(file),
+            None => return reply.error(Errno::EBADF),
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(e.into()),
+            }
+        }
+        reply.data(&buf[..got]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let mut s = self.state();
+        let file = match s.handles.get(&fh.0) {
+            Some((_, file)) => Arc::clone(file),
+            None => return reply.error(Errno::EBADF),
+        };
+        match file.write_all_at(data, offset) {
+            Ok(()) => {
+                s.mark_dirty(ino.0, offset, offset + data.len() as u64);
+                reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX));
+            }
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.state().handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let mut s = self.state();
+        let file = match s.handles.get(&fh.0) {
+            Some((_, file)) => Arc::clone(file),
+            None => return reply.error(Errno::EBADF),
+        };
+        match s.sync_file(ino.0, &file) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let s = self.state();
+        let Some(children) = s.children.get(&ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let parent = s.nodes.get(&ino.0).map_or(1, |n| n.parent);
+        let mut entries = vec![
+            (ino.0, FileType::Directory, OsString::from(".")),
+            (parent, FileType::Directory, OsString::from("..")),
+        ];
+        entries.extend(children.iter().map(|(name, &child)| {
+            let kind = s.kinds.get(&child).copied().unwrap_or(FileType::RegularFile);
+            (child, kind, name.clone())
+        }));
+        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.state().sync_dir(ino.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(1 << 24, 1 << 23, 1 << 23, 1 << 20, 1 << 19, 4096, 255, 4096);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+}
