@@ -161,6 +161,7 @@ pub struct ClusterBuilder {
     insecure_no_auth: bool,
     mongodb: Option<String>,
     log_filter: String,
+    data_root: Option<PathBuf>,
 }
 
 impl Default for ClusterBuilder {
@@ -175,6 +176,7 @@ impl Default for ClusterBuilder {
             insecure_no_auth: true,
             mongodb: None,
             log_filter: "info".to_owned(),
+            data_root: None,
         }
     }
 }
@@ -257,6 +259,13 @@ impl ClusterBuilder {
     /// server, the same way.
     pub fn mongodb(mut self, uri: impl Into<String>) -> Self {
         self.mongodb = Some(uri.into());
+        self
+    }
+
+    /// The services' data directories under `root` (the power-cut test's
+    /// filesystem) instead of the cluster's temporary directory.
+    pub fn data_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.data_root = Some(root.into());
         self
     }
 
@@ -349,9 +358,10 @@ impl Cluster {
     }
 
     pub fn data_dir(&self, svc: Svc) -> PathBuf {
+        let root = self.config.data_root.as_deref().unwrap_or(self.dir.path());
         match svc {
-            Svc::Peer(i) => self.dir.path().join(format!("orchestrator-peer-{i}")),
-            _ => self.dir.path().join(svc.name()),
+            Svc::Peer(i) => root.join(format!("orchestrator-peer-{i}")),
+            _ => root.join(svc.name()),
         }
     }
 
