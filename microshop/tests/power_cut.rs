@@ -35,9 +35,8 @@ fn can_mount() -> bool {
     if root && fuse {
         return true;
     }
-    let why = format!(
-        "the power-cut tests need root and /dev/fuse (root: {root}, /dev/fuse: {fuse})"
-    );
+    let why =
+        format!("the power-cut tests need root and /dev/fuse (root: {root}, /dev/fuse: {fuse})");
     let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
     assert!(!ci, "{why}");
     eprintln!("skipped: {why}");
@@ -102,7 +101,10 @@ fn filesystem_drops_what_was_not_synced() {
     let dropped = pfs.cut().expect("cut");
     assert_eq!(read(&synced).as_deref(), Some(&b"durable"[..]));
     assert_eq!(read(&unsynced).as_deref(), Some(&b"first"[..]));
-    assert!(!orphan.exists(), "a file whose directory was not synced survived");
+    assert!(
+        !orphan.exists(),
+        "a file whose directory was not synced survived"
+    );
     assert!(!dir.join("renamed").exists(), "an unsynced rename survived");
     assert!(!root.join("newdir").exists(), "an unsynced mkdir survived");
     assert!(dropped.files_rolled_back >= 2, "{dropped:?}");
@@ -372,9 +374,10 @@ impl Rig {
                     .await
                     .map(|r| r.into_inner().saga.map(|s| s.state))
                     .map_err(|s| s.code()),
-                Outcome::Refused { .. } => {
-                    Ok(sagas.iter().find(|s| s.idempotency_key == key).map(|s| s.state))
-                }
+                Outcome::Refused { .. } => Ok(sagas
+                    .iter()
+                    .find(|s| s.idempotency_key == key)
+                    .map(|s| s.state)),
             };
             let want = match &t.outcome {
                 Outcome::Done { state, .. } => Some(*state),
@@ -453,7 +456,12 @@ impl Kind {
                 "release-stock",
             ],
             Self::Confirm => &["load-order", "mark-paid", "commit-stock", "earn-points"],
-            Self::Cancel => &["load-order", "cancel-order", "release-stock", "refund-points"],
+            Self::Cancel => &[
+                "load-order",
+                "cancel-order",
+                "release-stock",
+                "refund-points",
+            ],
         }
     }
 
@@ -698,7 +706,9 @@ async fn cut_case(rig: &mut Rig, s: &Subject, index: usize, phase: &str) {
     // Recovery ends the saga; the client, told nothing, retries.
     rig.cluster.start_svc(Svc::Orchestrator, &[]).await;
     rig.settle(&what).await;
-    let told = rig.call(s.call.clone(), &format!("the retry after {what}")).await;
+    let told = rig
+        .call(s.call.clone(), &format!("the retry after {what}"))
+        .await;
     let ended = match (&told, s.kind.ends()) {
         (Some(Outcome::Done { state, .. }), Outcome::Done { state: want, .. }) => *state == want,
         (Some(t), want) => *t == want,
@@ -804,7 +814,11 @@ async fn burst_cut(rig: &mut Rig, fx: &Fixture, round: usize, rng: &mut Rng) {
     rig.settle(&what).await;
     for call in unanswered {
         let key = call.key();
-        if rig.call(call, &format!("the retry after {what}")).await.is_none() {
+        if rig
+            .call(call, &format!("the retry after {what}"))
+            .await
+            .is_none()
+        {
             rig.violation(format!("{what}: the retry of {key} told no outcome"));
         }
     }
@@ -847,6 +861,40 @@ async fn fresh_data_directories_survive_a_power_cut() {
         rig.violations.is_empty(),
         "answers of new stores were lost at a power cut:\n{}",
         rig.violations.join("\n")
+    );
+}
+
+/// The negative control: on a disk that ignores fsync, the same checks
+/// must find an answered checkout lost at a cut (else they could not see
+/// a durability bug).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_checks_see_answers_lost_by_a_disk_that_ignores_fsync() {
+    if !can_mount() {
+        return;
+    }
+    let mut rig = Rig::start(true).await;
+    let fx = fixture(&mut rig).await;
+    rig.pfs.sync_all().expect("sync the setup");
+    rig.pfs.ignore_syncs();
+    let c = rig.c();
+    grant(&c, &mut rig.u, "lied-to").await;
+    let told = rig
+        .call(
+            Call::Place(place("lied-to", "lied-to", &fx.sku, "", REDEEM)),
+            "a checkout on a lying disk",
+        )
+        .await;
+    assert!(matches!(told, Some(Outcome::Done { .. })), "{told:?}");
+    rig.cut("on a disk that ignored fsync");
+    for svc in Svc::START_ORDER {
+        rig.cluster.start_svc(svc, &[]).await;
+    }
+    rig.settle("the cut on a lying disk").await;
+    rig.check("the cut on a lying disk").await;
+    assert!(
+        rig.violations.iter().any(|v| v.contains("lied-to")),
+        "the checkout answered on a disk that ignored fsync survived the cut: the checks \
+         cannot see a lost answer"
     );
 }
 

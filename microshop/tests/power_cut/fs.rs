@@ -97,10 +97,6 @@ impl PowerCutFs {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.mountpoint
-    }
-
     /// The power cut: unmounts (every process using it must be dead),
     /// replaces the live state by the durable image and mounts it again.
     pub fn cut(&mut self) -> io::Result<Dropped> {
@@ -120,6 +116,13 @@ impl PowerCutFs {
         self.state = state;
         self.generation = next;
         Ok(dropped)
+    }
+
+    /// From now on, until the next cut, every fsync is ignored (a disk
+    /// that lies): the tests' negative control, which must see answers
+    /// lost.
+    pub fn ignore_syncs(&self) {
+        lock(&self.state).ignore_syncs = true;
     }
 
     /// Makes everything durable as it is now (as a `sync` of the whole
@@ -205,6 +208,8 @@ struct State {
     /// Files whose durable content is in the shadow (the others: empty).
     has_shadow: HashSet<u64>,
     handles: HashMap<u64, (u64, Arc<File>)>,
+    /// fsyncs make nothing durable ([`PowerCutFs::ignore_syncs`]).
+    ignore_syncs: bool,
 }
 
 impl State {
@@ -222,6 +227,7 @@ impl State {
             dirty: HashMap::new(),
             has_shadow: HashSet::new(),
             handles: HashMap::new(),
+            ignore_syncs: false,
         };
         state.scan_dir(1)?;
         Ok(state)
@@ -323,6 +329,9 @@ impl State {
     /// An fsync of file `ino` read through `file`: its changed ranges and
     /// size go to its shadow.
     fn sync_file(&mut self, ino: u64, file: &File) -> io::Result<()> {
+        if self.ignore_syncs {
+            return Ok(());
+        }
         let ranges = self.dirty.remove(&ino).unwrap_or_default();
         let len = file.metadata()?.len();
         let shadow = OpenOptions::new()
@@ -349,6 +358,9 @@ impl State {
     /// An fsync of directory `ino`: its live entries become its durable
     /// ones.
     fn sync_dir(&mut self, ino: u64) {
+        if self.ignore_syncs {
+            return;
+        }
         let entries = self.children.get(&ino).cloned().unwrap_or_default();
         self.durable.insert(ino, entries);
     }
@@ -824,7 +836,14 @@ impl Filesystem for PowerCut {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let mut s = self.state();
         let file = match s.handles.get(&fh.0) {
             Some((_, file)) => Arc::clone(file),
@@ -854,7 +873,11 @@ impl Filesystem for PowerCut {
             (parent, FileType::Directory, OsString::from("..")),
         ];
         entries.extend(children.iter().map(|(name, &child)| {
-            let kind = s.kinds.get(&child).copied().unwrap_or(FileType::RegularFile);
+            let kind = s
+                .kinds
+                .get(&child)
+                .copied()
+                .unwrap_or(FileType::RegularFile);
             (child, kind, name.clone())
         }));
         for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
