@@ -174,6 +174,7 @@ pub struct ClusterBuilder {
     /// The embedded stores even when the run sets `MONGODB_URI`.
     embedded: bool,
     log_filter: String,
+    data_root: Option<PathBuf>,
 }
 
 impl Default for ClusterBuilder {
@@ -191,6 +192,7 @@ impl Default for ClusterBuilder {
             mongodb: None,
             embedded: false,
             log_filter: "info".to_owned(),
+            data_root: None,
         }
     }
 }
@@ -305,6 +307,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// The services' data directories under `root` (the power-cut test's
+    /// filesystem) instead of the cluster's temporary directory.
+    pub fn data_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.data_root = Some(root.into());
+        self
+    }
+
     /// `RUST_LOG` of every service (default `info`).
     pub fn log_filter(mut self, filter: impl Into<String>) -> Self {
         self.log_filter = filter.into();
@@ -409,9 +418,10 @@ impl Cluster {
     }
 
     pub fn data_dir(&self, svc: Svc) -> PathBuf {
+        let root = self.config.data_root.as_deref().unwrap_or(self.dir.path());
         match svc {
-            Svc::Peer(i) => self.dir.path().join(format!("orchestrator-peer-{i}")),
-            _ => self.dir.path().join(svc.name()),
+            Svc::Peer(i) => root.join(format!("orchestrator-peer-{i}")),
+            _ => root.join(svc.name()),
         }
     }
 
