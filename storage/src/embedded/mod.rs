@@ -397,9 +397,22 @@ impl EmbeddedDb {
                 dir.display()
             )));
         }
+        let existed = path.exists();
+        // The nearest ancestor that exists now: a new directory's entry in
+        // it is durable only once it is fsync'd.
+        let mut root = dir.to_owned();
+        while !root.exists() {
+            match root.parent() {
+                Some(p) => root = p.to_owned(),
+                None => break,
+            }
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| io_error(&e, &format!("creating {}", dir.display())))?;
         let handles = open_handles(&path)?;
+        if !existed && durable == Durable::Yes {
+            sync_new_dirs(&path, &root)?;
+        }
         let mut txn = Txn {
             ks: Ok(&handles.ks),
             writes: BTreeMap::new(),
@@ -531,6 +544,30 @@ impl EmbeddedDb {
     pub fn disk_space(&self) -> Result<u64, StorageError> {
         self.handles()?.db.disk_space().map_err(fjall_error)
     }
+}
+
+/// Makes a new store's directories durable: fjall fsyncs the files it
+/// creates and their folders, but not the store's own directory entry,
+/// nor those of the data directories created for it (a power cut right
+/// after the first answers would take the whole store away).
+fn sync_new_dirs(path: &Path, root: &Path) -> Result<(), StorageError> {
+    let mut dirs = vec![path.join("keyspaces"), path.to_owned()];
+    let mut d = path.parent();
+    while let Some(p) = d {
+        dirs.push(p.to_owned());
+        if p == root {
+            break;
+        }
+        d = p.parent();
+    }
+    for d in dirs {
+        if d.is_dir() {
+            std::fs::File::open(&d)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_error(&e, &format!("syncing {}", d.display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens the fjall database at `path` (recovering its journal) and its
