@@ -109,7 +109,7 @@ fi
 "$venv/bin/python3" scripts/deploy_check.py --checkov "$out/checkov.json" "${check_args[@]}" || status=1
 
 # The prod overlays as a release renders them: `digest:` added to every
-# entry of their `images:` (README, "Pin the image by digest") must pin
+# entry of their `images:` (docs/deployment.md, "Pin the image by digest") must pin
 # every container's image, so no image escapes the release's pinning.
 cp -R deploy "$out/pinned"
 pin_args=()

@@ -65,7 +65,8 @@ METRICS_PORT = 9464
 MONGO_PORT = 27017
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod")
 LONG_RUNNING_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
-# Secrets an operator creates by hand (README, "Deploy on Kubernetes"); the
+# Secrets an operator creates by hand (docs/deployment.md, "Create the
+# Secrets (prod)"); the
 # manifests only refer to them.
 EXTERNAL_SECRETS = {"microshop-mongodb", "microshop-auth", "mongodb-auth"}
 PROD_MIN_REPLICAS = {"orchestrator": 3}

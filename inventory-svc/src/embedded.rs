@@ -1,4 +1,9 @@
-//! The inventory stores on the embedded redb engine.
+//! The inventory stores on the embedded engine (`inventory.fjall`).
+//!
+//! Tables: products by SKU, reservations by checkout saga (the business
+//! record a release or a commit acts on, kept), and the barrier. Every
+//! write is a participant's answer, so every write is durable before it is
+//! answered.
 
 use std::path::Path;
 
@@ -6,10 +11,9 @@ use microshop_storage::{
     StorageError,
     barrier::{self, ActionGate},
     decode,
-    embedded::{Durable, EmbeddedDb},
+    embedded::{Durable, EmbeddedDb, Sync, Table, Txn},
     encode,
 };
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::{
     domain::{
@@ -19,8 +23,10 @@ use crate::{
     store::{CatalogStore, ReservationStore},
 };
 
-const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
-const RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reservations");
+/// SKU → product.
+pub const PRODUCTS: Table = Table::new(1, "products");
+/// Checkout saga id → its reservation.
+pub const RESERVATIONS: Table = Table::new(2, "reservations");
 
 const OP_RESERVE: &str = "reserve";
 const OP_RELEASE: &str = "release";
@@ -35,51 +41,40 @@ pub struct EmbeddedInventory {
 impl EmbeddedInventory {
     /// Opens or creates the store under `dir`.
     pub fn open(dir: &Path, durable: Durable) -> Result<Self, StorageError> {
-        let db = EmbeddedDb::open(dir, "inventory", durable, |txn| {
-            txn.open_table(PRODUCTS)?;
-            txn.open_table(RESERVATIONS)?;
-            barrier::init(txn)
-        })?;
+        let db = EmbeddedDb::open(dir, "inventory", durable, |_| Ok(()))?;
         Ok(Self { db })
     }
 }
 
-fn load_product(txn: &WriteTransaction, sku: &str) -> Result<Option<Product>, StorageError> {
-    let table = txn.open_table(PRODUCTS)?;
-    let found = table.get(sku)?;
-    found.map(|v| decode(v.value())).transpose()
+fn load_product(txn: &Txn, sku: &str) -> Result<Option<Product>, StorageError> {
+    txn.get(&PRODUCTS.str_key(sku))?
+        .map(|v| decode(&v))
+        .transpose()
 }
 
-fn save_product(txn: &WriteTransaction, product: &Product) -> Result<(), StorageError> {
-    let bytes = encode(product)?;
-    txn.open_table(PRODUCTS)?
-        .insert(product.sku.as_str(), bytes.as_slice())?;
+fn save_product(txn: &mut Txn, product: &Product) -> Result<(), StorageError> {
+    txn.put(PRODUCTS.str_key(&product.sku), encode(product)?);
     Ok(())
 }
 
-fn load_reservation(
-    txn: &WriteTransaction,
-    saga_id: &str,
-) -> Result<Option<Reservation>, StorageError> {
-    let table = txn.open_table(RESERVATIONS)?;
-    let found = table.get(saga_id)?;
-    found.map(|v| decode(v.value())).transpose()
+fn load_reservation(txn: &Txn, saga_id: &str) -> Result<Option<Reservation>, StorageError> {
+    txn.get(&RESERVATIONS.str_key(saga_id))?
+        .map(|v| decode(&v))
+        .transpose()
 }
 
 fn save_reservation(
-    txn: &WriteTransaction,
+    txn: &mut Txn,
     saga_id: &str,
     reservation: &Reservation,
 ) -> Result<(), StorageError> {
-    let bytes = encode(reservation)?;
-    txn.open_table(RESERVATIONS)?
-        .insert(saga_id, bytes.as_slice())?;
+    txn.put(RESERVATIONS.str_key(saga_id), encode(reservation)?);
     Ok(())
 }
 
 /// Moves `lines` between buckets of their products with `apply`.
 fn move_units(
-    txn: &WriteTransaction,
+    txn: &mut Txn,
     lines: &[ReservedLine],
     apply: impl Fn(&mut Product, i64),
 ) -> Result<(), StorageError> {
@@ -94,7 +89,7 @@ fn move_units(
 }
 
 fn reserve_in(
-    txn: &WriteTransaction,
+    txn: &mut Txn,
     saga_id: &str,
     lines: &[StockLine],
 ) -> Result<ReserveOutcome, StorageError> {
@@ -143,7 +138,7 @@ impl CatalogStore for EmbeddedInventory {
         update: ProductUpdate,
     ) -> Result<Result<Product, i64>, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 let existing = load_product(txn, &update.sku)?;
                 let product = match update.apply(existing) {
                     Ok(product) => product,
@@ -157,12 +152,12 @@ impl CatalogStore for EmbeddedInventory {
 
     async fn get_products(&self, skus: Vec<String>) -> Result<Vec<Option<Product>>, StorageError> {
         self.db
-            .read(move |txn| {
-                let table = txn.open_table(PRODUCTS)?;
+            .read(move |view| {
                 skus.iter()
                     .map(|sku| {
-                        let found = table.get(sku.as_str())?;
-                        found.map(|v| decode(v.value())).transpose()
+                        view.get(&PRODUCTS.str_key(sku))?
+                            .map(|v| decode(&v))
+                            .transpose()
                     })
                     .collect()
             })
@@ -177,7 +172,7 @@ impl ReservationStore for EmbeddedInventory {
         lines: Vec<StockLine>,
     ) -> Result<Option<ReserveOutcome>, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 match barrier::action_gate(txn, &saga_id, OP_RESERVE, OP_RELEASE)? {
                     ActionGate::Replay(first) => return Ok(Some(first)),
                     ActionGate::Compensated => return Ok(None),
@@ -192,7 +187,7 @@ impl ReservationStore for EmbeddedInventory {
 
     async fn release(&self, saga_id: String) -> Result<ReleaseOutcome, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 if let Some(first) = barrier::outcome(txn, &saga_id, OP_RELEASE)? {
                     return Ok(first);
                 }
@@ -230,7 +225,7 @@ impl ReservationStore for EmbeddedInventory {
 
     async fn commit(&self, saga_id: String) -> Result<CommitOutcome, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 if let Some(first) = barrier::outcome(txn, &saga_id, OP_COMMIT)? {
                     return Ok(first);
                 }
@@ -269,7 +264,10 @@ impl microshop_storage::Ping for EmbeddedInventory {
 impl microshop_storage::BarrierPurge for EmbeddedInventory {
     async fn purge_barrier(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
         self.db
-            .write(move |txn| barrier::purge(txn, before_ms, limit))
+            // Lost in a power cut, it is simply purged again.
+            .write(Sync::Buffered, move |txn| {
+                barrier::purge(txn, before_ms, limit)
+            })
             .await
     }
 }

@@ -2,7 +2,7 @@
 //! over the storage traits, run against the embedded redb store and the
 //! MongoDB store. Everything a backend must do the same way is asserted
 //! here: the catalog, all-or-nothing reservations, the participant barrier
-//! (ARCHITECTURE §6), and the stock invariant under concurrency (§8).
+//! (`docs/architecture.md`), and the stock invariant under concurrency.
 
 use std::time::Instant;
 
@@ -109,7 +109,7 @@ async fn product<S: CatalogStore>(store: &S, sku: &str) -> Product {
         .unwrap_or_else(|| panic!("{sku} is stored"))
 }
 
-/// The stock invariant of §8 for one product: put + restocked = available +
+/// The stock invariant for one product: put + restocked = available +
 /// reserved + sold, no bucket negative.
 fn assert_buckets(p: &Product, put: i64) {
     assert!(

@@ -1,4 +1,9 @@
-//! The loyalty stores on the embedded redb engine.
+//! The loyalty stores on the embedded engine (`loyalty.fjall`).
+//!
+//! Tables: accounts by customer, the points ledger by checkout saga (what
+//! it deducted, refunded and earned: the business record a refund reads and
+//! a second earn is refused by, kept), and the barrier. Every write is a
+//! participant's answer, so every write is durable before it is answered.
 
 use std::path::Path;
 
@@ -6,29 +11,28 @@ use microshop_storage::{
     StorageError,
     barrier::{self, ActionGate},
     decode,
-    embedded::{Durable, EmbeddedDb},
+    embedded::{Durable, EmbeddedDb, Sync, Table, Txn},
     encode,
 };
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::{
     domain::{Account, DeductOutcome, EarnOutcome, OrderPoints, RefundOutcome},
     store::{AccountStore, PointsLedgerStore},
 };
 
-const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+/// Customer id → account.
+pub const ACCOUNTS: Table = Table::new(1, "accounts");
 /// Checkout saga id → its [`OrderPoints`] (business record, kept).
-const LEDGER: TableDefinition<&str, &[u8]> = TableDefinition::new("order_points");
-/// Flags of this store's upgrades.
-const META: TableDefinition<&str, u64> = TableDefinition::new("loyalty_meta");
-/// Set once the ledger holds what the barrier recorded before it existed.
-const LEDGER_FROM_BARRIER: &str = "ledger_from_barrier";
+pub const LEDGER: Table = Table::new(2, "order_points");
 
-const OP_DEDUCT: &str = "deduct";
-const OP_REFUND: &str = "refund";
-const OP_EARN: &str = "earn";
+/// Barrier op names.
+pub const OP_DEDUCT: &str = "deduct";
+/// Refund, the compensation of a deduction.
+pub const OP_REFUND: &str = "refund";
+/// Earning for a paid order.
+pub const OP_EARN: &str = "earn";
 
-/// Loyalty on redb (`loyalty.redb` in the data directory).
+/// Loyalty on the embedded engine (`loyalty.fjall` in the data directory).
 #[derive(Clone, Debug)]
 pub struct EmbeddedLoyalty {
     db: EmbeddedDb,
@@ -37,98 +41,30 @@ pub struct EmbeddedLoyalty {
 impl EmbeddedLoyalty {
     /// Opens or creates the store under `dir`.
     pub fn open(dir: &Path, durable: Durable) -> Result<Self, StorageError> {
-        let db = EmbeddedDb::open(dir, "loyalty", durable, |txn| {
-            txn.open_table(ACCOUNTS)?;
-            txn.open_table(LEDGER)?;
-            barrier::init(txn)?;
-            ledger_from_barrier(txn)
-        })?;
+        let db = EmbeddedDb::open(dir, "loyalty", durable, |_| Ok(()))?;
         Ok(Self { db })
     }
 }
 
-fn load_points(txn: &WriteTransaction, saga_id: &str) -> Result<Option<OrderPoints>, StorageError> {
-    let table = txn.open_table(LEDGER)?;
-    let found = table.get(saga_id)?;
-    found.map(|v| decode(v.value())).transpose()
+fn load_points(txn: &Txn, saga_id: &str) -> Result<Option<OrderPoints>, StorageError> {
+    txn.get(&LEDGER.str_key(saga_id))?
+        .map(|v| decode(&v))
+        .transpose()
 }
 
-fn save_points(txn: &WriteTransaction, saga_id: &str, p: &OrderPoints) -> Result<(), StorageError> {
-    let bytes = encode(p)?;
-    txn.open_table(LEDGER)?.insert(saga_id, bytes.as_slice())?;
+fn save_points(txn: &mut Txn, saga_id: &str, p: &OrderPoints) -> Result<(), StorageError> {
+    txn.put(LEDGER.str_key(saga_id), encode(p)?);
     Ok(())
 }
 
-/// Once, in a store written before the ledger existed: every deduction,
-/// refund and earning the barrier recorded goes into the ledger, so they
-/// outlive the barrier's retention.
-fn ledger_from_barrier(txn: &WriteTransaction) -> Result<(), StorageError> {
-    let mut meta = txn.open_table(META)?;
-    if meta.get(LEDGER_FROM_BARRIER)?.is_some() {
-        return Ok(());
-    }
-    let mut ledger: std::collections::BTreeMap<String, OrderPoints> = Default::default();
-    {
-        let table = txn.open_table(barrier::BARRIER)?;
-        for entry in table.iter()? {
-            let (key, value) = entry?;
-            let (saga_id, op) = key.value();
-            match op {
-                OP_DEDUCT => {
-                    if let DeductOutcome::Deducted {
-                        customer_id,
-                        points,
-                        ..
-                    } = decode(value.value())?
-                    {
-                        let p = ledger.entry(saga_id.to_owned()).or_default();
-                        p.customer_id = customer_id;
-                        p.deducted = points;
-                    }
-                }
-                OP_REFUND => {
-                    if let RefundOutcome::Refunded { points, .. } = decode(value.value())? {
-                        ledger.entry(saga_id.to_owned()).or_default().refunded = points;
-                    }
-                }
-                OP_EARN => {
-                    if let EarnOutcome::Earned {
-                        customer_id,
-                        points,
-                        ..
-                    } = decode(value.value())?
-                    {
-                        let p = ledger.entry(saga_id.to_owned()).or_default();
-                        p.customer_id = customer_id;
-                        p.earned = Some(points);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    for (saga_id, p) in &ledger {
-        if load_points(txn, saga_id)?.is_none() {
-            save_points(txn, saga_id, p)?;
-        }
-    }
-    meta.insert(LEDGER_FROM_BARRIER, 1)?;
-    Ok(())
+fn load_account(txn: &Txn, customer_id: &str) -> Result<Option<Account>, StorageError> {
+    txn.get(&ACCOUNTS.str_key(customer_id))?
+        .map(|v| decode(&v))
+        .transpose()
 }
 
-fn load_account(
-    txn: &WriteTransaction,
-    customer_id: &str,
-) -> Result<Option<Account>, StorageError> {
-    let table = txn.open_table(ACCOUNTS)?;
-    let found = table.get(customer_id)?;
-    found.map(|v| decode(v.value())).transpose()
-}
-
-fn save_account(txn: &WriteTransaction, account: &Account) -> Result<(), StorageError> {
-    let bytes = encode(account)?;
-    txn.open_table(ACCOUNTS)?
-        .insert(account.customer_id.as_str(), bytes.as_slice())?;
+fn save_account(txn: &mut Txn, account: &Account) -> Result<(), StorageError> {
+    txn.put(ACCOUNTS.str_key(&account.customer_id), encode(account)?);
     Ok(())
 }
 
@@ -139,7 +75,7 @@ fn overflow(customer_id: &str) -> StorageError {
 }
 
 fn deduct_in(
-    txn: &WriteTransaction,
+    txn: &mut Txn,
     saga_id: &str,
     customer_id: &str,
     points: i64,
@@ -175,7 +111,7 @@ fn deduct_in(
     })
 }
 
-fn refund_in(txn: &WriteTransaction, saga_id: &str) -> Result<RefundOutcome, StorageError> {
+fn refund_in(txn: &mut Txn, saga_id: &str) -> Result<RefundOutcome, StorageError> {
     let Some(mut p) = load_points(txn, saga_id)? else {
         // Never deducted, or the deduction was refused: null compensation.
         return Ok(RefundOutcome::NothingDeducted);
@@ -209,7 +145,7 @@ fn refund_in(txn: &WriteTransaction, saga_id: &str) -> Result<RefundOutcome, Sto
 }
 
 fn earn_in(
-    txn: &WriteTransaction,
+    txn: &mut Txn,
     saga_id: &str,
     customer_id: &str,
     points: i64,
@@ -250,17 +186,17 @@ fn earn_in(
 impl AccountStore for EmbeddedLoyalty {
     async fn account(&self, customer_id: String) -> Result<Option<Account>, StorageError> {
         self.db
-            .read(move |txn| {
-                let table = txn.open_table(ACCOUNTS)?;
-                let found = table.get(customer_id.as_str())?;
-                found.map(|v| decode(v.value())).transpose()
+            .read(move |view| {
+                view.get(&ACCOUNTS.str_key(&customer_id))?
+                    .map(|v| decode(&v))
+                    .transpose()
             })
             .await
     }
 
     async fn grant(&self, customer_id: String, points: i64) -> Result<Account, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 let account = load_account(txn, &customer_id)?
                     .unwrap_or_else(|| Account::guest(&customer_id));
                 let after = account
@@ -281,7 +217,7 @@ impl PointsLedgerStore for EmbeddedLoyalty {
         points: i64,
     ) -> Result<Option<DeductOutcome>, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 match barrier::action_gate(txn, &saga_id, OP_DEDUCT, OP_REFUND)? {
                     ActionGate::Replay(first) => return Ok(Some(first)),
                     ActionGate::Compensated => return Ok(None),
@@ -296,7 +232,7 @@ impl PointsLedgerStore for EmbeddedLoyalty {
 
     async fn refund(&self, saga_id: String) -> Result<RefundOutcome, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 if let Some(first) = barrier::outcome(txn, &saga_id, OP_REFUND)? {
                     return Ok(first);
                 }
@@ -314,7 +250,7 @@ impl PointsLedgerStore for EmbeddedLoyalty {
         points: i64,
     ) -> Result<EarnOutcome, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 // EarnPoints has no compensation: a repeat replays the first
                 // outcome, whatever it was.
                 if let Some(first) = barrier::outcome(txn, &saga_id, OP_EARN)? {
@@ -337,7 +273,10 @@ impl microshop_storage::Ping for EmbeddedLoyalty {
 impl microshop_storage::BarrierPurge for EmbeddedLoyalty {
     async fn purge_barrier(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
         self.db
-            .write(move |txn| barrier::purge(txn, before_ms, limit))
+            // Lost in a power cut, it is simply purged again.
+            .write(Sync::Buffered, move |txn| {
+                barrier::purge(txn, before_ms, limit)
+            })
             .await
     }
 }

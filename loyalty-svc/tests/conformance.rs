@@ -1,8 +1,8 @@
 //! The loyalty storage conformance suite (issue 4): one suite, generic over
 //! the storage traits, run against the embedded redb store and the MongoDB
 //! store. Asserted here: accounts and grants, deduct/refund/earn under the
-//! participant barrier (ARCHITECTURE §6), and the points invariant under
-//! concurrency (§8).
+//! participant barrier (`docs/architecture.md`), and the points invariant
+//! under concurrency (its "Invariants").
 
 use std::time::Instant;
 

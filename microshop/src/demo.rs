@@ -1,6 +1,6 @@
 //! `microshop demo`: the old shop's failures, replayed against a fresh
 //! in-process mesh on a temporary embedded store, with a readable report
-//! and the invariants of ARCHITECTURE §8 checked at the end.
+//! and the invariants of `docs/architecture.md` checked at the end.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -444,7 +444,7 @@ async fn scenarios(c: &MeshClients, pricing: &PricingRules) -> anyhow::Result<bo
     }
     println!("   by state: {by_state:?}");
 
-    println!("\ninvariants (ARCHITECTURE §8)");
+    println!("\ninvariants (docs/architecture.md, Invariants)");
     match invariants::check(c, &universe).await {
         Ok(summary) => expect.that(
             true,

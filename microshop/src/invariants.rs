@@ -1,13 +1,14 @@
-//! The invariants of ARCHITECTURE §8, checked over the services' public
-//! APIs after a scenario has quiesced. The first violation is reported
-//! precisely: which SKU, customer, coupon or saga, expected against found.
+//! The invariants of `docs/architecture.md` ("Invariants"), checked over the
+//! services' public APIs after a scenario has quiesced. The first violation is
+//! reported precisely: which SKU, customer, coupon or saga, expected against
+//! found.
 //!
 //! [`check`] reads everything into a [`Snapshot`] of plain data first and
 //! then judges it with [`judge`] (in [`rules`]), so the comparisons can be
 //! fed doctored data in unit tests: each rule is shown to catch the fault
 //! it guards against.
 //!
-//! What is checked (the §8 list, and beyond its letter stock and points
+//! What is checked (the documented list, and beyond its letter stock and points
 //! are reconciled against the orders themselves; that is what "nothing
 //! reserved or deducted outlives a compensated saga" means in numbers):
 //! - every saga ended COMPLETED or COMPENSATED, or FAILED with a reason;
@@ -116,7 +117,8 @@ fn read_err(what: impl Into<String>) -> impl FnOnce(tonic::Status) -> Violation 
     move |status| Violation::Read { what, status }
 }
 
-/// Reads every service and checks §8. Call once nothing is in flight.
+/// Reads every service and checks the invariants. Call once nothing is in
+/// flight.
 pub async fn check(clients: &MeshClients, universe: &Universe) -> Result<Summary, Violation> {
     let snapshot = read(clients, universe).await?;
     judge(&snapshot, universe)

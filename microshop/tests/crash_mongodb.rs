@@ -1,7 +1,7 @@
 //! Crash tests over the real binary that need a MongoDB: several
 //! orchestrators as `microshop serve orchestrator` processes on one saga
 //! log, one SIGKILLed while it holds sagas mid-burst (the others take them
-//! over: every saga ends once, ARCHITECTURE §8 holds), and the database
+//! over: every saga ends once, the invariants of `docs/architecture.md` hold), and the database
 //! itself stopped and started again under the mesh (health and errors
 //! degrade to UNAVAILABLE, nothing exits, everything resumes).
 //!

@@ -17,6 +17,7 @@ use microshop_runtime::{
     metrics::metrics,
     validate::{MAX_AMOUNT, MAX_ID_BYTES, MAX_LINES, MAX_NAME_BYTES, MAX_QUANTITY, Violations},
 };
+use microshop_storage::embedded::Sync;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
@@ -83,13 +84,13 @@ impl<L: SagaLog> Api<L> {
             .begin(saga_type, key.clone(), input.clone())
             .await?
         {
-            Begin::Created(record) => {
+            (Begin::Created(record), synced) => {
                 microshop_runtime::observe::record_saga_id(&record.saga_id);
                 let saga_id = record.saga_id.clone();
-                let rx = self.engine.drive_created(record);
+                let rx = self.engine.drive_created(record, synced);
                 return self.outcome(&saga_id, rx, wait).await;
             }
-            Begin::Existing(record) => {
+            (Begin::Existing(record), _) => {
                 if !same_request(&record.input, &input) {
                     return Err(OrchestratorError::KeyReused {
                         key,
@@ -150,9 +151,10 @@ impl<L: SagaLog> Api<L> {
         record.failure_reason.clear();
         record.failed_from = None;
         record.transition_by(resume, note, actor);
+        // An operator's decision: durable before it is acted on.
         self.engine
             .log()
-            .save(record.clone(), PaymentDeadline::Keep)
+            .save(&record, PaymentDeadline::Keep, Sync::Durable)
             .await?;
         metrics().dead_letters_changed(-1);
         Ok(record)
@@ -610,7 +612,7 @@ impl<L: SagaLog> SagaAdminService for Api<L> {
                 record.transition_by(SagaState::Compensating, note, &actor);
                 self.engine
                     .log()
-                    .save(record, PaymentDeadline::Keep)
+                    .save(&record, PaymentDeadline::Keep, Sync::Durable)
                     .await
                     .map_err(OrchestratorError::from)?;
                 metrics().dead_letters_changed(-1);

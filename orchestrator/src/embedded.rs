@@ -1,35 +1,50 @@
-//! The saga log on the embedded redb engine (`orchestrator.redb`).
+//! The saga log on the embedded engine (`orchestrator.fjall`).
 //!
 //! Indexes kept beside the records, in the same write: idempotency key →
 //! saga, creation order → saga (listing newest first), (state, order) →
 //! saga (listing by state without scanning history), the unfinished set
 //! (recovery reads only what needs work, so it does not slow down as the
-//! log grows), and payment deadlines by due time.
+//! log grows), and payment deadlines by due time. Records are compact
+//! protobuf ([`crate::record`]).
+//!
+//! Durability is the caller's choice per save (see [`SagaLog::save`]); a
+//! saga's creation answers once it is visible and tells when it is
+//! durable.
 
 use std::path::Path;
 
 use microshop_storage::{
-    StorageError, decode,
-    embedded::{Durable, EmbeddedDb},
-    encode,
+    StorageError,
+    embedded::{
+        Durable, EmbeddedDb, Sync, Synced, Table, Txn, View, i64_value, read_i64, read_u64,
+        u64_value,
+    },
 };
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::{
     log::{Begin, LIST_SCAN_LIMIT, PaymentDeadline, SagaFilter, SagaLog, SagaPage},
     model::{SagaRecord, SagaState},
+    record,
 };
 
-const SAGAS: TableDefinition<&str, &[u8]> = TableDefinition::new("sagas");
-const KEYS: TableDefinition<&str, &str> = TableDefinition::new("idempotency_keys");
-const BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("sagas_by_seq");
-const BY_STATE: TableDefinition<(u8, u64), &str> = TableDefinition::new("sagas_by_state");
-const UNFINISHED: TableDefinition<&str, u64> = TableDefinition::new("unfinished_sagas");
-const DEADLINES: TableDefinition<(i64, &str), ()> = TableDefinition::new("payment_deadlines");
-const DEADLINE_OF: TableDefinition<&str, i64> = TableDefinition::new("payment_deadline_of");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Saga id → stored record.
+pub const SAGAS: Table = Table::new(1, "sagas");
+/// `(key scope, idempotency key)` → saga id.
+pub const KEYS: Table = Table::new(2, "idempotency_keys");
+/// seq → saga id.
+pub const BY_SEQ: Table = Table::new(3, "sagas_by_seq");
+/// `(state index, seq)` → saga id.
+pub const BY_STATE: Table = Table::new(4, "sagas_by_state");
+/// Saga id → seq, for unfinished sagas.
+pub const UNFINISHED: Table = Table::new(5, "unfinished_sagas");
+/// `(due ms, order id)` → nothing.
+pub const DEADLINES: Table = Table::new(6, "payment_deadlines");
+/// Order id → due ms.
+pub const DEADLINE_OF: Table = Table::new(7, "payment_deadline_of");
+/// Counters: `seq`.
+pub const META: Table = Table::new(8, "meta");
 
-/// The saga log on redb.
+/// The saga log on the embedded engine.
 #[derive(Clone, Debug)]
 pub struct EmbeddedSagaLog {
     db: EmbeddedDb,
@@ -38,221 +53,216 @@ pub struct EmbeddedSagaLog {
 impl EmbeddedSagaLog {
     /// Opens or creates the log under `dir`.
     pub fn open(dir: &Path, durable: Durable) -> Result<Self, StorageError> {
-        let db = EmbeddedDb::open(dir, "orchestrator", durable, |txn| {
-            txn.open_table(SAGAS)?;
-            txn.open_table(KEYS)?;
-            txn.open_table(BY_SEQ)?;
-            txn.open_table(BY_STATE)?;
-            txn.open_table(UNFINISHED)?;
-            txn.open_table(DEADLINES)?;
-            txn.open_table(DEADLINE_OF)?;
-            txn.open_table(META)?;
-            Ok(())
-        })?;
+        let db = EmbeddedDb::open(dir, "orchestrator", durable, |_| Ok(()))?;
         Ok(Self { db })
     }
-}
 
-/// A stored saga: one byte of state (its [`SagaState::index`]), then the
-/// JSON record, so a save learns the state it moves the indexes from
-/// without decoding the record. Records written before the prefix start
-/// with `{` and are read whole.
-fn stored(record: &SagaRecord) -> Result<Vec<u8>, StorageError> {
-    let json = encode(record)?;
-    let mut bytes = Vec::with_capacity(json.len() + 1);
-    bytes.push(record.state.index());
-    bytes.extend_from_slice(&json);
-    Ok(bytes)
-}
-
-fn record_of(bytes: &[u8]) -> Result<SagaRecord, StorageError> {
-    match bytes.first() {
-        Some(b'{') => decode(bytes),
-        _ => decode(bytes.get(1..).unwrap_or_default()),
+    /// Writes `record` as-is (with its seq) and its indexes, for `microshop
+    /// migrate`; `deadline` is the order's payment deadline, if it has one.
+    pub async fn import(
+        &self,
+        record: SagaRecord,
+        deadline: Option<(String, i64)>,
+    ) -> Result<(), StorageError> {
+        self.db
+            .write(Sync::Buffered, move |txn| {
+                let seq_key = META.str_key("seq");
+                let last = txn.get(&seq_key)?.map(|v| read_u64(&v)).transpose()?;
+                if last.is_none_or(|l| l < record.seq) {
+                    txn.put(seq_key, u64_value(record.seq));
+                }
+                txn.put(key_of(&record), record.saga_id.as_bytes().to_vec());
+                txn.put(
+                    BY_SEQ.key().u64(record.seq).done(),
+                    record.saga_id.as_bytes().to_vec(),
+                );
+                write_record(txn, &record, true)?;
+                if let Some((order_id, due_ms)) = deadline {
+                    apply_deadline(txn, &PaymentDeadline::Set { order_id, due_ms })?;
+                }
+                Ok(())
+            })
+            .await
     }
-}
 
-fn state_of(bytes: &[u8]) -> Result<SagaState, StorageError> {
-    #[derive(serde::Deserialize)]
-    struct StateOnly {
-        state: SagaState,
-    }
-    match bytes.first() {
-        Some(b'{') => decode::<StateOnly>(bytes).map(|s| s.state),
-        Some(&index) => SagaState::from_index(index)
-            .ok_or_else(|| StorageError::Corrupt(format!("saga state byte {index}"))),
-        None => Err(StorageError::Corrupt("empty saga record".into())),
-    }
-}
-
-/// The key of an idempotency key in [`KEYS`]: `scope NUL key`, or the key
-/// alone in the empty scope. Ids never hold control characters, so the two
-/// forms cannot collide, and the order-keyed sagas' keys (and every key
-/// written before keys were scoped) keep their old form.
-fn key_entry(scope: &str, key: &str) -> String {
-    if scope.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{scope}\0{key}")
+    /// Makes everything imported durable.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        self.db.write(Sync::Durable, |_| Ok(())).await
     }
 }
 
-/// The saga holding `key` in `scope`: its scoped entry, else (for a
-/// checkout) an entry written before keys were scoped whose saga is this
-/// customer's.
-fn saga_of_key(
-    keys: &impl ReadableTable<&'static str, &'static str>,
-    sagas: &impl ReadableTable<&'static str, &'static [u8]>,
-    scope: &str,
-    key: &str,
-) -> Result<Option<SagaRecord>, StorageError> {
-    let load = |saga_id: &str| -> Result<SagaRecord, StorageError> {
-        let found = sagas.get(saga_id)?.ok_or_else(|| {
-            StorageError::Corrupt(format!("key points to missing saga {saga_id}"))
-        })?;
-        record_of(found.value())
-    };
-    if let Some(saga_id) = keys.get(key_entry(scope, key).as_str())? {
-        return load(saga_id.value()).map(Some);
-    }
-    if scope.is_empty() {
-        return Ok(None);
-    }
-    match keys.get(key)? {
-        Some(saga_id) => {
-            let record = load(saga_id.value())?;
-            Ok((record.key_scope() == scope).then_some(record))
+/// Reads the seq out of a listing index key.
+type SeqOf = fn(&[u8]) -> Result<u64, StorageError>;
+
+fn key_of(record: &SagaRecord) -> Vec<u8> {
+    KEYS.key()
+        .str(record.key_scope())
+        .str(&record.idempotency_key)
+        .done()
+}
+
+fn id_of(bytes: &[u8]) -> Result<String, StorageError> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| StorageError::Corrupt("an index names a saga id that is not text".into()))
+}
+
+fn load(txn: &Txn, saga_id: &str) -> Result<Option<SagaRecord>, StorageError> {
+    txn.get(&SAGAS.str_key(saga_id))?
+        .map(|v| record::decode(&v))
+        .transpose()
+}
+
+fn view_load(view: &View, saga_id: &str) -> Result<Option<SagaRecord>, StorageError> {
+    view.get(&SAGAS.str_key(saga_id))?
+        .map(|v| record::decode(&v))
+        .transpose()
+}
+
+/// What a save writes: the record encoded on the caller's task (so the
+/// store's one writer thread only moves indexes), and what the indexes
+/// need of it.
+struct Encoded {
+    saga_id: String,
+    seq: u64,
+    state: SagaState,
+    bytes: Vec<u8>,
+}
+
+impl Encoded {
+    fn of(record: &SagaRecord) -> Self {
+        Self {
+            saga_id: record.saga_id.clone(),
+            seq: record.seq,
+            state: record.state,
+            bytes: record::encode(record),
         }
-        None => Ok(None),
     }
 }
 
-fn write_record(
-    txn: &WriteTransaction,
-    record: &SagaRecord,
-    is_new: bool,
-) -> Result<(), StorageError> {
-    let bytes = stored(record)?;
-    let old_state = {
-        let mut sagas = txn.open_table(SAGAS)?;
-        let old = sagas.insert(record.saga_id.as_str(), bytes.as_slice())?;
-        match (old, is_new) {
-            (None, true) => None,
-            (Some(old), false) => Some(state_of(old.value())?),
-            (None, false) => {
-                return Err(StorageError::Corrupt(format!(
-                    "save of unknown saga {}",
-                    record.saga_id
-                )));
-            }
-            (Some(_), true) => {
-                return Err(StorageError::Corrupt(format!(
-                    "saga {} created twice",
-                    record.saga_id
-                )));
-            }
+fn write_record(txn: &mut Txn, record: &SagaRecord, is_new: bool) -> Result<(), StorageError> {
+    write_encoded(txn, Encoded::of(record), is_new)
+}
+
+fn write_encoded(txn: &mut Txn, record: Encoded, is_new: bool) -> Result<(), StorageError> {
+    let key = SAGAS.str_key(&record.saga_id);
+    let old_state = match (txn.get(&key)?, is_new) {
+        (None, true) => None,
+        (Some(old), false) => Some(record::state(&old)?),
+        (None, false) => {
+            return Err(StorageError::Corrupt(format!(
+                "save of unknown saga {}",
+                record.saga_id
+            )));
+        }
+        (Some(_), true) => {
+            return Err(StorageError::Corrupt(format!(
+                "saga {} created twice",
+                record.saga_id
+            )));
         }
     };
+    txn.put(key, record.bytes);
     if old_state != Some(record.state) {
-        let mut by_state = txn.open_table(BY_STATE)?;
         if let Some(old) = old_state {
-            by_state.remove((old.index(), record.seq))?;
+            txn.remove(BY_STATE.key().u8(old.index()).u64(record.seq).done());
         }
-        by_state.insert((record.state.index(), record.seq), record.saga_id.as_str())?;
-        let mut unfinished = txn.open_table(UNFINISHED)?;
+        txn.put(
+            BY_STATE
+                .key()
+                .u8(record.state.index())
+                .u64(record.seq)
+                .done(),
+            record.saga_id.as_bytes().to_vec(),
+        );
+        let unfinished = UNFINISHED.str_key(&record.saga_id);
         if record.state.is_terminal() {
-            unfinished.remove(record.saga_id.as_str())?;
+            txn.remove(unfinished);
         } else {
-            unfinished.insert(record.saga_id.as_str(), record.seq)?;
+            txn.put(unfinished, u64_value(record.seq));
         }
     }
     Ok(())
 }
 
-fn apply_deadline(txn: &WriteTransaction, deadline: &PaymentDeadline) -> Result<(), StorageError> {
-    // Most saves keep the deadline: open no table for them (opening and
-    // closing a table costs a lookup and a flush of its root in redb).
-    if *deadline == PaymentDeadline::Keep {
-        return Ok(());
+fn apply_deadline(txn: &mut Txn, deadline: &PaymentDeadline) -> Result<(), StorageError> {
+    let (order_id, due) = match deadline {
+        PaymentDeadline::Keep => return Ok(()),
+        PaymentDeadline::Set { order_id, due_ms } => (order_id, Some(*due_ms)),
+        PaymentDeadline::Clear { order_id } => (order_id, None),
+    };
+    let of = DEADLINE_OF.str_key(order_id);
+    if let Some(old) = txn.get(&of)? {
+        txn.remove(DEADLINES.key().i64(read_i64(&old)?).str(order_id).done());
     }
-    let mut of = txn.open_table(DEADLINE_OF)?;
-    let mut by_due = txn.open_table(DEADLINES)?;
-    match deadline {
-        PaymentDeadline::Keep => {}
-        PaymentDeadline::Set { order_id, due_ms } => {
-            if let Some(old) = of.insert(order_id.as_str(), *due_ms)? {
-                by_due.remove((old.value(), order_id.as_str()))?;
-            }
-            by_due.insert((*due_ms, order_id.as_str()), ())?;
+    match due {
+        Some(due) => {
+            txn.put(of, i64_value(due));
+            txn.put(DEADLINES.key().i64(due).str(order_id).done(), Vec::new());
         }
-        PaymentDeadline::Clear { order_id } => {
-            if let Some(old) = of.remove(order_id.as_str())? {
-                by_due.remove((old.value(), order_id.as_str()))?;
-            }
-        }
+        None => txn.remove(of),
     }
     Ok(())
 }
 
 impl SagaLog for EmbeddedSagaLog {
-    async fn begin(&self, mut record: SagaRecord) -> Result<Begin, StorageError> {
-        self.db
-            .write(move |txn| {
-                let existing = saga_of_key(
-                    &txn.open_table(KEYS)?,
-                    &txn.open_table(SAGAS)?,
-                    record.key_scope(),
-                    &record.idempotency_key,
-                )?;
-                if let Some(found) = existing {
+    async fn begin(&self, mut record: SagaRecord) -> Result<(Begin, Synced), StorageError> {
+        let (begun, synced) = self
+            .db
+            .write_early(move |txn| {
+                if let Some(saga_id) = txn.get(&key_of(&record))? {
+                    let saga_id = id_of(&saga_id)?;
+                    let found = load(txn, &saga_id)?.ok_or_else(|| {
+                        StorageError::Corrupt(format!("key points to missing saga {saga_id}"))
+                    })?;
                     return Ok(Begin::Existing(found));
                 }
-                let seq = {
-                    let mut meta = txn.open_table(META)?;
-                    let next = meta.get("seq")?.map_or(1, |v| v.value() + 1);
-                    meta.insert("seq", next)?;
-                    next
-                };
+                let seq_key = META.str_key("seq");
+                let seq = txn
+                    .get(&seq_key)?
+                    .map(|v| read_u64(&v))
+                    .transpose()?
+                    .map_or(1, |s| s + 1);
+                txn.put(seq_key, u64_value(seq));
                 record.seq = seq;
-                txn.open_table(KEYS)?.insert(
-                    key_entry(record.key_scope(), &record.idempotency_key).as_str(),
-                    record.saga_id.as_str(),
-                )?;
-                txn.open_table(BY_SEQ)?
-                    .insert(seq, record.saga_id.as_str())?;
+                txn.put(key_of(&record), record.saga_id.as_bytes().to_vec());
+                txn.put(
+                    BY_SEQ.key().u64(seq).done(),
+                    record.saga_id.as_bytes().to_vec(),
+                );
                 write_record(txn, &record, true)?;
                 Ok(Begin::Created(record))
             })
-            .await
+            .await?;
+        // A saga found is not this caller's to make durable.
+        match begun {
+            Begin::Created(_) => Ok((begun, synced)),
+            Begin::Existing(_) => Ok((begun, Synced::now())),
+        }
     }
 
     async fn save(
         &self,
-        record: SagaRecord,
+        record: &SagaRecord,
         deadline: PaymentDeadline,
+        sync: Sync,
     ) -> Result<(), StorageError> {
+        let encoded = Encoded::of(record);
         self.db
-            .write(move |txn| {
-                write_record(txn, &record, false)?;
+            .write(sync, move |txn| {
+                write_encoded(txn, encoded, false)?;
                 apply_deadline(txn, &deadline)
             })
             .await
     }
 
     async fn claim(&self, saga_id: String) -> Result<Option<SagaRecord>, StorageError> {
-        // One process owns the file (redb locks it): every claim of an
+        // One process owns the store (fjall locks it): every claim of an
         // unfinished saga is granted.
         Ok(self.get(saga_id).await?.filter(|r| !r.state.is_terminal()))
     }
 
     async fn get(&self, saga_id: String) -> Result<Option<SagaRecord>, StorageError> {
-        self.db
-            .read(move |txn| {
-                let table = txn.open_table(SAGAS)?;
-                let found = table.get(saga_id.as_str())?;
-                found.map(|v| record_of(v.value())).transpose()
-            })
-            .await
+        self.db.read(move |view| view_load(view, &saga_id)).await
     }
 
     async fn get_by_key(
@@ -261,13 +271,11 @@ impl SagaLog for EmbeddedSagaLog {
         key: String,
     ) -> Result<Option<SagaRecord>, StorageError> {
         self.db
-            .read(move |txn| {
-                saga_of_key(
-                    &txn.open_table(KEYS)?,
-                    &txn.open_table(SAGAS)?,
-                    &scope,
-                    &key,
-                )
+            .read(move |view| {
+                let Some(saga_id) = view.get(&KEYS.key().str(&scope).str(&key).done())? else {
+                    return Ok(None);
+                };
+                view_load(view, &id_of(&saga_id)?)
             })
             .await
     }
@@ -279,56 +287,37 @@ impl SagaLog for EmbeddedSagaLog {
         limit: usize,
     ) -> Result<SagaPage, StorageError> {
         self.db
-            .read(move |txn| {
-                let sagas = txn.open_table(SAGAS)?;
-                let upper = before.unwrap_or(u64::MAX);
+            .read(move |view| {
                 // Newest first through the state index when a state is
                 // asked, else through creation order; every other filter is
                 // checked on the records, within a bounded scan.
+                let upper = before.unwrap_or(u64::MAX);
+                let (range, seq_of): (_, SeqOf) = match filter.state {
+                    None => (BY_SEQ.all().start..BY_SEQ.key().u64(upper).done(), |k| {
+                        BY_SEQ.read(k)?.u64()
+                    }),
+                    Some(s) => (
+                        BY_STATE.key().u8(s.index()).done()
+                            ..BY_STATE.key().u8(s.index()).u64(upper).done(),
+                        |k| {
+                            let mut r = BY_STATE.read(k)?;
+                            r.u8()?;
+                            r.u64()
+                        },
+                    ),
+                };
+                let entries = view.scan(range, LIST_SCAN_LIMIT, true)?;
+                let exhausted = entries.len() < LIST_SCAN_LIMIT;
                 let mut found: Vec<SagaRecord> = Vec::new();
                 let mut scanned_to = None;
-                let mut visit = |seq: u64, id: &str| -> Result<bool, StorageError> {
-                    scanned_to = Some(seq);
-                    if let Some(v) = sagas.get(id)? {
-                        let record = record_of(v.value())?;
-                        if filter.matches(&record) {
-                            found.push(record);
-                        }
-                    }
-                    Ok(found.len() > limit)
-                };
-                let mut scanned = 0;
-                let mut exhausted = true;
-                match filter.state {
-                    None => {
-                        let table = txn.open_table(BY_SEQ)?;
-                        for entry in table.range(..upper)?.rev() {
-                            if scanned == LIST_SCAN_LIMIT {
-                                exhausted = false;
-                                break;
-                            }
-                            scanned += 1;
-                            let (k, v) = entry?;
-                            if visit(k.value(), v.value())? {
-                                exhausted = false;
-                                break;
-                            }
-                        }
-                    }
-                    Some(s) => {
-                        let table = txn.open_table(BY_STATE)?;
-                        let range = (s.index(), 0)..(s.index(), upper);
-                        for entry in table.range(range)?.rev() {
-                            if scanned == LIST_SCAN_LIMIT {
-                                exhausted = false;
-                                break;
-                            }
-                            scanned += 1;
-                            let (k, v) = entry?;
-                            if visit(k.value().1, v.value())? {
-                                exhausted = false;
-                                break;
-                            }
+                for (key, id) in &entries {
+                    scanned_to = Some(seq_of(key)?);
+                    if let Some(record) = view_load(view, &id_of(id)?)?
+                        && filter.matches(&record)
+                    {
+                        found.push(record);
+                        if found.len() > limit {
+                            break;
                         }
                     }
                 }
@@ -347,13 +336,12 @@ impl SagaLog for EmbeddedSagaLog {
 
     async fn unfinished(&self) -> Result<Vec<String>, StorageError> {
         self.db
-            .read(|txn| {
-                let table = txn.open_table(UNFINISHED)?;
-                let mut ids: Vec<(u64, String)> = Vec::new();
-                for entry in table.iter()? {
-                    let (k, v) = entry?;
-                    ids.push((v.value(), k.value().to_owned()));
-                }
+            .read(|view| {
+                let mut ids: Vec<(u64, String)> = view
+                    .scan(UNFINISHED.all(), usize::MAX, false)?
+                    .iter()
+                    .map(|(k, v)| Ok((read_u64(v)?, UNFINISHED.read(k)?.str()?)))
+                    .collect::<Result<_, StorageError>>()?;
                 ids.sort_unstable();
                 Ok(ids.into_iter().map(|(_, id)| id).collect())
             })
@@ -361,52 +349,36 @@ impl SagaLog for EmbeddedSagaLog {
     }
 
     async fn purge_ended(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
+        // Lost in a power cut, a purge is simply made again.
         self.db
-            .write(move |txn| {
-                // Oldest first by creation order, within a bounded scan: the
-                // old ended sagas are at the front; a newer one is passed
-                // over.
+            .write(Sync::Buffered, move |txn| {
+                // Oldest first by creation order, within a bounded scan:
+                // the old ended sagas are at the front; a newer one is
+                // passed over.
                 let mut old: Vec<SagaRecord> = Vec::new();
-                {
-                    let sagas = txn.open_table(SAGAS)?;
-                    let by_state = txn.open_table(BY_STATE)?;
-                    for state in [SagaState::Completed, SagaState::Compensated] {
-                        let range = (state.index(), 0)..=(state.index(), u64::MAX);
-                        for entry in by_state.range(range)?.take(limit.saturating_mul(8)) {
-                            if old.len() >= limit {
-                                break;
-                            }
-                            let (_, id) = entry?;
-                            let Some(bytes) = sagas.get(id.value())? else {
-                                continue;
-                            };
-                            let record = record_of(bytes.value())?;
-                            if record.updated_at_ms < before_ms {
-                                old.push(record);
-                            }
+                for state in [SagaState::Completed, SagaState::Compensated] {
+                    let range = BY_STATE.starting(BY_STATE.key().u8(state.index()));
+                    for (_, id) in txn.scan_committed(range, limit.saturating_mul(8))? {
+                        if old.len() >= limit {
+                            break;
+                        }
+                        if let Some(record) = load(txn, &id_of(&id)?)?
+                            && record.updated_at_ms < before_ms
+                        {
+                            old.push(record);
                         }
                     }
                 }
-                let mut sagas = txn.open_table(SAGAS)?;
-                let mut by_state = txn.open_table(BY_STATE)?;
-                let mut by_seq = txn.open_table(BY_SEQ)?;
-                let mut keys = txn.open_table(KEYS)?;
                 for r in &old {
-                    sagas.remove(r.saga_id.as_str())?;
-                    by_state.remove((r.state.index(), r.seq))?;
-                    by_seq.remove(r.seq)?;
-                    // The key's entry, in its scoped or its older form, if
-                    // it is this saga's.
-                    for entry in [
-                        key_entry(r.key_scope(), &r.idempotency_key),
-                        r.idempotency_key.clone(),
-                    ] {
-                        let ours = keys
-                            .get(entry.as_str())?
-                            .is_some_and(|v| v.value() == r.saga_id);
-                        if ours {
-                            keys.remove(entry.as_str())?;
-                        }
+                    txn.remove(SAGAS.str_key(&r.saga_id));
+                    txn.remove(BY_STATE.key().u8(r.state.index()).u64(r.seq).done());
+                    txn.remove(BY_SEQ.key().u64(r.seq).done());
+                    let key = key_of(r);
+                    if txn
+                        .get(&key)?
+                        .is_some_and(|v| v.as_ref() == r.saga_id.as_bytes())
+                    {
+                        txn.remove(key);
                     }
                 }
                 Ok(u64::try_from(old.len()).unwrap_or(u64::MAX))
@@ -416,18 +388,19 @@ impl SagaLog for EmbeddedSagaLog {
 
     async fn due_payments(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, StorageError> {
         self.db
-            .read(move |txn| {
-                let table = txn.open_table(DEADLINES)?;
-                let mut due = Vec::new();
-                for entry in table.iter()?.take(limit) {
-                    let (k, ()) = (entry?.0, ());
-                    let (at, order_id) = k.value();
-                    if at > now_ms {
-                        break;
-                    }
-                    due.push(order_id.to_owned());
-                }
-                Ok(due)
+            .read(move |view| {
+                view.scan(
+                    DEADLINES.all().start..DEADLINES.key().i64(now_ms.saturating_add(1)).done(),
+                    limit,
+                    false,
+                )?
+                .iter()
+                .map(|(k, _)| {
+                    let mut r = DEADLINES.read(k)?;
+                    r.i64()?;
+                    r.str()
+                })
+                .collect()
             })
             .await
     }
@@ -436,115 +409,5 @@ impl SagaLog for EmbeddedSagaLog {
 impl microshop_storage::Ping for EmbeddedSagaLog {
     async fn ping(&self) -> Result<(), StorageError> {
         self.db.ping().await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::tests::record;
-
-    #[test]
-    fn stored_records_carry_their_state_byte() {
-        let mut r = record(None);
-        for state in [
-            SagaState::Running,
-            SagaState::Compensating,
-            SagaState::Failed,
-        ] {
-            r.state = state;
-            let bytes = stored(&r).expect("encode");
-            assert_eq!(bytes[0], state.index());
-            assert_eq!(state_of(&bytes).expect("state"), state);
-            assert_eq!(record_of(&bytes).expect("record"), r);
-        }
-    }
-
-    #[test]
-    fn records_written_without_the_state_byte_still_load() {
-        let mut r = record(None);
-        r.state = SagaState::Compensated;
-        let legacy = encode(&r).expect("encode");
-        assert_eq!(legacy[0], b'{');
-        assert_eq!(state_of(&legacy).expect("state"), SagaState::Compensated);
-        assert_eq!(record_of(&legacy).expect("record"), r);
-    }
-
-    fn checkout(customer: &str, key: &str) -> SagaRecord {
-        let mut r = record(None);
-        r.saga_id = uuid::Uuid::now_v7().to_string();
-        r.idempotency_key = key.to_owned();
-        r.input = crate::model::SagaInput::Place {
-            customer_id: customer.to_owned(),
-            items: Vec::new(),
-            coupon_code: String::new(),
-            points_to_redeem: 0,
-            shipping: Default::default(),
-        };
-        r
-    }
-
-    /// A data directory written before keys were scoped per customer holds
-    /// a checkout's key alone: it still answers its customer's retries, and
-    /// another customer may use the same key for a saga of their own.
-    #[tokio::test]
-    async fn keys_written_before_scoping_still_answer_their_customer() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let old = {
-            let log = EmbeddedSagaLog::open(dir.path(), Durable::Yes).expect("open");
-            let Begin::Created(old) = log.begin(checkout("alice", "k-old")).await.expect("begin")
-            else {
-                panic!("a fresh key")
-            };
-            let id = old.saga_id.clone();
-            log.db
-                .write(move |txn| {
-                    let mut keys = txn.open_table(KEYS)?;
-                    keys.remove(key_entry("alice", "k-old").as_str())?;
-                    keys.insert("k-old", id.as_str())?;
-                    Ok(())
-                })
-                .await
-                .expect("write the key in its old form");
-            old
-        };
-        let log = EmbeddedSagaLog::open(dir.path(), Durable::Yes).expect("reopen");
-        assert_eq!(
-            log.get_by_key("alice".into(), "k-old".into())
-                .await
-                .expect("get_by_key"),
-            Some(old.clone())
-        );
-        match log.begin(checkout("alice", "k-old")).await.expect("begin") {
-            Begin::Existing(found) => assert_eq!(found.saga_id, old.saga_id),
-            Begin::Created(c) => panic!("alice's old key started saga {}", c.saga_id),
-        }
-        assert_eq!(
-            log.get_by_key("bob".into(), "k-old".into())
-                .await
-                .expect("get_by_key"),
-            None
-        );
-        let Begin::Created(bobs) = log.begin(checkout("bob", "k-old")).await.expect("begin") else {
-            panic!("bob's first use of the key is his own saga")
-        };
-        assert_ne!(bobs.saga_id, old.saga_id);
-        assert_eq!(
-            log.get_by_key("bob".into(), "k-old".into())
-                .await
-                .expect("get_by_key")
-                .map(|r| r.saga_id),
-            Some(bobs.saga_id)
-        );
-    }
-
-    #[test]
-    fn a_bad_state_byte_is_corruption_not_a_panic() {
-        assert!(matches!(
-            state_of(&[9, b'{']),
-            Err(StorageError::Corrupt(_))
-        ));
-        assert!(matches!(state_of(&[]), Err(StorageError::Corrupt(_))));
-        assert!(record_of(&[1]).is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod log;
 pub mod model;
 pub mod mongo;
 pub mod participants;
+pub mod record;
 pub mod steps;
 
 use std::{future::Future, sync::Arc, time::Duration};

@@ -8,7 +8,10 @@
 
 use std::future::Future;
 
-use microshop_storage::StorageError;
+use microshop_storage::{
+    StorageError,
+    embedded::{Sync, Synced},
+};
 
 use crate::model::{SagaRecord, SagaState, SagaType};
 
@@ -107,15 +110,26 @@ pub struct SagaPage {
 /// which redb locks) grants every claim.
 pub trait SagaLog: microshop_storage::Ping + Clone {
     /// Creates `record` unless its idempotency key is taken in its scope
-    /// (`(customer, key)` for a checkout); assigns `seq`.
-    fn begin(&self, record: SagaRecord)
-    -> impl Future<Output = Result<Begin, StorageError>> + Send;
-
-    /// Writes a saga's new state and its payment-deadline change at once.
-    fn save(
+    /// (`(customer, key)` for a checkout); assigns `seq`. Answers once the
+    /// creation is visible (the key is taken), with what says when it is
+    /// durable: the saga may run its read-only first step meanwhile, and
+    /// waits for it before its first effect (`docs/architecture.md`, "Durability").
+    fn begin(
         &self,
         record: SagaRecord,
+    ) -> impl Future<Output = Result<(Begin, Synced), StorageError>> + Send;
+
+    /// Writes a saga's new state and its payment-deadline change at once,
+    /// as durable as `sync` says: a record that recovery can reach again
+    /// by replaying steps the participants' barrier holds may be
+    /// [`Sync::Buffered`]; what a client may hear without a replay being
+    /// able to reproduce it must be [`Sync::Durable`]. A store whose every
+    /// write is durable (MongoDB) ignores it.
+    fn save(
+        &self,
+        record: &SagaRecord,
         deadline: PaymentDeadline,
+        sync: Sync,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
 
     /// Takes the lease of `saga_id` for this orchestrator unless another

@@ -44,7 +44,7 @@ impl SagaType {
     }
 }
 
-/// The state of a saga (ARCHITECTURE §3, §5).
+/// The state of a saga (`docs/architecture.md`, "Saga states").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SagaState {
     /// Running forward.

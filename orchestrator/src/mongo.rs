@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use microshop_storage::{
     StorageError,
+    embedded::{Sync, Synced},
     mongo::{
         MongoDb, TxnError, blob, drain, index, int, is_duplicate_key, page, storage_error, string,
         unblob, unique_index,
@@ -335,8 +336,8 @@ fn fenced(saga_id: &str) -> StorageError {
     ))
 }
 
-impl SagaLog for MongoSagaLog {
-    async fn begin(&self, mut record: SagaRecord) -> Result<Begin, StorageError> {
+impl MongoSagaLog {
+    async fn begin_durable(&self, mut record: SagaRecord) -> Result<Begin, StorageError> {
         // A key an older orchestrator took without a scope (rolling
         // upgrade) still holds it for its customer.
         if let Some(existing) = self
@@ -384,16 +385,16 @@ impl SagaLog for MongoSagaLog {
         }
     }
 
-    async fn save(
+    async fn save_durable(
         &self,
-        record: SagaRecord,
+        record: &SagaRecord,
         deadline: PaymentDeadline,
     ) -> Result<(), StorageError> {
         let filter = doc! {
             "_id": &record.saga_id,
             "epoch": i64::try_from(record.lease_epoch).unwrap_or(i64::MAX),
         };
-        let update = self.record_update(&record)?;
+        let update = self.record_update(record)?;
         if deadline == PaymentDeadline::Keep {
             let done = self
                 .sagas
@@ -428,6 +429,22 @@ impl SagaLog for MongoSagaLog {
                 })
             })
             .await
+    }
+}
+
+impl SagaLog for MongoSagaLog {
+    async fn begin(&self, record: SagaRecord) -> Result<(Begin, Synced), StorageError> {
+        // Acknowledged writes are durable (write concern majority).
+        self.begin_durable(record).await.map(|b| (b, Synced::now()))
+    }
+
+    async fn save(
+        &self,
+        record: &SagaRecord,
+        deadline: PaymentDeadline,
+        _sync: Sync,
+    ) -> Result<(), StorageError> {
+        self.save_durable(record, deadline).await
     }
 
     async fn claim(&self, saga_id: String) -> Result<Option<SagaRecord>, StorageError> {

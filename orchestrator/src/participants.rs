@@ -286,7 +286,7 @@ impl PeerHealth {
     }
 }
 
-/// A failed participant call, classified (ARCHITECTURE §5).
+/// A failed participant call, classified (`docs/architecture.md`, "Retries").
 #[derive(Clone, Debug)]
 pub enum CallError {
     /// Down, slow, overloaded or aborted: retry with backoff.

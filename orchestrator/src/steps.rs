@@ -31,6 +31,10 @@ pub struct StepDef {
     pub peers: &'static [Peer],
     /// The participant the compensation calls.
     pub compensation_peer: Option<Peer>,
+    /// A read-only check whose answer, lost before it was recorded, is not
+    /// asked again when the saga resumes: a later step repeats the check
+    /// (create-order repeats the quote's).
+    pub skip_when_resumed: bool,
 }
 
 const PLACE: &[StepDef] = &[
@@ -41,6 +45,7 @@ const PLACE: &[StepDef] = &[
         effectful: false,
         peers: &[Peer::Inventory, Peer::Order],
         compensation_peer: None,
+        skip_when_resumed: true,
     },
     StepDef {
         name: "reserve-stock",
@@ -49,6 +54,7 @@ const PLACE: &[StepDef] = &[
         effectful: true,
         peers: &[Peer::Inventory],
         compensation_peer: Some(Peer::Inventory),
+        skip_when_resumed: false,
     },
     StepDef {
         name: "deduct-points",
@@ -57,6 +63,7 @@ const PLACE: &[StepDef] = &[
         effectful: true,
         peers: &[Peer::Loyalty],
         compensation_peer: Some(Peer::Loyalty),
+        skip_when_resumed: false,
     },
     StepDef {
         name: "create-order",
@@ -65,6 +72,7 @@ const PLACE: &[StepDef] = &[
         effectful: true,
         peers: &[Peer::Order],
         compensation_peer: Some(Peer::Order),
+        skip_when_resumed: false,
     },
 ];
 
@@ -76,6 +84,7 @@ const CONFIRM: &[StepDef] = &[
         effectful: false,
         peers: &[Peer::Order],
         compensation_peer: None,
+        skip_when_resumed: false,
     },
     StepDef {
         name: "mark-paid",
@@ -84,6 +93,7 @@ const CONFIRM: &[StepDef] = &[
         effectful: true,
         peers: &[Peer::Order],
         compensation_peer: None,
+        skip_when_resumed: false,
     },
     StepDef {
         name: "commit-stock",
@@ -92,6 +102,7 @@ const CONFIRM: &[StepDef] = &[
         effectful: true,
         peers: &[Peer::Inventory],
         compensation_peer: None,
+        skip_when_resumed: false,
     },
     StepDef {
         name: "earn-points",
@@ -100,6 +111,7 @@ const CONFIRM: &[StepDef] = &[
         effectful: true,
         peers: &[Peer::Loyalty],
         compensation_peer: None,
+        skip_when_resumed: false,
     },
 ];
 
@@ -111,6 +123,7 @@ const CANCEL: &[StepDef] = &[
         effectful: false,
         peers: &[Peer::Order],
         compensation_peer: None,
+        skip_when_resumed: false,
     },
     StepDef {
         name: "cancel-order",
@@ -119,6 +132,7 @@ const CANCEL: &[StepDef] = &[
         effectful: true,
         peers: &[Peer::Order],
         compensation_peer: None,
+        skip_when_resumed: false,
     },
     StepDef {
         name: "release-stock",
@@ -127,6 +141,7 @@ const CANCEL: &[StepDef] = &[
         effectful: true,
         peers: &[Peer::Inventory],
         compensation_peer: None,
+        skip_when_resumed: false,
     },
     StepDef {
         name: "refund-points",
@@ -135,6 +150,7 @@ const CANCEL: &[StepDef] = &[
         effectful: true,
         peers: &[Peer::Loyalty],
         compensation_peer: None,
+        skip_when_resumed: false,
     },
 ];
 
@@ -201,7 +217,7 @@ fn earn_rate_of(outputs: &SagaOutputs) -> i64 {
         .map_or(0, |rules| rules.earn_amount_per_point)
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
+pub(crate) fn hex_encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -211,7 +227,7 @@ fn hex_encode(bytes: &[u8]) -> String {
     s
 }
 
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

@@ -3,10 +3,10 @@
 //! the MongoDB-only lease test (several orchestrators on one database).
 //!
 //! Asserted here: one idempotency key → one saga, however many begin it at
-//! once (ARCHITECTURE §8); records round-trip whole; listing newest first,
-//! by state, paged without duplicates or misses; the unfinished set that
-//! recovery reads; payment deadlines; claims; and, on MongoDB, that a
-//! former owner whose lease was taken over is fenced off.
+//! once (`docs/architecture.md`, "Invariants"); records round-trip whole;
+//! listing newest first, by state, paged without duplicates or misses; the
+//! unfinished set that recovery reads; payment deadlines; claims; and, on
+//! MongoDB, that a former owner whose lease was taken over is fenced off.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -14,7 +14,10 @@ use std::{
 };
 
 use microshop_runtime::testing::mongodb_for_tests;
-use microshop_storage::{StorageError, embedded::Durable};
+use microshop_storage::{
+    StorageError,
+    embedded::{Durable, Sync},
+};
 use orchestrator::{
     EmbeddedSagaLog, MongoSagaLog, SagaLog,
     log::{Begin, PaymentDeadline, SagaFilter},
@@ -109,7 +112,12 @@ async fn mongodb_keys_written_before_scoping_migrate() {
                 .map(|r| r.saga_id),
             Some(old.saga_id.clone())
         );
-        match log.begin(record_of("alice", "k-old")).await.expect("begin") {
+        match log
+            .begin(record_of("alice", "k-old"))
+            .await
+            .expect("begin")
+            .0
+        {
             Begin::Existing(found) => assert_eq!(found.saga_id, old.saga_id),
             Begin::Created(c) => panic!("alice's old key started saga {}", c.saga_id),
         }
@@ -129,7 +137,7 @@ async fn mongodb_keys_written_before_scoping_migrate() {
     let log = MongoSagaLog::open(db, "new".into(), Duration::from_secs(30))
         .await
         .expect("open");
-    match log.begin(record_of("bob", "k-old")).await.expect("begin") {
+    match log.begin(record_of("bob", "k-old")).await.expect("begin").0 {
         Begin::Created(bobs) => assert_ne!(bobs.saga_id, old.saga_id),
         Begin::Existing(found) => panic!("bob got alice's saga {}", found.saga_id),
     }
@@ -161,7 +169,7 @@ async fn mongodb_leases_fence_a_former_owner() {
 
     // a begins a saga, so a holds its lease: b can neither claim it nor
     // see it as unfinished.
-    let theirs = match a.begin(record("lease-key")).await.expect("begin") {
+    let theirs = match a.begin(record("lease-key")).await.expect("begin").0 {
         Begin::Created(r) => r,
         Begin::Existing(r) => panic!("a fresh key found saga {}", r.saga_id),
     };
@@ -181,7 +189,7 @@ async fn mongodb_leases_fence_a_former_owner() {
     );
     // a's last save before it stops renewing: a short lease.
     a_briefly
-        .save(theirs.clone(), PaymentDeadline::Keep)
+        .save(&theirs, PaymentDeadline::Keep, Sync::Durable)
         .await
         .expect("a renews its lease");
     let key = theirs.idempotency_key.clone();
@@ -214,7 +222,7 @@ async fn mongodb_leases_fence_a_former_owner() {
     // a, slow, saves from its old copy: fenced, with or without a deadline.
     let mut stale = theirs.clone();
     stale.transition(SagaState::Compensating, "a is behind");
-    match a.save(stale.clone(), PaymentDeadline::Keep).await {
+    match a.save(&stale, PaymentDeadline::Keep, Sync::Durable).await {
         Err(StorageError::Fenced(_)) => {}
         other => panic!("a's save after the takeover must be fenced, got {other:?}"),
     }
@@ -222,7 +230,7 @@ async fn mongodb_leases_fence_a_former_owner() {
         order_id: "lease-order".to_owned(),
         due_ms: 1,
     };
-    match a.save(stale, deadline).await {
+    match a.save(&stale, deadline, Sync::Durable).await {
         Err(StorageError::Fenced(_)) => {}
         other => {
             panic!("a's save with a deadline after the takeover must be fenced, got {other:?}")
@@ -243,7 +251,7 @@ async fn mongodb_leases_fence_a_former_owner() {
     let mut progressed = mine.clone();
     progressed.outputs.order_id = Some("lease-order".to_owned());
     progressed.transition(SagaState::Completed, "b finished it");
-    b.save(progressed.clone(), PaymentDeadline::Keep)
+    b.save(&progressed, PaymentDeadline::Keep, Sync::Durable)
         .await
         .expect("the new owner saves");
     assert_eq!(
@@ -392,7 +400,9 @@ fn record(key: &str) -> SagaRecord {
 
 /// Begins `record`, which must be created; checks and books it.
 async fn begin_new<L: SagaLog>(log: &L, book: &mut Book, record: SagaRecord) -> SagaRecord {
-    let created = match log.begin(record.clone()).await.expect("begin") {
+    let (begun, synced) = log.begin(record.clone()).await.expect("begin");
+    synced.wait().await.expect("the creation becomes durable");
+    let created = match begun {
         Begin::Created(created) => created,
         Begin::Existing(found) => panic!(
             "key {} is fresh, yet begin found saga {}",
@@ -424,7 +434,7 @@ async fn save<L: SagaLog>(
     record: &SagaRecord,
     deadline: PaymentDeadline,
 ) {
-    log.save(record.clone(), deadline)
+    log.save(record, deadline, Sync::Durable)
         .await
         .unwrap_or_else(|e| panic!("save of {}: {e}", record.saga_id));
     book.keep(record);
@@ -454,7 +464,7 @@ async fn begin_is_idempotent_by_key<L: SagaLog>(log: &L, book: &mut Book) {
     );
 
     let duplicate = record("key-1");
-    match log.begin(duplicate.clone()).await.expect("begin") {
+    match log.begin(duplicate.clone()).await.expect("begin").0 {
         Begin::Existing(found) => assert_eq!(found, first, "the key's saga, unchanged"),
         Begin::Created(created) => panic!("key-1 is taken, yet begin created {created:?}"),
     }
@@ -482,7 +492,7 @@ async fn concurrent_begins_make_one_saga<L: SagaLog>(log: &L, book: &mut Book) {
     let mut tasks = JoinSet::new();
     for r in records.clone() {
         let log = log.clone();
-        tasks.spawn(async move { log.begin(r).await });
+        tasks.spawn(async move { log.begin(r).await.map(|(b, _)| b) });
     }
     let (mut created, mut seen) = (Vec::new(), Vec::new());
     while let Some(joined) = tasks.join_next().await {
@@ -533,7 +543,12 @@ async fn save_round_trips<L: SagaLog>(log: &L, book: &mut Book) {
     }
     if let Some(last) = record.steps.last_mut() {
         last.action.status = StepStatus::Failed;
-        last.compensation = Some(Default::default());
+        // As the engine makes it: named after its operation (the embedded
+        // log stores only what the definition does not say).
+        last.compensation = Some(orchestrator::model::RunRecord {
+            name: "cancel-order".to_owned(),
+            ..Default::default()
+        });
     }
     record.outputs = SagaOutputs {
         lines: vec![PricedLine {
@@ -774,7 +789,7 @@ async fn list_pages_newest_first<L: SagaLog>(log: &L, book: &mut Book) {
     for i in 0..8 {
         let log = log.clone();
         let r = record(&format!("key-burst-{i}"));
-        tasks.spawn(async move { log.begin(r).await });
+        tasks.spawn(async move { log.begin(r).await.map(|(b, _)| b) });
     }
     while let Some(joined) = tasks.join_next().await {
         match joined.expect("task").expect("begin") {
@@ -875,6 +890,7 @@ async fn keys_are_scoped_per_customer<L: SagaLog>(log: &L, book: &mut Book) {
         .begin(record_of("alice", "k-shared"))
         .await
         .expect("begin")
+        .0
     {
         Begin::Existing(found) => assert_eq!(found.saga_id, alice.saga_id),
         Begin::Created(c) => panic!("alice's key is taken, yet begin created {}", c.saga_id),
@@ -883,7 +899,11 @@ async fn keys_are_scoped_per_customer<L: SagaLog>(log: &L, book: &mut Book) {
     let mut tasks = JoinSet::new();
     for _ in 0..20 {
         let log = log.clone();
-        tasks.spawn(async move { log.begin(record_of("dave", "k-twenty")).await });
+        tasks.spawn(async move {
+            log.begin(record_of("dave", "k-twenty"))
+                .await
+                .map(|(b, _)| b)
+        });
     }
     let mut created = Vec::new();
     let mut seen = HashSet::new();
@@ -909,7 +929,7 @@ async fn keys_are_scoped_per_customer<L: SagaLog>(log: &L, book: &mut Book) {
     let confirm = begin_new(log, book, confirm_record("order-scoped")).await;
     let mut again = confirm_record("order-scoped");
     again.outputs.order_customer_id = Some("someone-else".to_owned());
-    match log.begin(again).await.expect("begin") {
+    match log.begin(again).await.expect("begin").0 {
         Begin::Existing(found) => assert_eq!(found.saga_id, confirm.saga_id),
         Begin::Created(c) => panic!("one confirm saga per order, yet a second: {}", c.saga_id),
     }
@@ -1015,7 +1035,7 @@ async fn purge_removes_only_old_ended_sagas<L: SagaLog>(log: &L, book: &mut Book
             r.transition(end, "ended long ago");
         }
         r.updated_at_ms = long_ago + i64::try_from(i).unwrap_or(0);
-        log.save(r.clone(), PaymentDeadline::Keep)
+        log.save(&r, PaymentDeadline::Keep, Sync::Durable)
             .await
             .expect("save an aged saga");
         book.keep(&r);

@@ -1,11 +1,14 @@
-//! The order stores on the embedded redb engine.
+//! The order stores on the embedded engine (`order.fjall`).
 //!
 //! Tables: orders by id, coupons by code, a per-customer index keyed
 //! `(customer_id, u64::MAX - seq)` so a forward range scan lists a
-//! customer's orders newest first, and a meta table holding the last `seq`
-//! handed out (monotonic, so it is also the opaque page token). CreateOrder
-//! and CancelOrder record their barrier outcome in the same write job as
-//! their effect; every job checks everything before its first write.
+//! customer's orders newest first, the orders by checkout saga (what a
+//! cancel finds its order by once the barrier entry has expired), and a
+//! meta table holding the last `seq` handed out (monotonic, so it is also
+//! the opaque page token). CreateOrder and CancelOrder record their barrier
+//! outcome in the same write job as their effect; every job checks
+//! everything before its first write, and every write (a participant's
+//! answer) is durable before it is answered.
 
 use std::path::Path;
 
@@ -13,10 +16,9 @@ use microshop_storage::{
     StorageError,
     barrier::{self, ActionGate},
     decode,
-    embedded::{Durable, EmbeddedDb},
+    embedded::{Durable, EmbeddedDb, Sync, Table, Txn, read_u64, u64_value},
     encode,
 };
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::{
     domain::{
@@ -28,17 +30,18 @@ use crate::{
     store::{CouponStore, OrderQueries, OrderStore},
 };
 
-const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
-const COUPONS: TableDefinition<&str, &[u8]> = TableDefinition::new("coupons");
-const CUSTOMER_ORDERS: TableDefinition<(&str, u64), &str> = TableDefinition::new("customer_orders");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Order id → order.
+pub const ORDERS: Table = Table::new(1, "orders");
+/// Coupon code → coupon.
+pub const COUPONS: Table = Table::new(2, "coupons");
+/// `(customer_id, u64::MAX - seq)` → order id.
+pub const CUSTOMER_ORDERS: Table = Table::new(3, "customer_orders");
+/// Counters.
+pub const META: Table = Table::new(4, "meta");
 /// Checkout saga id → the order it created: the business record a cancel
 /// finds its order by (and a late CreateOrder replays), which outlives the
 /// barrier's retention.
-const SAGA_ORDERS: TableDefinition<&str, &str> = TableDefinition::new("saga_orders");
-
-/// Key in [`META`] set once every order is in [`SAGA_ORDERS`].
-const SAGA_ORDERS_FILLED: &str = "saga_orders_filled";
+pub const SAGA_ORDERS: Table = Table::new(5, "saga_orders");
 
 /// Key in [`META`] of the last order sequence number handed out.
 const ORDER_SEQ: &str = "order_seq";
@@ -55,52 +58,29 @@ pub struct EmbeddedOrders {
 impl EmbeddedOrders {
     /// Opens or creates the store under `dir`.
     pub fn open(dir: &Path, durable: Durable) -> Result<Self, StorageError> {
-        let db = EmbeddedDb::open(dir, "order", durable, |txn| {
-            txn.open_table(ORDERS)?;
-            txn.open_table(COUPONS)?;
-            txn.open_table(CUSTOMER_ORDERS)?;
-            txn.open_table(META)?;
-            txn.open_table(SAGA_ORDERS)?;
-            barrier::init(txn)?;
-            fill_saga_orders(txn)
-        })?;
+        let db = EmbeddedDb::open(dir, "order", durable, |_| Ok(()))?;
         Ok(Self { db })
     }
 }
 
-/// Once, in a store written before [`SAGA_ORDERS`] existed: every order is
-/// indexed by its checkout saga.
-fn fill_saga_orders(txn: &WriteTransaction) -> Result<(), StorageError> {
-    let mut meta = txn.open_table(META)?;
-    if meta.get(SAGA_ORDERS_FILLED)?.is_some() {
-        return Ok(());
-    }
-    let orders = txn.open_table(ORDERS)?;
-    let mut index = txn.open_table(SAGA_ORDERS)?;
-    for entry in orders.iter()? {
-        let (_, value) = entry?;
-        let order: Order = decode(value.value())?;
-        index.insert(order.saga_id.as_str(), order.order_id.as_str())?;
-    }
-    meta.insert(SAGA_ORDERS_FILLED, 1)?;
-    Ok(())
-}
-
 /// The order checkout `saga_id` created, if any.
-fn order_of_saga(txn: &WriteTransaction, saga_id: &str) -> Result<Option<String>, StorageError> {
-    let table = txn.open_table(SAGA_ORDERS)?;
-    let found = table.get(saga_id)?;
-    Ok(found.map(|v| v.value().to_owned()))
+fn order_of_saga(txn: &Txn, saga_id: &str) -> Result<Option<String>, StorageError> {
+    txn.get(&SAGA_ORDERS.str_key(saga_id))?
+        .map(|v| {
+            String::from_utf8(v.to_vec())
+                .map_err(|_| StorageError::Corrupt(format!("saga {saga_id}'s order id")))
+        })
+        .transpose()
 }
 
-fn load_order(txn: &WriteTransaction, order_id: &str) -> Result<Option<Order>, StorageError> {
-    let table = txn.open_table(ORDERS)?;
-    let found = table.get(order_id)?;
-    found.map(|v| decode(v.value())).transpose()
+fn load_order(txn: &Txn, order_id: &str) -> Result<Option<Order>, StorageError> {
+    txn.get(&ORDERS.str_key(order_id))?
+        .map(|v| decode(&v))
+        .transpose()
 }
 
 /// Loads an order a barrier record names: missing means corruption.
-fn load_recorded_order(txn: &WriteTransaction, order_id: &str) -> Result<Order, StorageError> {
+fn load_recorded_order(txn: &Txn, order_id: &str) -> Result<Order, StorageError> {
     load_order(txn, order_id)?.ok_or_else(|| {
         StorageError::Corrupt(format!(
             "barrier names order {order_id}, which is not stored"
@@ -108,39 +88,39 @@ fn load_recorded_order(txn: &WriteTransaction, order_id: &str) -> Result<Order, 
     })
 }
 
-fn save_order(txn: &WriteTransaction, order: &Order) -> Result<(), StorageError> {
-    let bytes = encode(order)?;
-    txn.open_table(ORDERS)?
-        .insert(order.order_id.as_str(), bytes.as_slice())?;
+fn save_order(txn: &mut Txn, order: &Order) -> Result<(), StorageError> {
+    txn.put(ORDERS.str_key(&order.order_id), encode(order)?);
     Ok(())
 }
 
-fn load_coupon(txn: &WriteTransaction, code: &str) -> Result<Option<Coupon>, StorageError> {
-    let table = txn.open_table(COUPONS)?;
-    let found = table.get(code)?;
-    found.map(|v| decode(v.value())).transpose()
+fn load_coupon(txn: &Txn, code: &str) -> Result<Option<Coupon>, StorageError> {
+    txn.get(&COUPONS.str_key(code))?
+        .map(|v| decode(&v))
+        .transpose()
 }
 
-fn save_coupon(txn: &WriteTransaction, coupon: &Coupon) -> Result<(), StorageError> {
-    let bytes = encode(coupon)?;
-    txn.open_table(COUPONS)?
-        .insert(coupon.code.as_str(), bytes.as_slice())?;
+fn save_coupon(txn: &mut Txn, coupon: &Coupon) -> Result<(), StorageError> {
+    txn.put(COUPONS.str_key(&coupon.code), encode(coupon)?);
     Ok(())
 }
 
 /// Hands out the next order sequence number (1, 2, ...).
-fn next_seq(txn: &WriteTransaction) -> Result<u64, StorageError> {
-    let mut meta = txn.open_table(META)?;
-    let last = meta.get(ORDER_SEQ)?.map_or(0, |v| v.value());
+fn next_seq(txn: &mut Txn) -> Result<u64, StorageError> {
+    let key = META.str_key(ORDER_SEQ);
+    let last = txn
+        .get(&key)?
+        .map(|v| read_u64(&v))
+        .transpose()?
+        .unwrap_or(0);
     let seq = last + 1;
-    meta.insert(ORDER_SEQ, seq)?;
+    txn.put(key, u64_value(seq));
     Ok(seq)
 }
 
 /// Checks the coupon and prices the order, then stores it; writes nothing
 /// unless every check passed.
 fn create_in(
-    txn: &WriteTransaction,
+    txn: &mut Txn,
     new: NewOrder,
     rules: &PricingRules,
 ) -> Result<CreateRecord, StorageError> {
@@ -158,22 +138,25 @@ fn create_in(
     }
     let seq = next_seq(txn)?;
     save_order(txn, &order)?;
-    txn.open_table(SAGA_ORDERS)?
-        .insert(order.saga_id.as_str(), order.order_id.as_str())?;
-    txn.open_table(CUSTOMER_ORDERS)?.insert(
-        (order.customer_id.as_str(), u64::MAX - seq),
-        order.order_id.as_str(),
-    )?;
+    txn.put(
+        SAGA_ORDERS.str_key(&order.saga_id),
+        order.order_id.as_bytes().to_vec(),
+    );
+    txn.put(
+        CUSTOMER_ORDERS
+            .key()
+            .str(&order.customer_id)
+            .u64(u64::MAX - seq)
+            .done(),
+        order.order_id.as_bytes().to_vec(),
+    );
     Ok(CreateRecord::Created {
         order_id: order.order_id,
     })
 }
 
 /// The outcome a create record stands for, with the order as it is now.
-fn create_outcome(
-    txn: &WriteTransaction,
-    record: CreateRecord,
-) -> Result<CreateOutcome, StorageError> {
+fn create_outcome(txn: &mut Txn, record: CreateRecord) -> Result<CreateOutcome, StorageError> {
     Ok(match record {
         CreateRecord::Created { order_id } => {
             CreateOutcome::Created(Box::new(load_recorded_order(txn, &order_id)?))
@@ -191,7 +174,7 @@ fn create_outcome(
 }
 
 /// Gives one use of `code` back (a cancelled order no longer uses it).
-fn give_coupon_back(txn: &WriteTransaction, code: &str) -> Result<(), StorageError> {
+fn give_coupon_back(txn: &mut Txn, code: &str) -> Result<(), StorageError> {
     if let Some(mut coupon) = load_coupon(txn, code)?
         && coupon.times_used > 0
     {
@@ -202,7 +185,7 @@ fn give_coupon_back(txn: &WriteTransaction, code: &str) -> Result<(), StorageErr
 }
 
 fn cancel_in(
-    txn: &WriteTransaction,
+    txn: &mut Txn,
     saga_id: &str,
     given: Option<String>,
     reason: String,
@@ -260,7 +243,7 @@ fn cancel_in(
 impl CouponStore for EmbeddedOrders {
     async fn put_coupon(&self, update: CouponUpdate) -> Result<Coupon, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 let times_used = load_coupon(txn, &update.code)?.map_or(0, |c| c.times_used);
                 let coupon = update.into_coupon(times_used);
                 save_coupon(txn, &coupon)?;
@@ -271,10 +254,10 @@ impl CouponStore for EmbeddedOrders {
 
     async fn get_coupon(&self, code: String) -> Result<Option<Coupon>, StorageError> {
         self.db
-            .read(move |txn| {
-                let table = txn.open_table(COUPONS)?;
-                let found = table.get(code.as_str())?;
-                found.map(|v| decode(v.value())).transpose()
+            .read(move |view| {
+                view.get(&COUPONS.str_key(&code))?
+                    .map(|v| decode(&v))
+                    .transpose()
             })
             .await
     }
@@ -287,7 +270,7 @@ impl OrderStore for EmbeddedOrders {
         rules: PricingRules,
     ) -> Result<Option<CreateOutcome>, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 let saga_id = order.saga_id.clone();
                 match barrier::action_gate(txn, &saga_id, OP_CREATE, OP_CANCEL)? {
                     ActionGate::Replay(first) => return create_outcome(txn, first).map(Some),
@@ -314,7 +297,9 @@ impl OrderStore for EmbeddedOrders {
         only_if_unpaid: bool,
     ) -> Result<CancelOutcome, StorageError> {
         self.db
-            .write(move |txn| cancel_in(txn, &saga_id, order_id, reason, only_if_unpaid))
+            .write(Sync::Durable, move |txn| {
+                cancel_in(txn, &saga_id, order_id, reason, only_if_unpaid)
+            })
             .await
     }
 
@@ -325,7 +310,7 @@ impl OrderStore for EmbeddedOrders {
         payment_ref: String,
     ) -> Result<PayOutcome, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 let Some(mut order) = load_order(txn, &order_id)? else {
                     return Ok(PayOutcome::UnknownOrder);
                 };
@@ -344,7 +329,7 @@ impl OrderStore for EmbeddedOrders {
 
     async fn mark_shipped(&self, order_id: String) -> Result<ShipOutcome, StorageError> {
         self.db
-            .write(move |txn| {
+            .write(Sync::Durable, move |txn| {
                 let Some(mut order) = load_order(txn, &order_id)? else {
                     return Ok(ShipOutcome::UnknownOrder);
                 };
@@ -362,10 +347,10 @@ impl OrderStore for EmbeddedOrders {
 impl OrderQueries for EmbeddedOrders {
     async fn get_order(&self, order_id: String) -> Result<Option<Order>, StorageError> {
         self.db
-            .read(move |txn| {
-                let table = txn.open_table(ORDERS)?;
-                let found = table.get(order_id.as_str())?;
-                found.map(|v| decode(v.value())).transpose()
+            .read(move |view| {
+                view.get(&ORDERS.str_key(&order_id))?
+                    .map(|v| decode(&v))
+                    .transpose()
             })
             .await
     }
@@ -377,34 +362,36 @@ impl OrderQueries for EmbeddedOrders {
         after: Option<u64>,
     ) -> Result<OrderPage, StorageError> {
         self.db
-            .read(move |txn| {
-                let index = txn.open_table(CUSTOMER_ORDERS)?;
-                let orders = txn.open_table(ORDERS)?;
+            .read(move |view| {
                 // Keys hold u64::MAX - seq: the entry after `seq` is the next key.
                 let start = after.map_or(0, |seq| (u64::MAX - seq).saturating_add(1));
-                let customer = customer_id.as_str();
+                let range = CUSTOMER_ORDERS.key().str(&customer_id).u64(start).done()
+                    ..CUSTOMER_ORDERS
+                        .starting(CUSTOMER_ORDERS.key().str(&customer_id))
+                        .end;
+                let entries = view.scan(range, page_size + 1, false)?;
                 let mut page = Vec::with_capacity(page_size);
-                let mut last_seq = None;
                 let mut next_after = None;
-                for entry in index.range((customer, start)..=(customer, u64::MAX))? {
-                    let (key, order_id) = entry?;
-                    if page.len() == page_size {
-                        next_after = last_seq;
+                for (i, (key, order_id)) in entries.iter().enumerate() {
+                    let mut r = CUSTOMER_ORDERS.read(key)?;
+                    let _customer = r.str()?;
+                    let seq = u64::MAX - r.u64()?;
+                    if i == page_size {
                         break;
                     }
-                    let (_, reversed) = key.value();
-                    last_seq = Some(u64::MAX - reversed);
-                    let found = orders.get(order_id.value())?;
-                    let order: Order =
-                        found
-                            .map(|v| decode(v.value()))
-                            .transpose()?
-                            .ok_or_else(|| {
-                                StorageError::Corrupt(format!(
-                                    "customer index names order {}, which is not stored",
-                                    order_id.value()
-                                ))
-                            })?;
+                    if entries.len() > page_size && i + 1 == page_size {
+                        next_after = Some(seq);
+                    }
+                    let order_id = String::from_utf8_lossy(order_id).into_owned();
+                    let order: Order = view
+                        .get(&ORDERS.str_key(&order_id))?
+                        .map(|v| decode(&v))
+                        .transpose()?
+                        .ok_or_else(|| {
+                            StorageError::Corrupt(format!(
+                                "customer index names order {order_id}, which is not stored"
+                            ))
+                        })?;
                     page.push(order);
                 }
                 Ok(OrderPage {
@@ -425,7 +412,10 @@ impl microshop_storage::Ping for EmbeddedOrders {
 impl microshop_storage::BarrierPurge for EmbeddedOrders {
     async fn purge_barrier(&self, before_ms: i64, limit: usize) -> Result<u64, StorageError> {
         self.db
-            .write(move |txn| barrier::purge(txn, before_ms, limit))
+            // Lost in a power cut, it is simply purged again.
+            .write(Sync::Buffered, move |txn| {
+                barrier::purge(txn, before_ms, limit)
+            })
             .await
     }
 }

@@ -3,8 +3,9 @@
 //! both call it, so a quote and the stored order can never disagree, and
 //! prices are always computed server-side.
 //!
-//! Rules (ARCHITECTURE §3, configurable through [`PricingRules`]; every
-//! amount is in the smallest unit of [`PricingRules::currency`]):
+//! Rules (`docs/api.md`, "Pricing"; configurable through
+//! [`PricingRules`]; every amount is in the smallest unit of
+//! [`PricingRules::currency`]):
 //! - items = Σ quantity × unit price;
 //! - tax = `tax_rate_bp` basis points of items (1000 = 10%, 825 = 8.25%),
 //!   **rounded half up** to the smallest currency unit:

@@ -1,4 +1,4 @@
-//! The pricing settings a shop sets at start-up (ARCHITECTURE §3): the
+//! The pricing settings a shop sets at start-up (`docs/api.md`): the
 //! flags and `MICROSHOP_*` variables, and the checks that refuse to start
 //! on a value that would price orders wrongly.
 //!

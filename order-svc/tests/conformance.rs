@@ -2,7 +2,7 @@
 //! the storage traits, run against the embedded redb store and the MongoDB
 //! store. Asserted here: coupons, order creation and its rejections, every
 //! order field round-tripping, the participant barrier of CreateOrder and
-//! CancelOrder (ARCHITECTURE §6), coupon uses under concurrency (§8), the
+//! CancelOrder (`docs/architecture.md`), coupon uses under concurrency, the
 //! status moves, and newest-first paging.
 
 use std::{collections::HashSet, time::Instant};

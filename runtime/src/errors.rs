@@ -1,5 +1,5 @@
 //! Building `tonic::Status` values that follow the error contract
-//! (ARCHITECTURE §4): a code, a plain-English message, a
+//! (`docs/api.md`, "Errors"): a code, a plain-English message, a
 //! `google.rpc.ErrorInfo` with domain `microshop` and a contract reason, a
 //! `google.rpc.BadRequest` for invalid arguments, and a `RetryInfo` where a
 //! retry can help.
@@ -16,7 +16,8 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 /// The `ErrorInfo.domain` of every microshop error.
 pub const DOMAIN: &str = "microshop";
 
-/// Contract reasons (ARCHITECTURE §4), plus the few the contract leaves to us.
+/// Contract reasons (`docs/api.md`, "Errors"), plus the few the contract
+/// leaves to us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     /// INVALID_ARGUMENT: malformed or out-of-range input.
@@ -48,7 +49,8 @@ pub enum Reason {
     OrderNotPayable,
     /// FAILED_PRECONDITION: the order is not in a state for that operation.
     OrderNotShippable,
-    /// FAILED_PRECONDITION: an action arrived after its compensation (§6).
+    /// FAILED_PRECONDITION: an action arrived after its compensation (the
+    /// barrier's anti-hanging rule).
     SagaAlreadyCompensated,
     /// FAILED_PRECONDITION: the saga is not in a state for that admin operation.
     SagaNotRetryable,

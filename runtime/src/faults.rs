@@ -4,7 +4,7 @@
 //! `MICROSHOP_FAULTS`) and absent otherwise: with no configuration the
 //! server's stack holds no trace of it. It injects, per request and with the
 //! configured probabilities, the failures a saga must survive
-//! (ARCHITECTURE §5, §6):
+//! (`docs/architecture.md`, "Retries" and "The participant barrier"):
 //!
 //! - `unavailable` / `deadline`: UNAVAILABLE or DEADLINE_EXCEEDED *before*
 //!   the handler, so nothing happened;

@@ -2,15 +2,16 @@
 //!
 //! - [`StorageError`]: the one error every storage trait returns, whatever
 //!   the backend, so services map it to a status in one place.
-//! - [`embedded`]: the redb engine. All writes of a service go through one
+//! - [`embedded`]: the fjall engine. All writes of a service go through one
 //!   writer thread that commits queued jobs together (group commit): each
-//!   job keeps its own atomicity, and one fsync covers many requests.
+//!   job keeps its own atomicity, and one fsync covers many requests;
+//!   writes that recovery can redo need not wait for it.
 //! - [`mongo`]: the MongoDB engine (chosen when `MONGODB_URI` is set):
 //!   transactions retried with jitter, and the barrier as one document per
 //!   saga.
-//! - [`barrier`]: the participant barrier of ARCHITECTURE §6 as functions
-//!   over a write transaction, so the record and the business effect commit
-//!   together.
+//! - [`barrier`]: the participant barrier of `docs/architecture.md` as
+//!   functions over a write transaction, so the record and the business
+//!   effect commit together.
 
 pub mod barrier;
 pub mod embedded;
@@ -28,6 +29,10 @@ pub enum StorageError {
     /// The store answered but failed (I/O error, full disk, bad state).
     #[error("storage failed: {0}")]
     Backend(String),
+    /// The disk under the store is full: nothing was written; writes work
+    /// again once space is freed (health reports NOT_SERVING meanwhile).
+    #[error("storage full: {0}")]
+    Full(String),
     /// Stored data could not be decoded: a bug or corruption.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -40,7 +45,19 @@ pub enum StorageError {
 impl StorageError {
     /// Whether a retry may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::Full(_))
+    }
+
+    /// The same error, for another caller of a write that failed for all
+    /// of them (one fsync answers many writes).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::Unavailable(m) => Self::Unavailable(m.clone()),
+            Self::Backend(m) => Self::Backend(m.clone()),
+            Self::Full(m) => Self::Full(m.clone()),
+            Self::Corrupt(m) => Self::Corrupt(m.clone()),
+            Self::Fenced(m) => Self::Fenced(m.clone()),
+        }
     }
 }
 

@@ -9,12 +9,13 @@
 //!   conflicts above all) with jittered exponential backoff, and the commit
 //!   alone on `UnknownTransactionCommitResult`, as the driver documentation
 //!   prescribes. Immediate retries livelock on a hot document
-//!   (ARCHITECTURE §7), hence the jitter.
-//! - [`Barrier`]: the participant barrier of ARCHITECTURE §6 as one document
-//!   per saga holding each op's outcome. One document, not one per op, so
-//!   an action and its compensation racing in two transactions write the
-//!   same document and conflict: one of them retries and sees the other,
-//!   and a null compensation can never miss its action (no write skew).
+//!   (`docs/architecture.md`, "Storage"), hence the jitter.
+//! - [`Barrier`]: the participant barrier of `docs/architecture.md` as one
+//!   document per saga holding each op's outcome. One document, not one
+//!   per op, so an action and its compensation racing in two transactions
+//!   write the same document and conflict: one of them retries and sees
+//!   the other, and a null compensation can never miss its action (no
+//!   write skew).
 //!
 //! Records that are only ever read and written whole are stored as a
 //! `data` field of JSON bytes (the encoding the embedded store uses), next
@@ -546,7 +547,7 @@ impl BarrierRecord {
         }
     }
 
-    /// What `action` must do, given its `compensation` op (ARCHITECTURE §6).
+    /// What `action` must do, given its `compensation` op (the barrier).
     pub fn action_gate<T: DeserializeOwned>(
         &self,
         action: &str,

@@ -1,6 +1,6 @@
 //! Harness of the cross-service scenario tests: the real servers over
 //! loopback gRPC on a temporary data directory, seed helpers, bounded
-//! polling (never a blind sleep), and the invariants of ARCHITECTURE §8.
+//! polling (never a blind sleep), and the invariants of `docs/architecture.md`.
 //!
 //! Two ways to get a mesh:
 //! - [`TestMesh::start`]: all four services in one call
@@ -511,7 +511,7 @@ impl Shop {
         quiesce(&self.clients.admin, SETTLE_WITHIN).await
     }
 
-    /// Quiesces, then checks ARCHITECTURE §8 over everything seeded;
+    /// Quiesces, then checks the invariants over everything seeded;
     /// panics with the first violation.
     pub async fn assert_invariants(&self) -> Summary {
         self.quiesce().await;

@@ -6,7 +6,7 @@
 //! RetrySaga / AbortSaga act on waiting sagas and say who did it.
 //!
 //! Every wait is bounded polling; every scenario ends with the invariants
-//! of ARCHITECTURE §8.
+//! of `docs/architecture.md`.
 
 use std::time::Duration;
 
@@ -371,8 +371,13 @@ async fn a_checkout_hold_gives_the_stock_back_while_a_participant_is_down() {
     let saga = saga_until(
         &shop,
         &saga_id,
-        "the expired checkout to release its stock",
-        |s| compensation_status(step(s, "reserve-stock")) == Some(StepStatus::Succeeded),
+        "the expired checkout to release its stock and wait for loyalty-svc",
+        // The release runs at once; the refund spends its budget on the
+        // unreachable loyalty-svc first and only then waits for it.
+        |s| {
+            compensation_status(step(s, "reserve-stock")) == Some(StepStatus::Succeeded)
+                && compensation_status(step(s, "deduct-points")) == Some(StepStatus::Waiting)
+        },
     )
     .await;
     assert!(cluster.loyalty.is_none(), "loyalty-svc is still down");

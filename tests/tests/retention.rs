@@ -4,7 +4,7 @@
 //! a cancel after the checkout's barrier entries are gone still gives the
 //! stock and the points back, and a second payment after the first
 //! payment's saga is gone earns nothing twice. Every wait is bounded
-//! polling; every scenario ends with the §8 invariants.
+//! polling; every scenario ends with the invariants.
 
 use std::time::Duration;
 

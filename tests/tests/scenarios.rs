@@ -1,5 +1,5 @@
 //! Cross-service scenarios over loopback gRPC: real servers, real stores,
-//! no mocks. Every scenario ends with the invariants of ARCHITECTURE §8.
+//! no mocks. Every scenario ends with the invariants of `docs/architecture.md`.
 //! State is awaited by bounded polling, never by sleeping.
 
 use std::{collections::HashSet, time::Duration};

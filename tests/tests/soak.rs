@@ -9,11 +9,12 @@
 //! and point redemptions, resend requests with the same idempotency key,
 //! race payment against cancellation and against the payment-expiry saga,
 //! abort sagas that a held-back action made FAILED. Every answer must be a
-//! §4 answer; a resent key must answer the same outcome.
+//! contract answer (`docs/api.md`, "Errors"); a resent key must answer the
+//! same outcome.
 //!
 //! Then faults are switched off, held-back actions land, FAILED sagas are
 //! retried with RetrySaga, unpaid orders expire, and once nothing moves the
-//! invariants of ARCHITECTURE §8 are checked.
+//! invariants of `docs/architecture.md` are checked.
 //!
 //! Seeded: the seed is printed (`SOAK_SEED=<n>` replays its decisions; the
 //! interleaving of concurrent clients is up to the scheduler). The default
@@ -285,7 +286,8 @@ fn resend_consistent(first: &Seen, again: &Seen, aborted_by_soak: bool) -> bool 
     }
 }
 
-/// Checks that `status` is a §4 answer allowed for `op`; records the rest.
+/// Checks that `status` is a contract answer allowed for `op`; records the
+/// rest.
 fn check_refusal(tally: &Tally, op: &str, status: &Status, allowed: &[(Code, &[Reason])]) {
     let reason = error_reason(status);
     let known = allowed.iter().any(|(code, reasons)| {

@@ -115,7 +115,10 @@ impl Load {
         }
     }
 
-    async fn call(&self, caller: usize) -> Result<Response<pb::PlaceOrderResponse>, tonic::Status> {
+    pub(super) async fn call(
+        &self,
+        caller: usize,
+    ) -> Result<Response<pb::PlaceOrderResponse>, tonic::Status> {
         let mut client = self.clients[caller % self.clients.len()].clone();
         let mut request = Request::new(self.orders.request(caller));
         request.set_timeout(Duration::from_secs(30));
@@ -214,6 +217,7 @@ impl Tally {
             p99_ms: q(0.99),
             p999_ms: q(0.999),
             max_ms: if hist.is_empty() { 0.0 } else { ms(hist.max()) },
+            disk_bytes_per_call: 0.0,
             cpu_ms_per_call: if self.ok == 0 {
                 0.0
             } else {
@@ -255,16 +259,34 @@ pub(super) async fn closed_loop(
     }
     sleep_until(measure_from).await;
     let cpu0 = cpu_seconds();
+    let written0 = written_bytes();
     sleep_until(end).await;
     let cpu1 = cpu_seconds();
+    let written1 = written_bytes();
     let mut total = Tally::new();
     while let Some(joined) = tasks.join_next().await {
         if let Ok(t) = joined {
             total.merge(t);
         }
     }
-    let stats = total.stats(duration, cpu1 - cpu0, None);
+    let mut stats = total.stats(duration, cpu1 - cpu0, None);
+    stats.disk_bytes_per_call = (written1.saturating_sub(written0)) as f64 / stats.ok.max(1) as f64;
     (stats, total.saga_ids)
+}
+
+/// Bytes this process caused to be written to storage so far
+/// (`/proc/self/io` `write_bytes`: the stores' journals, flushes and
+/// compactions; a page is counted each time it is dirtied again after an
+/// fsync).
+pub(super) fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Most calls an open loop keeps in flight before it drops arrivals.

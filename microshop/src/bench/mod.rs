@@ -183,6 +183,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     };
     let base = tmp.path();
     let load_before = load_average();
+    let fsync_p50_ms = measure_fsync(base)?;
     let skus = sku_names(opts.skus);
     let warmup = secs(opts.warmup);
     let duration = secs(opts.duration);
@@ -221,6 +222,16 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let short = duration.min(Duration::from_secs(3));
     let (unloaded, _) =
         closed_loop(&load, 1, warmup.min(Duration::from_millis(500)), short, 0).await;
+    // Fsyncs a checkout waits for, counted by the stores of this process
+    // (one caller: no fsync is shared), without points and redeeming.
+    let (critical_path_fsyncs, critical_path_fsyncs_redeeming) = if mesh.is_some() {
+        let plain = count_fsyncs(&load, 40).await?;
+        let redeeming =
+            count_fsyncs(&load.with_gen(Gen::new("fsyncs", skus.clone(), true)), 40).await?;
+        (Some(plain), Some(redeeming))
+    } else {
+        (None, None)
+    };
     let half_rate = (closed.throughput_per_s * 0.5).max(1.0);
     eprintln!("bench: saga, open loop at {half_rate:.0}/s");
     let half = open_loop(&load, half_rate, warmup, duration).await;
@@ -323,6 +334,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         clients,
         throughput_sagas_per_s: closed.throughput_per_s,
         cpu_ms_per_saga: closed.cpu_ms_per_call,
+        fsync_p50_ms,
+        critical_path_fsyncs,
+        critical_path_fsyncs_redeeming,
+        disk_bytes_per_saga: mesh_bytes(&opts, closed.disk_bytes_per_call),
+        ratio_throughput: None,
+        ratio_one_caller_p50: None,
+        ratio_half_peak_p50: None,
+        ratio_half_peak_p99: None,
+        ratio_cpu: None,
         unloaded,
         half_peak_rate_per_s: half_rate,
         p50_ms: half.p50_ms,
@@ -354,6 +374,43 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         write_json(&report, path)?;
     }
     Ok(report)
+}
+
+/// Bytes written per saga, when the stores run in this process.
+fn mesh_bytes(opts: &BenchOptions, per_call: f64) -> Option<f64> {
+    opts.target.is_none().then_some(per_call)
+}
+
+/// Journal-like fsyncs on the data directory's disk: the median of 200
+/// appends of 512 bytes, each followed by `fdatasync`, in milliseconds.
+fn measure_fsync(dir: &std::path::Path) -> anyhow::Result<f64> {
+    use std::io::Write as _;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let block = [0x5a_u8; 512];
+    let mut took = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = std::time::Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        took.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    took.sort_by(f64::total_cmp);
+    Ok(took[took.len() / 2])
+}
+
+/// Fsyncs per checkout with one caller, as the stores count them.
+async fn count_fsyncs(load: &Load, sagas: u64) -> anyhow::Result<f64> {
+    use std::sync::atomic::Ordering;
+    let stats = microshop_storage::embedded::write_stats();
+    let before = stats.fsyncs.load(Ordering::SeqCst);
+    for _ in 0..sagas {
+        load.call(0).await?;
+    }
+    let after = stats.fsyncs.load(Ordering::SeqCst);
+    Ok((after - before) as f64 / sagas as f64)
 }
 
 #[cfg(test)]
@@ -398,12 +455,44 @@ mod tests {
             "durable_nondurable_throughput_ratio",
             "cpu_ms_per_saga",
             "steps",
+            "fsync_p50_ms",
+            "critical_path_fsyncs",
+            "critical_path_fsyncs_redeeming",
+            "disk_bytes_per_saga",
+            "ratio_throughput",
+            "ratio_one_caller_p50",
+            "ratio_half_peak_p50",
+            "ratio_half_peak_p99",
+            "ratio_cpu",
         ] {
             assert!(
                 value.get(key).is_some_and(|v| !v.is_null()),
                 "{key} missing or null"
             );
         }
+        for path in [
+            "unloaded.p50_ms",
+            "floor_unloaded.p50_ms",
+            "half_peak.p50_ms",
+            "half_peak.p99_ms",
+            "floor_half_peak.p50_ms",
+            "floor_half_peak.p99_ms",
+            "floor_closed_loop.cpu_ms_per_call",
+        ] {
+            let found = path
+                .split('.')
+                .try_fold(&value, |v, k| v.get(k))
+                .is_some_and(|v| !v.is_null());
+            assert!(found, "{path} missing or null");
+        }
+        // Counted by the stores: the creation, the reservation and the
+        // order (and the deduction when redeeming), never fewer.
+        let fsyncs = report.critical_path_fsyncs.expect("counted in process");
+        let redeeming = report
+            .critical_path_fsyncs_redeeming
+            .expect("counted in process");
+        assert!((2.5..=3.5).contains(&fsyncs), "{fsyncs}");
+        assert!((3.5..=4.5).contains(&redeeming), "{redeeming}");
         let steps: Vec<&str> = report.steps.iter().map(|s| s.step.as_str()).collect();
         assert!(steps.contains(&"reserve-stock"), "{steps:?}");
     }

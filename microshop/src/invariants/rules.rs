@@ -18,7 +18,8 @@ use super::{Snapshot, Summary, Universe, Violation};
 /// exact subset sums would take 2^n steps); real runs have one or two.
 const MAX_EXACT_IN_DOUBT: usize = 16;
 
-/// Judges `snapshot` against §8 (see the module list in `invariants`).
+/// Judges `snapshot` against the invariants (see the module list in
+/// `invariants`).
 pub fn judge(snapshot: &Snapshot, universe: &Universe) -> Result<Summary, Violation> {
     let mut summary = Summary::default();
     let compensated = sagas(&snapshot.sagas, &mut summary).map_err(Violation::Broken)?;

@@ -1,5 +1,5 @@
 //! `microshop sagas`: the operator's CLI over the orchestrator's
-//! `SagaAdminService` (issue 15 §4, ARCHITECTURE §9).
+//! `SagaAdminService` (issue 15 §4; `docs/operations.md`).
 //!
 //! ```text
 //! microshop sagas list  [--state S] [--type T] [--customer ID] [--order ID] [--older-than DUR] [--limit N] [--json]

@@ -173,7 +173,7 @@ pub async fn place_ok(c: &MeshClients, req: orch::PlaceOrderRequest) -> orch::Pl
         .into_inner()
 }
 
-/// ARCHITECTURE §8 holds over the mesh's APIs; panics naming `when`.
+/// The invariants (`docs/architecture.md`, "Invariants") hold over the mesh's APIs; panics naming `when`.
 pub async fn assert_invariants(c: &MeshClients, u: &Universe, when: &str) {
     if let Err(v) = invariants::check(c, u).await {
         panic!("after {when}: {v}");

@@ -27,7 +27,7 @@ use std::{
 };
 
 use microshop_runtime::{metrics::metrics, telemetry};
-use microshop_storage::StorageError;
+use microshop_storage::{StorageError, embedded::Synced};
 use tokio::{
     sync::watch,
     time::{Instant, sleep, timeout},
@@ -195,6 +195,16 @@ struct Active {
     abort: Arc<AbortFlag>,
 }
 
+/// A saga this process has just created, driven from the record `begin`
+/// returned: the first step's intent was saved with the creation, and the
+/// creation may not be durable yet (the read-only first step runs
+/// meanwhile; the first effect waits for it).
+#[derive(Debug)]
+pub(super) struct Fresh {
+    ahead: Ahead,
+    synced: Synced,
+}
+
 /// The saga engine.
 pub struct Engine<L> {
     log: L,
@@ -259,13 +269,15 @@ impl<L: SagaLog> Engine<L> {
         &self.health
     }
 
-    /// Starts a saga for `key` or finds the one holding it.
+    /// Starts a saga for `key` or finds the one holding it. A created saga
+    /// comes with what says when its creation is durable: hand both to
+    /// [`Engine::drive_created`].
     pub async fn begin(
         &self,
         saga_type: SagaType,
         key: String,
         input: SagaInput,
-    ) -> Result<Begin, StorageError> {
+    ) -> Result<(Begin, Synced), StorageError> {
         let now = now_ms();
         let steps = steps::definition(saga_type)
             .iter()
@@ -296,7 +308,7 @@ impl<L: SagaLog> Engine<L> {
         // `drive_created`); no saga type skips its first step.
         Ahead::mark(&mut record, 0, false);
         let begun = self.log.begin(record).await?;
-        if let Begin::Created(record) = &begun {
+        if let (Begin::Created(record), _) = &begun {
             metrics().saga_started(record.saga_type.name());
         }
         Ok(begun)
@@ -321,17 +333,25 @@ impl<L: SagaLog> Engine<L> {
 
     /// Drives a saga [`Engine::begin`] just created, from the record it
     /// returned: no read of the log, and the first step's intent, saved
-    /// with the creation, is not recorded again.
-    pub fn drive_created(self: &Arc<Self>, record: SagaRecord) -> watch::Receiver<Option<Outcome>> {
-        let ahead = Ahead::first_of_created(&record);
+    /// with the creation, is not recorded again; `synced` says when the
+    /// creation is durable (its first effect waits for that).
+    pub fn drive_created(
+        self: &Arc<Self>,
+        record: SagaRecord,
+        synced: Synced,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let fresh = Fresh {
+            ahead: Ahead::first_of_created(&record),
+            synced,
+        };
         let id = record.saga_id.clone();
-        self.drive_from(&id, Some((record, ahead)), None)
+        self.drive_from(&id, Some((record, fresh)), None)
     }
 
     fn drive_from(
         self: &Arc<Self>,
         saga_id: &str,
-        first: Option<(SagaRecord, Ahead)>,
+        first: Option<(SagaRecord, Fresh)>,
         resume: Option<Resume>,
     ) -> watch::Receiver<Option<Outcome>> {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
@@ -395,7 +415,7 @@ impl<L: SagaLog> Engine<L> {
         &self,
         id: &str,
         abort: &AbortFlag,
-        mut first: Option<(SagaRecord, Ahead)>,
+        mut first: Option<(SagaRecord, Fresh)>,
         mut resume: Option<Resume>,
     ) -> Outcome {
         let started = Instant::now();
@@ -404,7 +424,7 @@ impl<L: SagaLog> Engine<L> {
             // A saga this process just created is held under the lease its
             // creation took.
             let claimed = match first.take() {
-                Some((record, ahead)) => Some((record, Some(ahead))),
+                Some((record, fresh)) => Some((record, Some(fresh))),
                 None => self
                     .log
                     .claim(id.to_owned())
@@ -412,8 +432,8 @@ impl<L: SagaLog> Engine<L> {
                     .map_err(|e| e.to_string())?
                     .map(|record| (record, None)),
             };
-            if let Some((record, ahead)) = claimed {
-                match self.run_in_turn(record, abort, ahead, resume.take()).await {
+            if let Some((record, fresh)) = claimed {
+                match self.run_in_turn(record, abort, fresh, resume.take()).await {
                     Err(StorageError::Fenced(why)) => {
                         tracing::info!(saga_id = %id, %why, "saga taken over; following it");
                     }
@@ -446,7 +466,7 @@ impl<L: SagaLog> Engine<L> {
         &self,
         record: SagaRecord,
         abort: &AbortFlag,
-        ahead: Option<Ahead>,
+        fresh: Option<Fresh>,
         resume: Option<Resume>,
     ) -> Result<SagaRecord, StorageError> {
         let span = saga_span(&record);
@@ -465,7 +485,7 @@ impl<L: SagaLog> Engine<L> {
         }
         let outcome = telemetry::LogTrace::scope(
             log_trace,
-            self.run(record, abort, ahead, resume)
+            self.run(record, abort, fresh, resume)
                 .instrument(span.clone()),
         )
         .await;
@@ -486,11 +506,11 @@ impl<L: SagaLog> Engine<L> {
         &self,
         record: SagaRecord,
         abort: &AbortFlag,
-        ahead: Option<Ahead>,
+        fresh: Option<Fresh>,
         resume: Option<Resume>,
     ) -> Result<SagaRecord, StorageError> {
         let Some(order_id) = record.acted_order().map(str::to_owned) else {
-            return self.run_traced(record, abort, ahead, resume).await;
+            return self.run_traced(record, abort, fresh, resume).await;
         };
         let turn = self.order_turn(&order_id);
         let held = turn.lock().await;
@@ -504,8 +524,17 @@ impl<L: SagaLog> Engine<L> {
             .unwrap_or(record);
         // Saves stay fenced by the epoch this task claimed under.
         record.lease_epoch = epoch;
-        let ahead = ahead.filter(|a| a.still_in(&record));
-        let outcome = self.run_traced(record, abort, ahead, resume).await;
+        // The creation is made durable either way; its first intent holds
+        // only if nobody changed the saga meanwhile.
+        let fresh = match fresh {
+            Some(f) if f.ahead.still_in(&record) => Some(f),
+            Some(f) => {
+                f.synced.wait().await?;
+                None
+            }
+            None => None,
+        };
+        let outcome = self.run_traced(record, abort, fresh, resume).await;
         drop(held);
         drop(turn);
         self.end_order_turn(&order_id);
@@ -609,17 +638,17 @@ impl<L: SagaLog> Engine<L> {
                 only_if_unpaid: true,
             };
             match self.begin(SagaType::CancelOrder, key, input).await? {
-                Begin::Created(record) => {
+                (Begin::Created(record), synced) => {
                     tracing::info!(order_id = %order_id, saga_id = %record.saga_id, "payment expired: cancelling");
-                    drop(self.drive_created(record));
+                    drop(self.drive_created(record, synced));
                     started += 1;
                 }
-                Begin::Existing(mut record) if record.state.is_terminal() => {
+                (Begin::Existing(mut record), _) if record.state.is_terminal() => {
                     // Ended without clearing (e.g. FAILED): stop re-checking.
                     self.save(&mut record, PaymentDeadline::Clear { order_id })
                         .await?;
                 }
-                Begin::Existing(record) => drop(self.drive(&record.saga_id)),
+                (Begin::Existing(record), _) => drop(self.drive(&record.saga_id)),
             }
         }
         Ok(started)

@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use microshop_runtime::metrics::metrics;
-use microshop_storage::StorageError;
+use microshop_storage::{StorageError, embedded::Sync};
 use tokio::time::{Instant, sleep};
 use tonic::Code;
 use tracing::Instrument;
 
-use super::{AbortFlag, Engine, NO_ABORT, Resume, step_ended, step_span};
+use super::{AbortFlag, Engine, Fresh, NO_ABORT, Resume, step_ended, step_span};
 use crate::{
     failpoint::Failpoint,
     log::{PaymentDeadline, SagaLog},
@@ -118,6 +118,42 @@ enum Flow {
     Waiting,
 }
 
+/// How durable a save of `record` must be (the durability rule,
+/// `docs/architecture.md`, "Durability"). A client hears an outcome only once it survives a
+/// power cut: COMPENSATED and FAILED ends, and a saga that waits (whose
+/// recorded error a retry is answered with), are fsync'd; every other save
+/// (intents, results, a COMPLETED end) is buffered, because recovery
+/// reaches the same outcome by replaying steps whose results the
+/// participants hold durably (their barrier and business records): the
+/// checkout's quote, whose answer is the only one no participant keeps, is
+/// not asked again on a resume (see [`skip_unrecorded_quote`]).
+fn sync_of(record: &SagaRecord) -> Sync {
+    match record.state {
+        SagaState::Compensated | SagaState::Failed => Sync::Durable,
+        _ if record.waiting.is_some() => Sync::Durable,
+        _ => Sync::Buffered,
+    }
+}
+
+/// On resuming a checkout whose quote was asked but whose answer was not
+/// recorded (a crash or power cut in between): the quote is not asked
+/// again, as a later answer could differ from the lost one (the coupon's
+/// last use may be this very order's); the saga goes on to reserve-stock,
+/// and create-order repeats every check the quote makes.
+fn skip_unrecorded_quote(record: &mut SagaRecord) {
+    let defs = steps::definition(record.saga_type);
+    for (def, step) in defs.iter().zip(&mut record.steps) {
+        if def.skip_when_resumed && step.action.status == StepStatus::Running {
+            step.action.status = StepStatus::Skipped;
+            step.action.last_error =
+                "not asked again on resume: its answer was not recorded, and a later step \
+                 repeats its checks"
+                    .into();
+            step.action.finished_at_ms = Some(now_ms());
+        }
+    }
+}
+
 impl<L: SagaLog> Engine<L> {
     pub(super) async fn save(
         &self,
@@ -125,7 +161,7 @@ impl<L: SagaLog> Engine<L> {
         deadline: PaymentDeadline,
     ) -> Result<(), StorageError> {
         record.updated_at_ms = now_ms();
-        self.log.save(record.clone(), deadline).await
+        self.log.save(record, deadline, sync_of(record)).await
     }
 
     /// Drives `record` until it ends or waits. `resume` names who re-drives
@@ -135,9 +171,18 @@ impl<L: SagaLog> Engine<L> {
         &self,
         mut record: SagaRecord,
         abort: &AbortFlag,
-        mut ahead: Option<Ahead>,
+        fresh: Option<Fresh>,
         resume: Option<Resume>,
     ) -> Result<SagaRecord, StorageError> {
+        let (mut ahead, mut created) = match fresh {
+            Some(Fresh { ahead, synced }) => (Some(ahead), Some(synced)),
+            None => {
+                if record.state == SagaState::Running {
+                    skip_unrecorded_quote(&mut record);
+                }
+                (None, None)
+            }
+        };
         if record.waiting.is_some() {
             let resume = match resume {
                 Some(resume) => resume,
@@ -173,6 +218,14 @@ impl<L: SagaLog> Engine<L> {
                     }
                     match next_forward(&record) {
                         Some(i) => {
+                            // The creation is durable before the first
+                            // effect (a power cut must not leave an effect
+                            // that no saga owns).
+                            if steps::definition(record.saga_type)[i].effectful
+                                && let Some(synced) = created.take()
+                            {
+                                synced.wait().await?;
+                            }
                             let span = step_span(&record, i, false);
                             let written = Ahead::is(saved_ahead, i, false);
                             match self
@@ -214,6 +267,11 @@ impl<L: SagaLog> Engine<L> {
                     },
                 },
                 SagaState::Completed | SagaState::Compensated | SagaState::Failed => {
+                    // A saga that ended before its first effect still
+                    // holds its key durably.
+                    if let Some(synced) = created.take() {
+                        synced.wait().await?;
+                    }
                     return Ok(record);
                 }
             }

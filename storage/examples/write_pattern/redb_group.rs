@@ -1,14 +1,9 @@
-//! The embedded store: one redb file per service, one writer thread.
-//!
-//! redb admits one write transaction at a time and every durable commit is
-//! an fsync. Instead of each request paying its own fsync in turn, requests
-//! hand their write job to the writer thread, which runs every queued job in
-//! one transaction and commits once (group commit). A job must do all its
-//! checks before its first write and return a business rejection as a
-//! value, so a rejected job writes nothing; a job that fails with a
-//! [`StorageError`] aborts the whole batch and each job of it gets the error
-//! (nothing of the batch is committed, so nothing is half-applied).
-//! Reads run on tokio's blocking pool against redb's MVCC snapshots.
+//! The redb group-commit writer the mesh ran before its stores moved to
+//! fjall, and the barrier on it, kept here as the `redb-now` baseline of
+//! the measurement (the mesh itself no longer has them): one writer thread
+//! per store commits every queued job in one durable redb transaction.
+
+#![allow(dead_code)]
 
 use std::{
     path::{Path, PathBuf},
@@ -19,7 +14,7 @@ use std::{
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
 
-use crate::StorageError;
+use microshop_storage::StorageError;
 
 /// Most jobs committed by one transaction.
 const MAX_BATCH: usize = 512;
@@ -206,5 +201,74 @@ fn run_batch(db: &Database, batch: Vec<Job>, durable: Durable) {
     }
     for completion in completions {
         completion(result.as_ref().map(|_| ()));
+    }
+}
+
+/// The participant barrier on redb, as the mesh had it.
+pub mod barrier {
+    use redb::{ReadableTable, TableDefinition, WriteTransaction};
+    use serde::{Serialize, de::DeserializeOwned};
+
+    use microshop_storage::{StorageError, decode, encode};
+
+    /// `(saga_id, op)` → the op's encoded outcome.
+    pub const BARRIER: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("barrier");
+
+    /// What an action must do, decided from its saga's barrier records.
+    #[derive(Debug)]
+    pub enum ActionGate<T> {
+        /// First delivery: perform the effect and [`record`] its outcome.
+        Proceed,
+        /// Repeated delivery: answer the first outcome, change nothing.
+        Replay(T),
+        /// Its compensation already ran: refuse, change nothing.
+        Compensated,
+    }
+
+    /// Creates the barrier table (call from the store's init).
+    pub fn init(txn: &WriteTransaction) -> Result<(), StorageError> {
+        txn.open_table(BARRIER)?;
+        Ok(())
+    }
+
+    /// Decides what `action` of `saga_id` must do, given its `compensation` op.
+    pub fn action_gate<T: DeserializeOwned>(
+        txn: &WriteTransaction,
+        saga_id: &str,
+        action: &str,
+        compensation: &str,
+    ) -> Result<ActionGate<T>, StorageError> {
+        let table = txn.open_table(BARRIER)?;
+        if let Some(first) = table.get((saga_id, action))? {
+            return Ok(ActionGate::Replay(decode(first.value())?));
+        }
+        if table.get((saga_id, compensation))?.is_some() {
+            return Ok(ActionGate::Compensated);
+        }
+        Ok(ActionGate::Proceed)
+    }
+
+    /// The recorded outcome of `op` for `saga_id`, if it ran.
+    pub fn outcome<T: DeserializeOwned>(
+        txn: &WriteTransaction,
+        saga_id: &str,
+        op: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let table = txn.open_table(BARRIER)?;
+        let found = table.get((saga_id, op))?;
+        found.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Records the outcome of `op` for `saga_id`.
+    pub fn record<T: Serialize>(
+        txn: &WriteTransaction,
+        saga_id: &str,
+        op: &str,
+        outcome: &T,
+    ) -> Result<(), StorageError> {
+        let bytes = encode(outcome)?;
+        let mut table = txn.open_table(BARRIER)?;
+        table.insert((saga_id, op), bytes.as_slice())?;
+        Ok(())
     }
 }

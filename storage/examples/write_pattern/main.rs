@@ -14,9 +14,10 @@
 //! Each store is its own database (files) as in the mesh, and each of the 6
 //! writes is durable (fsync'd) before the caller goes on, as the durability
 //! rule asks today. Engines:
-//! - `redb-now`: the crate's own [`EmbeddedDb`] (writer thread, group commit,
-//!   durable commits), with the stores' real table layout and the real
-//!   barrier module: what the mesh runs today;
+//! - `redb-now`: the mesh's redb group-commit writer before the move to
+//!   fjall (`redb_group.rs`: writer thread, group commit,
+//!   durable commits), with the stores' table layout and barrier of then:
+//!   what the mesh ran when this measurement picked its engine;
 //! - `redb-none`: redb written from the calling task with
 //!   `Durability::None` commits; a sync thread makes every commit so far
 //!   durable with one empty `Durability::Immediate` commit, shared by every
@@ -103,19 +104,20 @@ use fjall::{
     KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace,
     SingleWriterWriteTx,
 };
-use microshop_storage::{
-    StorageError,
-    barrier::{self, ActionGate},
-    decode,
-    embedded::{Durable, EmbeddedDb},
-    encode,
-};
+use microshop_storage::{StorageError, decode, encode};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
     WriteTransaction, backends::FileBackend,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use self::redb_group::{
+    Durable, EmbeddedDb,
+    barrier::{self, ActionGate},
+};
+
+mod redb_group;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

@@ -1,0 +1,264 @@
+//! The command line of the `microshop` binary: every subcommand's flags
+//! and `MICROSHOP_*` variables as clap definitions. The binary parses them
+//! ([`Cli`]); `docs/configuration.md` is rendered from them
+//! ([`crate::config_doc`]), so the page and `--help` cannot drift.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use microshop_runtime::ServerArgs;
+use orchestrator::{EngineConfig, failpoint::Failpoint};
+use order_svc::PricingArgs;
+
+/// `microshop`: the parsed command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "microshop",
+    version,
+    about = "A saga-orchestrated checkout mesh over gRPC"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole mesh in one process (orchestrator 50051, inventory
+    /// 50052, loyalty 50053, order 50054).
+    Up(UpArgs),
+    /// Run one service, as Kubernetes does.
+    Serve(ServeArgs),
+    /// Run the old shop's failure cases against a fresh in-process mesh and
+    /// check every invariant; exits 0 only if all hold.
+    Demo(DemoArgs),
+    /// Measure saga throughput and latency against the bare-RPC floor
+    /// (release build: `cargo run --release -p microshop -- bench`).
+    Bench(BenchArgs),
+    /// Find, inspect, retry and abort sagas (operators; talks to the
+    /// orchestrator's SagaAdminService).
+    Sagas(crate::sagas::SagasArgs),
+}
+
+/// `microshop up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Orchestrator address.
+    #[arg(
+        long,
+        env = "MICROSHOP_ORCHESTRATOR_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub orchestrator_listen: SocketAddr,
+    /// inventory-svc address.
+    #[arg(
+        long,
+        env = "MICROSHOP_INVENTORY_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub inventory_listen: SocketAddr,
+    /// loyalty-svc address.
+    #[arg(
+        long,
+        env = "MICROSHOP_LOYALTY_LISTEN",
+        default_value = "127.0.0.1:50053"
+    )]
+    pub loyalty_listen: SocketAddr,
+    /// order-svc address.
+    #[arg(
+        long,
+        env = "MICROSHOP_ORDER_LISTEN",
+        default_value = "127.0.0.1:50054"
+    )]
+    pub order_listen: SocketAddr,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub pricing: PricingArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// The service `microshop serve` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Service {
+    Orchestrator,
+    Inventory,
+    Loyalty,
+    Order,
+}
+
+impl Service {
+    /// As on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Orchestrator => "orchestrator",
+            Self::Inventory => "inventory",
+            Self::Loyalty => "loyalty",
+            Self::Order => "order",
+        }
+    }
+
+    /// The port it listens on by default.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Orchestrator => 50051,
+            Self::Inventory => 50052,
+            Self::Loyalty => 50053,
+            Self::Order => 50054,
+        }
+    }
+}
+
+/// `microshop serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Which service.
+    #[arg(value_enum)]
+    pub service: Service,
+    /// Address to listen on (default 0.0.0.0 on the service's port).
+    #[arg(long, env = "MICROSHOP_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// inventory-svc URL (orchestrator only).
+    #[arg(
+        long,
+        env = "MICROSHOP_INVENTORY_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub inventory_url: String,
+    /// loyalty-svc URL (orchestrator only).
+    #[arg(
+        long,
+        env = "MICROSHOP_LOYALTY_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub loyalty_url: String,
+    /// order-svc URL (orchestrator only).
+    #[arg(
+        long,
+        env = "MICROSHOP_ORDER_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub order_url: String,
+    /// Serve without authentication (local use and scripts only): without
+    /// it, `serve` refuses to start unless a token key is configured.
+    #[arg(
+        long,
+        env = "MICROSHOP_INSECURE_NO_AUTH",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub insecure_no_auth: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Pricing rules (order-svc) and the earn rate (order-svc records it,
+    /// loyalty-svc earns by it).
+    #[command(flatten)]
+    pub pricing: PricingArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `microshop demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's data here instead of a temporary directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub pricing: PricingArgs,
+}
+
+/// `microshop bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub options: crate::bench::BenchOptions,
+}
+
+/// Saga driver settings.
+#[derive(Clone, Debug, Args)]
+pub struct EngineArgs {
+    /// Unpaid orders are cancelled this many seconds after creation.
+    #[arg(long, env = "MICROSHOP_PAYMENT_TTL_SECS", default_value_t = 600)]
+    pub payment_ttl_secs: u64,
+    /// A checkout not completed this many seconds after it started is
+    /// compensated (CHECKOUT_EXPIRED) and its stock goes back on sale, even
+    /// while a participant it waits for is still down (default: the
+    /// payment TTL).
+    #[arg(long, env = "MICROSHOP_CHECKOUT_HOLD_SECS")]
+    pub checkout_hold_secs: Option<u64>,
+    /// COMPLETED and COMPENSATED sagas are purged this many seconds after
+    /// they ended, with their idempotency keys (so "one key, one saga"
+    /// holds within this window); FAILED and unfinished sagas are kept.
+    /// 0 keeps every saga forever.
+    #[arg(long, env = "MICROSHOP_SAGA_RETENTION_SECS", default_value_t = 604_800)]
+    pub saga_retention_secs: u64,
+    /// Attempts of one saga step before the saga waits for its participant.
+    #[arg(long, env = "MICROSHOP_STEP_ATTEMPTS", default_value_t = 8)]
+    pub step_attempts: usize,
+    /// Time budget of one saga step across its attempts, in milliseconds.
+    #[arg(long, env = "MICROSHOP_STEP_BUDGET_MS", default_value_t = 10_000)]
+    pub step_budget_ms: u64,
+    /// Attempts of one compensation before it waits for its participant.
+    #[arg(long, env = "MICROSHOP_COMPENSATION_ATTEMPTS", default_value_t = 12)]
+    pub compensation_attempts: usize,
+    /// First retry delay, in milliseconds (doubles with jitter).
+    #[arg(long, env = "MICROSHOP_BACKOFF_MIN_MS", default_value_t = 20)]
+    pub backoff_min_ms: u64,
+    /// Largest retry delay, in milliseconds.
+    #[arg(long, env = "MICROSHOP_BACKOFF_MAX_MS", default_value_t = 2_000)]
+    pub backoff_max_ms: u64,
+    /// Timeout of one participant call, in milliseconds.
+    #[arg(long, env = "MICROSHOP_CALL_TIMEOUT_MS", default_value_t = 3_000)]
+    pub call_timeout_ms: u64,
+    /// How often unfinished sagas are resumed, in milliseconds.
+    #[arg(long, env = "MICROSHOP_RECOVERY_INTERVAL_MS", default_value_t = 5_000)]
+    pub recovery_interval_ms: u64,
+    /// How often payment deadlines are checked, in milliseconds.
+    #[arg(long, env = "MICROSHOP_EXPIRY_INTERVAL_MS", default_value_t = 1_000)]
+    pub expiry_interval_ms: u64,
+    /// This orchestrator's name as the owner of saga leases on a shared
+    /// MongoDB log (default: host name, process id and a random suffix).
+    #[arg(long, env = "MICROSHOP_ORCHESTRATOR_ID")]
+    pub orchestrator_id: Option<String>,
+    /// How long an orchestrator's lease on a saga lasts unless renewed, in
+    /// milliseconds; a dead orchestrator's sagas are taken over after it.
+    #[arg(long, env = "MICROSHOP_LEASE_MS", default_value_t = 15_000)]
+    pub lease_ms: u64,
+    /// Crash point for recovery tests: PHASE:OP[=hold|abort], PHASE one of
+    /// intent, rpc, result (e.g. `result:reserve-stock`).
+    #[arg(long, env = "MICROSHOP_FAILPOINT", hide = true)]
+    pub failpoint: Option<Failpoint>,
+}
+
+impl EngineArgs {
+    /// The engine configuration these settings make.
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            step_attempts: self.step_attempts.max(1),
+            step_budget: Duration::from_millis(self.step_budget_ms),
+            compensation_attempts: self.compensation_attempts.max(1),
+            backoff_min: Duration::from_millis(self.backoff_min_ms.max(1)),
+            backoff_max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_min_ms.max(1))),
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
+            payment_ttl: Duration::from_secs(self.payment_ttl_secs),
+            checkout_hold: Duration::from_secs(
+                self.checkout_hold_secs.unwrap_or(self.payment_ttl_secs),
+            ),
+            saga_retention: microshop_runtime::retention::retention_of(
+                "saga-retention-secs",
+                self.saga_retention_secs,
+            ),
+            recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
+            expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(10)),
+            failpoint: self.failpoint.clone(),
+            instance_id: self
+                .orchestrator_id
+                .clone()
+                .unwrap_or_else(orchestrator::engine::default_instance_id),
+            lease: Duration::from_millis(self.lease_ms.max(100)),
+            ..EngineConfig::default()
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The embedded store: one fjall database per service, one writer thread.
+//!
+//! Why fjall: an LSM tree writes a record about once to its journal and
+//! once more when its memtable is flushed, where redb's copy-on-write
+//! B-tree rewrote several 4 KiB pages per commit (the measurement is in
+//! `docs/performance.md`, the harness in `storage/examples/write_pattern.rs`).
+//!
+//! Writes: every write job of a store runs on its one writer thread, which
+//! takes all queued jobs, runs each in its own [`Txn`] (its reads see its
+//! own writes; it commits as one atomic fjall batch, or not at all if it
+//! fails, without touching the other jobs), then makes the batch durable
+//! with one `fdatasync` of the journal (group commit). Each write says how
+//! durable it must be before its caller hears back ([`Sync`]):
+//! - [`Sync::Durable`] (every participant answer, a saga's creation, ...):
+//!   answered after the fsync that covers it;
+//! - [`Sync::Buffered`] (a saga step's intermediate record, which recovery
+//!   can redo through the participants' barrier): answered as soon as it is
+//!   committed; the next fsync of the store, for anyone, covers it too,
+//!   since the journal is one sequential file.
+//!
+//! Once a batch is committed the writer hands the journal to the OS (one
+//! `write`: from then on a killed process loses nothing) and only then
+//! answers; only an fsync makes it survive a power cut. One writer thread
+//! means nobody else ever waits on fjall's journal lock, which fjall holds
+//! through its fsync.
+//!
+//! Reads run on the caller's task against a snapshot: point reads are
+//! answered from memory or the page cache in microseconds. A read may see
+//! a write a moment before it is durable; a power cut can take such a
+//! write back, never one whose answer was given.
+//!
+//! Data directories written by earlier versions (one redb file per
+//! service) are refused with what to do: `microshop migrate`.
+
+pub mod keys;
+
+use std::{
+    collections::BTreeMap,
+    ops::RangeBounds,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use tokio::sync::oneshot;
+
+pub use self::keys::{KeyBuf, KeyReader, Table, i64_value, read_i64, read_u64, u64_value};
+use crate::StorageError;
+
+/// A stored value.
+pub type Value = fjall::Slice;
+
+/// Most jobs one batch (one fsync) takes.
+const MAX_BATCH: usize = 1024;
+
+/// Per store: fjall's block cache, its memtable (flushed to a table file
+/// once this large) and its journals (rotated once this much is written).
+/// Small: four stores share a process in `microshop up`, and the whole mesh
+/// must stay within 150 MB.
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+const JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Whether commits are fsync'd before they are acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durable {
+    /// Every acknowledged durable write survives a power cut (the default).
+    #[default]
+    Yes,
+    /// Nothing is fsync'd (benchmark baseline only).
+    No,
+}
+
+/// How durable a write must be before its caller hears back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sync {
+    /// Survives a power cut (fsync'd).
+    Durable,
+    /// Committed (survives a killed process); the store's next fsync makes
+    /// it durable.
+    Buffered,
+}
+
+/// When a write answered before it was durable ([`EmbeddedDb::write_early`])
+/// becomes durable.
+#[derive(Debug)]
+pub struct Synced(Option<oneshot::Receiver<Result<(), StorageError>>>);
+
+impl Synced {
+    /// Already durable (a store whose writes are durable when answered).
+    pub fn now() -> Self {
+        Self(None)
+    }
+
+    /// Waits until the write is durable.
+    pub async fn wait(self) -> Result<(), StorageError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => rx.await.unwrap_or_else(|_| {
+                Err(StorageError::Unavailable(
+                    "the store stopped before the write was durable".into(),
+                ))
+            }),
+        }
+    }
+}
+
+/// What the stores of this process did, for the benchmark: counted here,
+/// not derived from theory.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    /// Journal fsyncs made.
+    pub fsyncs: AtomicU64,
+    /// Writes that waited for an fsync.
+    pub durable_writes: AtomicU64,
+    /// Writes answered before one.
+    pub buffered_writes: AtomicU64,
+}
+
+/// The counters of every embedded store of this process.
+pub fn write_stats() -> &'static WriteStats {
+    static STATS: WriteStats = WriteStats {
+        fsyncs: AtomicU64::new(0),
+        durable_writes: AtomicU64::new(0),
+        buffered_writes: AtomicU64::new(0),
+    };
+    &STATS
+}
+
+/// The writes of one job: read through, then committed as one batch.
+pub struct Txn<'a> {
+    ks: &'a Keyspace,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Txn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn")
+            .field("writes", &self.writes.len())
+            .finish()
+    }
+}
+
+impl Txn<'_> {
+    /// The value of `key`, as this job left it.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        match self.writes.get(key) {
+            Some(Some(v)) => Ok(Some(Value::from(v.as_slice()))),
+            Some(None) => Ok(None),
+            None => self.ks.get(key).map_err(fjall_error),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: Vec<u8>, value: impl Into<Vec<u8>>) {
+        self.writes.insert(key, Some(value.into()));
+    }
+
+    /// Removes `key`.
+    pub fn remove(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    /// Up to `limit` entries of `range` as committed before this job (the
+    /// job's own writes are not merged in: scan first, then write).
+    pub fn scan_committed(
+        &self,
+        range: impl RangeBounds<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Value, Value)>, StorageError> {
+        scan(self.ks.range(range), limit, false)
+    }
+}
+
+/// A consistent read of a store.
+pub struct View {
+    snapshot: fjall::Snapshot,
+    ks: Keyspace,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View").finish_non_exhaustive()
+    }
+}
+
+impl View {
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        self.snapshot.get(&self.ks, key).map_err(fjall_error)
+    }
+
+    /// Up to `limit` entries of `range`, in key order (newest-last) or
+    /// reversed.
+    pub fn scan(
+        &self,
+        range: impl RangeBounds<Vec<u8>>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Value, Value)>, StorageError> {
+        scan(self.snapshot.range(&self.ks, range), limit, reverse)
+    }
+}
+
+fn scan(
+    iter: fjall::Iter,
+    limit: usize,
+    reverse: bool,
+) -> Result<Vec<(Value, Value)>, StorageError> {
+    let mut out = Vec::new();
+    let mut push = |g: fjall::Guard| -> Result<bool, StorageError> {
+        out.push(g.into_inner().map_err(fjall_error)?);
+        Ok(out.len() < limit)
+    };
+    if limit == 0 {
+        return Ok(out);
+    }
+    if reverse {
+        for g in iter.rev() {
+            if !push(g)? {
+                break;
+            }
+        }
+    } else {
+        for g in iter {
+            if !push(g)? {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Maps an I/O error: a full disk is [`StorageError::Full`].
+pub fn io_error(err: &std::io::Error, doing: &str) -> StorageError {
+    if err.kind() == std::io::ErrorKind::StorageFull || err.raw_os_error() == Some(28) {
+        StorageError::Full(format!("the disk is full while {doing}"))
+    } else {
+        StorageError::Backend(format!("{doing}: {err}"))
+    }
+}
+
+fn fjall_error(err: fjall::Error) -> StorageError {
+    match &err {
+        fjall::Error::Io(io) => io_error(io, "writing the store"),
+        fjall::Error::Storage(fjall::LsmError::Io(io)) => io_error(io, "writing the store"),
+        _ => StorageError::Backend(err.to_string()),
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), &StorageError>) + Send>;
+type Job = Box<dyn FnOnce(&mut Txn) -> Done + Send>;
+
+/// What the writer does once a job ran.
+struct Done {
+    /// Answers the caller: at commit (buffered, early) or after the fsync.
+    answer: Completion,
+    /// Tells an early caller the write is durable.
+    synced: Option<oneshot::Sender<Result<(), StorageError>>>,
+    failed: bool,
+    sync: Sync,
+}
+
+/// A fjall database with a group-commit writer.
+#[derive(Clone)]
+pub struct EmbeddedDb {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    ks: Keyspace,
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<thread::JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl Drop for Inner {
+    /// Closes the queue and waits for the writer to finish its batch, so a
+    /// service restarted in the same process (or a test reopening the
+    /// directory) finds the store unlocked.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for EmbeddedDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedDb")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+/// The directory of store `name` under `dir`.
+pub fn store_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.fjall"))
+}
+
+/// The file an earlier version kept store `name` in.
+pub fn legacy_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.redb"))
+}
+
+impl EmbeddedDb {
+    /// Opens (or creates) store `name` under `dir` and runs `init` once,
+    /// durably (to create what readers expect, or to upgrade records).
+    pub fn open(
+        dir: &Path,
+        name: &str,
+        durable: Durable,
+        init: impl FnOnce(&mut Txn) -> Result<(), StorageError>,
+    ) -> Result<Self, StorageError> {
+        let path = store_path(dir, name);
+        let legacy = legacy_path(dir, name);
+        if legacy.exists() && !path.exists() {
+            return Err(StorageError::Backend(format!(
+                "{} holds the {name} store of an earlier microshop version (redb); convert \
+                 it once with `microshop migrate --data-dir {}` (it keeps the old file as \
+                 {name}.redb.migrated), then start again",
+                legacy.display(),
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io_error(&e, &format!("creating {}", dir.display())))?;
+        // The writer flushes the journal to the OS once per batch (not once
+        // per commit), then fsyncs it when a write of the batch needs it.
+        let db = Database::builder(&path)
+            .cache_size(CACHE_BYTES)
+            .max_journaling_size(JOURNALING_BYTES)
+            .worker_threads(1)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| match e {
+                fjall::Error::Locked => StorageError::Backend(format!(
+                    "{} is in use by another process",
+                    path.display()
+                )),
+                other => fjall_error(other),
+            })?;
+        let ks = db
+            .keyspace("data", || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(MEMTABLE_BYTES)
+                    .manual_journal_persist(true)
+            })
+            .map_err(fjall_error)?;
+        let mut txn = Txn {
+            ks: &ks,
+            writes: BTreeMap::new(),
+        };
+        init(&mut txn)?;
+        commit(&db, &ks, txn.writes)?;
+        db.persist(if durable == Durable::Yes {
+            PersistMode::SyncData
+        } else {
+            PersistMode::Buffer
+        })
+        .map_err(fjall_error)?;
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (writer_db, writer_ks) = (db.clone(), ks.clone());
+        let writer = thread::Builder::new()
+            .name(format!("{name}-writer"))
+            .spawn(move || writer(&writer_db, &writer_ks, &rx, durable))
+            .map_err(|e| StorageError::Backend(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                ks,
+                jobs: Some(jobs),
+                writer: Some(writer),
+                path,
+            }),
+        })
+    }
+
+    /// Runs `job` on the writer thread in its own [`Txn`] and returns its
+    /// result once it is as durable as `sync` asks. A job that fails
+    /// writes nothing. A job does every check before its first write and
+    /// returns a business rejection as a value (written with it, e.g. a
+    /// barrier record of the rejection).
+    pub async fn write<R: Send + 'static>(
+        &self,
+        sync: Sync,
+        job: impl FnOnce(&mut Txn) -> Result<R, StorageError> + Send + 'static,
+    ) -> Result<R, StorageError> {
+        self.submit(sync, false, job).await.map(|(r, _)| r)
+    }
+
+    /// Like a [`Sync::Durable`] write, but answered as soon as it is
+    /// committed (visible), with what says when it is durable: a caller
+    /// may do what needs no durability meanwhile (a saga's creation, then
+    /// the read-only quote), and wait before what does.
+    pub async fn write_early<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Txn) -> Result<R, StorageError> + Send + 'static,
+    ) -> Result<(R, Synced), StorageError> {
+        self.submit(Sync::Durable, true, job).await
+    }
+
+    async fn submit<R: Send + 'static>(
+        &self,
+        sync: Sync,
+        early: bool,
+        job: impl FnOnce(&mut Txn) -> Result<R, StorageError> + Send + 'static,
+    ) -> Result<(R, Synced), StorageError> {
+        let (tx, rx) = oneshot::channel::<Result<R, StorageError>>();
+        let (synced_tx, synced_rx) = if early {
+            let (t, r) = oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let boxed: Job = Box::new(move |txn| {
+            let out = job(txn);
+            let failed = out.is_err();
+            let answer: Completion = Box::new(move |commit| {
+                let result = match commit {
+                    Ok(()) => out,
+                    Err(e) => match out {
+                        Err(own) => Err(own),
+                        Ok(_) => Err(e.duplicate()),
+                    },
+                };
+                let _ = tx.send(result);
+            });
+            Done {
+                answer,
+                synced: synced_tx,
+                failed,
+                sync,
+            }
+        });
+        self.inner
+            .jobs
+            .as_ref()
+            .ok_or_else(|| StorageError::Unavailable("the store is shut down".into()))?
+            .send(boxed)
+            .map_err(|_| StorageError::Unavailable("the store is shut down".into()))?;
+        let out = rx
+            .await
+            .map_err(|_| StorageError::Unavailable("the store could not run the write".into()))??;
+        Ok((out, Synced(synced_rx)))
+    }
+
+    /// Runs `f` against a snapshot of the store, on the caller's task.
+    pub async fn read<R>(
+        &self,
+        f: impl FnOnce(&View) -> Result<R, StorageError>,
+    ) -> Result<R, StorageError> {
+        let view = View {
+            snapshot: self.inner.db.snapshot(),
+            ks: self.inner.ks.clone(),
+        };
+        f(&view)
+    }
+
+    /// Checks the store answers (for health).
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.read(|v| v.get(&[0]).map(drop)).await
+    }
+
+    /// Bytes the store's files take on disk.
+    pub fn disk_space(&self) -> Result<u64, StorageError> {
+        self.inner.db.disk_space().map_err(fjall_error)
+    }
+}
+
+fn commit(
+    db: &Database,
+    ks: &Keyspace,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+) -> Result<(), StorageError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let mut batch = db.batch();
+    for (key, value) in writes {
+        match value {
+            Some(v) => batch.insert(ks, key, v),
+            None => batch.remove(ks, key),
+        }
+    }
+    batch.commit().map_err(fjall_error)
+}
+
+fn writer(db: &Database, ks: &Keyspace, rx: &mpsc::Receiver<Job>, durable: Durable) {
+    let stats = write_stats();
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // Answered once the batch is in the OS (buffered writes: a killed
+        // process loses nothing), or once its fsync is done (durable
+        // writes, and the durability of early ones).
+        let mut buffered: Vec<Completion> = Vec::new();
+        let mut waiting: Vec<Completion> = Vec::new();
+        let mut early: Vec<oneshot::Sender<Result<(), StorageError>>> = Vec::new();
+        let mut failed: Vec<(Completion, StorageError)> = Vec::new();
+        for job in batch {
+            let mut txn = Txn {
+                ks,
+                writes: BTreeMap::new(),
+            };
+            let done = job(&mut txn);
+            if done.failed {
+                (done.answer)(Ok(()));
+                continue;
+            }
+            match commit(db, ks, txn.writes) {
+                Err(e) => {
+                    tracing::error!(error = %e, "store write not committed");
+                    if let Some(s) = done.synced {
+                        let _ = s.send(Err(e.duplicate()));
+                    }
+                    failed.push((done.answer, e));
+                }
+                Ok(()) if done.sync == Sync::Durable && durable == Durable::Yes => {
+                    match done.synced {
+                        Some(s) => {
+                            buffered.push(done.answer);
+                            early.push(s);
+                        }
+                        None => waiting.push(done.answer),
+                    }
+                }
+                Ok(()) => {
+                    stats.buffered_writes.fetch_add(1, Ordering::Relaxed);
+                    buffered.push(done.answer);
+                    if let Some(s) = done.synced {
+                        early.push(s);
+                    }
+                }
+            }
+        }
+        for (answer, e) in failed {
+            answer(Err(&e));
+        }
+        let flushed = db.persist(PersistMode::Buffer).map_err(fjall_error);
+        for answer in buffered {
+            answer(flushed.as_ref().map(|_| ()));
+        }
+        if waiting.is_empty() && early.is_empty() {
+            continue;
+        }
+        let synced = if durable == Durable::Yes {
+            stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            stats
+                .durable_writes
+                .fetch_add((waiting.len() + early.len()) as u64, Ordering::Relaxed);
+            db.persist(PersistMode::SyncData).map_err(fjall_error)
+        } else {
+            flushed
+        };
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, jobs = waiting.len(), "store fsync failed");
+        }
+        for answer in waiting {
+            answer(synced.as_ref().map(|_| ()));
+        }
+        for s in early {
+            let _ = s.send(synced.as_ref().map(|_| ()).map_err(StorageError::duplicate));
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
