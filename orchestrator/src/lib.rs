@@ -206,16 +206,14 @@ async fn watch_participants<L: SagaLog>(
     ];
     let mut clients = Vec::new();
     for (peer, url) in targets {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(url.clone()).and_then(|ep| match &tls {
-                Some(tls) => ep.tls_config(tls.clone()),
-                None => Ok(ep),
-            });
-        match endpoint {
+        // The saga calls' settings (keepalive, connect timeout, the whole
+        // call bounded by its deadline): a participant cut off silently
+        // is reported down within a check, and back as soon as it is.
+        match participants::endpoint(&url, tls.as_ref()) {
             Ok(ep) => clients.push((
                 peer,
                 url,
-                HealthClient::new(ep.connect_timeout(Duration::from_secs(1)).connect_lazy()),
+                HealthClient::new(participants::CallDeadline::new(ep.connect_lazy())),
                 None::<bool>,
             )),
             Err(e) => tracing::error!(%url, error = %e, "bad participant url"),

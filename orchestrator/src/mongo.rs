@@ -12,6 +12,14 @@
 //! lease; a terminal save lets go of it. A save that finds another epoch is
 //! refused with [`StorageError::Fenced`]: its saga has a new owner.
 //!
+//! Lease times are the database server's clock, never an orchestrator's:
+//! `lease_until` is written as `$$NOW + lease` (an update pipeline) and
+//! compared with `$$NOW` (`$expr`), so one orchestrator's wrong wall clock
+//! cannot make another's live leases look expired (issue 17: one running
+//! 30 s ahead took over every saga its live peers were driving) or its own
+//! last longer. Every value a pipeline sets is a `$literal`, so a string
+//! that starts with `$` is stored as it is, not read as a field path.
+//!
 //! Payment and cancellation sagas of one order take turns (a cancellation
 //! landing between a payment's mark-paid and commit-stock would strand the
 //! payment): their documents carry `turn_order`, and claiming one is a
@@ -43,8 +51,36 @@ use mongodb::{
 
 use crate::{
     log::{Begin, PaymentDeadline, SagaFilter, SagaLog, SagaPage},
-    model::{SagaRecord, SagaState, now_ms},
+    model::{SagaRecord, SagaState},
 };
+
+/// The database server's clock, in milliseconds since the epoch.
+fn server_now() -> Document {
+    doc! { "$toLong": "$$NOW" }
+}
+
+/// `$$NOW + ms`: a lease end on the server's clock.
+fn server_now_plus(ms: i64) -> Document {
+    doc! { "$add": [server_now(), ms] }
+}
+
+/// A lease that has run out, by the server's clock (a query clause).
+fn lease_expired() -> Document {
+    doc! { "$expr": { "$lt": ["$lease_until", server_now()] } }
+}
+
+/// A lease still running, by the server's clock (an `$expr`).
+fn lease_running() -> Document {
+    doc! { "$gte": ["$lease_until", server_now()] }
+}
+
+/// `fields` as the `$set` of an update pipeline: every value a literal.
+fn literals(fields: Document) -> Document {
+    fields
+        .into_iter()
+        .map(|(k, v)| (k, mongodb::bson::Bson::Document(doc! { "$literal": v })))
+        .collect()
+}
 
 /// The saga log on MongoDB.
 #[derive(Clone, Debug)]
@@ -174,23 +210,23 @@ impl MongoSagaLog {
         Ok(found)
     }
 
-    /// The update that writes `record` and renews (or, once it has ended,
-    /// lets go of) this orchestrator's lease.
-    fn record_update(&self, record: &SagaRecord) -> Result<Document, StorageError> {
-        let lease_until = if record.state.is_terminal() {
-            0
-        } else {
-            now_ms().saturating_add(self.lease_ms)
-        };
+    /// The update (a pipeline) that writes `record` and renews (or, once
+    /// it has ended, lets go of) this orchestrator's lease.
+    fn record_update(&self, record: &SagaRecord) -> Result<Vec<Document>, StorageError> {
         let mut set = doc! {
             "state": i32::from(record.state.index()),
             "unfinished": !record.state.is_terminal(),
             "data": blob(record)?,
             "lease_owner": &self.owner,
-            "lease_until": lease_until,
         };
         set.extend(listing_fields(record));
-        Ok(doc! { "$set": set })
+        let mut set = literals(set);
+        if record.state.is_terminal() {
+            set.insert("lease_until", doc! { "$literal": 0_i64 });
+        } else {
+            set.insert("lease_until", server_now_plus(self.lease_ms));
+        }
+        Ok(vec![doc! { "$set": set }])
     }
 
     async fn apply_deadline(
@@ -223,22 +259,45 @@ impl MongoSagaLog {
 
 impl MongoSagaLog {
     /// The conditional update that takes an unfinished saga's lease when it
-    /// is this orchestrator's or has expired, bumping its epoch.
+    /// is this orchestrator's or has expired, bumping its epoch. It returns
+    /// the document as it was: [`Self::claimed`] makes the record.
     fn claim_update(&self, saga_id: &str) -> mongodb::action::FindOneAndUpdate<'_, Document> {
-        let now = now_ms();
         self.sagas
             .find_one_and_update(
                 doc! {
                     "_id": saga_id,
                     "unfinished": true,
-                    "$or": [ { "lease_owner": &self.owner }, { "lease_until": { "$lt": now } } ],
+                    "$or": [ { "lease_owner": &self.owner }, lease_expired() ],
                 },
-                doc! {
-                    "$set": { "lease_owner": &self.owner, "lease_until": now.saturating_add(self.lease_ms) },
-                    "$inc": { "epoch": 1_i64 },
-                },
+                vec![doc! {
+                    "$set": {
+                        "lease_owner": { "$literal": &self.owner },
+                        "lease_until": server_now_plus(self.lease_ms),
+                        "epoch": { "$add": [{ "$ifNull": ["$epoch", 0_i64] }, 1_i64] },
+                    },
+                }],
             )
-            .return_document(ReturnDocument::After)
+            .return_document(ReturnDocument::Before)
+    }
+
+    /// The record a claim took (the document before it, one epoch on), and
+    /// a log line when it was another orchestrator's: a takeover.
+    fn claimed(&self, before: Option<&Document>) -> Result<Option<SagaRecord>, StorageError> {
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        let mut record = record_from(before)?;
+        record.lease_epoch += 1;
+        let previous = before.get_str("lease_owner").unwrap_or_default();
+        if previous != self.owner {
+            tracing::info!(
+                saga_id = %record.saga_id,
+                from = %previous,
+                epoch = record.lease_epoch,
+                "saga taken over: its lease had run out"
+            );
+        }
+        Ok(Some(record))
     }
 }
 
@@ -353,7 +412,6 @@ impl MongoSagaLog {
         record.lease_epoch = 1;
         let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
         let mut document = doc! {
-            "_id": &record.saga_id,
             "key": &record.idempotency_key,
             "key_scope": record.key_scope(),
             "seq": seq,
@@ -361,14 +419,23 @@ impl MongoSagaLog {
             "unfinished": !record.state.is_terminal(),
             "data": blob(&record)?,
             "lease_owner": &self.owner,
-            "lease_until": now_ms().saturating_add(self.lease_ms),
             "epoch": 1_i64,
         };
         document.extend(listing_fields(&record));
         if let Some(order_id) = record.acted_order() {
             document.insert("turn_order", order_id);
         }
-        match self.sagas.insert_one(document).await {
+        let mut set = literals(document);
+        set.insert("lease_until", server_now_plus(self.lease_ms));
+        // An insert cannot read the server's clock: an upsert of the new
+        // saga id (never taken) with a pipeline can. A key already taken
+        // fails it on the unique index as an insert would.
+        let created = self
+            .sagas
+            .update_one(doc! { "_id": &record.saga_id }, vec![doc! { "$set": set }])
+            .upsert(true)
+            .await;
+        match created {
             Ok(_) => Ok(Begin::Created(record)),
             Err(e) if is_duplicate_key(&e) => {
                 let existing = self
@@ -459,7 +526,7 @@ impl SagaLog for MongoSagaLog {
         };
         let Ok(order_id) = found.get_str("turn_order").map(str::to_owned) else {
             let claimed = self.claim_update(&saga_id).await.map_err(storage_error)?;
-            return claimed.as_ref().map(record_from).transpose();
+            return self.claimed(claimed.as_ref());
         };
         self.db
             .transaction(|s| {
@@ -480,7 +547,7 @@ impl SagaLog for MongoSagaLog {
                             "unfinished": true,
                             "_id": { "$ne": &saga_id },
                             "lease_owner": { "$ne": &this.owner },
-                            "lease_until": { "$gte": now_ms() },
+                            "$expr": lease_running(),
                         })
                         .projection(doc! { "_id": 1 })
                         .session(&mut *s)
@@ -489,7 +556,7 @@ impl SagaLog for MongoSagaLog {
                         return Ok(None);
                     }
                     let claimed = this.claim_update(&saga_id).session(s).await?;
-                    Ok(claimed.as_ref().map(record_from).transpose()?)
+                    Ok(this.claimed(claimed.as_ref())?)
                 })
             })
             .await
@@ -531,12 +598,11 @@ impl SagaLog for MongoSagaLog {
     }
 
     async fn unfinished(&self) -> Result<Vec<String>, StorageError> {
-        let now = now_ms();
         let cursor = self
             .sagas
             .find(doc! {
                 "unfinished": true,
-                "$or": [ { "lease_owner": &self.owner }, { "lease_until": { "$lt": now } } ],
+                "$or": [ { "lease_owner": &self.owner }, lease_expired() ],
             })
             .projection(doc! { "_id": 1 })
             .sort(doc! { "seq": 1 })

@@ -3,10 +3,40 @@
 //! Channels connect lazily, so the orchestrator starts while participants
 //! are down and reconnects by itself when they come back. Each call carries
 //! its own timeout, so a hung participant costs one attempt, not the saga.
+//!
+//! A network can also fail silently: packets vanish, no RST comes back, and
+//! a TCP connection stays "open" long after its peer is gone (a partition,
+//! a pod deleted without a FIN, a conntrack entry lost). Two settings keep
+//! that from costing more than a call's own deadline ([`endpoint`]):
+//!
+//! - HTTP/2 keepalive: a PING every [`KEEPALIVE_INTERVAL`], also while no
+//!   call is open, and the connection is closed when its ack has not come
+//!   within [`KEEPALIVE_TIMEOUT`]. A silent connection is given up within
+//!   about 6 s (hyper's defaults here were 10 s and 20 s: measured, calls
+//!   kept going into a dead connection, each timing out, for 30 s). After
+//!   that every call makes a new connection: it fails at once while the
+//!   participant is unreachable (UNAVAILABLE, no call timeout spent) and
+//!   succeeds as soon as it is back, or reaches whatever now answers at
+//!   the URL (a Service's new pod).
+//! - [`CONNECT_TIMEOUT`]: a connect whose SYN gets no answer gives up
+//!   after 1.5 s, time for the kernel's one SYN retransmission at 1 s.
+//!
+//! And every call is bounded by its deadline as a whole ([`CallDeadline`]):
+//! tonic starts a call's `grpc-timeout` only once a connection is ready, so
+//! a call made while the channel was connecting could wait for the connect
+//! first and outlive its deadline by up to the connect timeout.
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use microshop_runtime::observe::{ClientTrace, ClientTraceLayer};
+use microshop_runtime::{
+    deadline::parse_grpc_timeout,
+    observe::{ClientTrace, ClientTraceLayer},
+};
 
 use microshop_proto::{
     inventory::v1::inventory_service_client::InventoryServiceClient,
@@ -15,13 +45,116 @@ use microshop_proto::{
 };
 use tonic::{
     Code, Request, Status,
+    codegen::http,
     metadata::{AsciiMetadataValue, errors::InvalidMetadataValue},
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
 /// The participants' transport: a channel whose calls carry the trace
-/// context of the saga step making them.
-pub type Transport = ClientTrace<Channel>;
+/// context of the saga step making them and end by their deadline.
+pub type Transport = ClientTrace<CallDeadline<Channel>>;
+
+/// How long a connect to a participant may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How often an HTTP/2 PING checks a participant connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a PING's ack may take before the connection is given up.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The endpoint of a participant at `url` (over TLS when `tls` is set), as
+/// the saga calls and the health watcher use it; see the module docs.
+pub fn endpoint(
+    url: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+/// Ends every call when its `grpc-timeout` has passed, counted from the
+/// call, not from when a connection became ready: `DEADLINE_EXCEEDED`.
+#[derive(Clone, Debug)]
+pub struct CallDeadline<S> {
+    inner: S,
+}
+
+impl<S> CallDeadline<S> {
+    /// `inner`, its calls bounded by their deadlines.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for CallDeadline<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let Some(deadline) = deadline else {
+                return call.await.map_err(Into::into);
+            };
+            match tokio::time::timeout(deadline, call).await {
+                Ok(answer) => answer.map_err(|e| {
+                    let e: tower::BoxError = e.into();
+                    // tonic's own timer may fire first: the same outcome.
+                    if timed_out(&*e) {
+                        past_deadline(deadline)
+                    } else {
+                        e
+                    }
+                }),
+                Err(_) => Err(past_deadline(deadline)),
+            }
+        })
+    }
+}
+
+/// The error of a call that outlived `deadline`: DEADLINE_EXCEEDED (tonic
+/// says CANCELLED when its own timer ends a call).
+fn past_deadline(deadline: Duration) -> tower::BoxError {
+    Box::new(Status::deadline_exceeded(format!(
+        "no answer within the call's deadline of {deadline:?}: the participant is slow or \
+         unreachable"
+    )))
+}
+
+/// Whether `err` (or what caused it) is tonic's call timeout.
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
 
 /// Where the participants listen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,17 +352,9 @@ pub struct Participants {
 }
 
 fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Transport, tonic::transport::Error> {
-    let mut endpoint = Endpoint::from_shared(url.to_owned())?;
+    let endpoint = endpoint(url, tls)?;
     let layer = ClientTraceLayer::new(endpoint.uri());
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls.clone())?;
-    }
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+    let channel = CallDeadline::new(endpoint.connect_lazy());
     Ok(tower::Layer::layer(&layer, channel))
 }
 

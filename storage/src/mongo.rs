@@ -265,6 +265,7 @@ impl MongoDb {
             .with_jitter()
             .build();
         let mut last = None;
+        let mut rechecked = false;
         loop {
             if let Err(err) = session
                 .start_transaction()
@@ -272,7 +273,13 @@ impl MongoDb {
                 .write_concern(WriteConcern::majority())
                 .await
             {
-                return Err(self.cannot_start_transaction(err).await);
+                match self.cannot_start_transaction(err, rechecked).await {
+                    Some(err) => return Err(err),
+                    None => {
+                        rechecked = true;
+                        continue;
+                    }
+                }
             }
             let err = match body(&mut session).await {
                 Ok(value) => match commit(&mut session).await {
@@ -308,23 +315,29 @@ impl MongoDb {
 }
 
 impl MongoDb {
-    /// Why a transaction could not start. While the server cannot be
-    /// reached (at start-up, or in an outage) the driver does not know the
-    /// deployment yet and refuses transactions as "not supported": that is
-    /// an outage (UNAVAILABLE, retry), not a configuration error. A server
-    /// that answers and still refuses them is not a replica set.
-    async fn cannot_start_transaction(&self, err: MongoError) -> StorageError {
+    /// Why a transaction could not start, or `None` when starting it again
+    /// may work. While the server cannot be reached (at start-up, or in an
+    /// outage) the driver does not know the deployment yet and refuses
+    /// transactions as "not supported": that is an outage (UNAVAILABLE,
+    /// retry), not a configuration error. The ping that tells them apart
+    /// also lets the driver learn the deployment: a server that has just
+    /// come up answers it, and only a second refusal after that (`again`)
+    /// means the server is not a replica set. (Without that second look, a
+    /// call made as the database came up answered INTERNAL, "Transactions
+    /// are not supported by this deployment": issue 17.)
+    async fn cannot_start_transaction(&self, err: MongoError, again: bool) -> Option<StorageError> {
         if !matches!(*err.kind, ErrorKind::Transaction { .. }) {
-            return storage_error(err);
+            return Some(storage_error(err));
         }
         match self.ping().await {
-            Err(unreachable @ StorageError::Unavailable(_)) => unreachable,
+            Err(unreachable @ StorageError::Unavailable(_)) => Some(unreachable),
+            Ok(()) if !again => None,
             _ => {
                 tracing::error!(error = %err, "the MongoDB deployment refuses transactions");
-                StorageError::Backend(format!(
+                Some(StorageError::Backend(format!(
                     "MongoDB refuses transactions ({err}): the stores need a replica set \
                      (a one-member set is fine: mongod --replSet rs0, then rs.initiate())"
-                ))
+                )))
             }
         }
     }
@@ -559,6 +572,39 @@ impl BarrierRecord {
         match &self.0 {
             Some(doc) if doc.contains_key(compensation) => Ok(ActionGate::Compensated),
             _ => Ok(ActionGate::Proceed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 17): a transaction asked for while the database
+    /// cannot be reached (a service started before its MongoDB) answered
+    /// INTERNAL, "Transactions are not supported by this deployment",
+    /// because the driver did not know the deployment yet. It is an outage:
+    /// UNAVAILABLE. (`faults.rs`, "a database that is down when the
+    /// services start", covers the moment it comes up.)
+    #[tokio::test]
+    async fn a_transaction_while_the_database_is_unreachable_is_unavailable() {
+        // A port nothing listens on: bound, read, released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let uri = format!(
+            "mongodb://127.0.0.1:{port}/?directConnection=true&serverSelectionTimeoutMS=300"
+        );
+        let db = MongoDb::connect(&uri, "unreachable")
+            .await
+            .expect("connect lazily");
+        let outcome = db.transaction(|_| Box::pin(async { Ok(()) })).await;
+        match outcome {
+            Err(StorageError::Unavailable(why)) => {
+                assert!(why.contains("cannot be reached"), "{why}");
+            }
+            other => panic!("a transaction with the database down: {other:?}"),
         }
     }
 }

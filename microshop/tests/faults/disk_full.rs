@@ -1,5 +1,6 @@
-//! Issue 17, scenario 4: a full disk under a participant's store and under
-//! the orchestrator's saga log, with `microshop serve` processes.
+//! Scenario 4: a full disk under a participant's store and under the
+//! orchestrator's saga log, with `microshop serve` processes (on loopback:
+//! the fault is the disk, not the network).
 //!
 //! A service's data directory is moved onto a small tmpfs, which the test
 //! then fills to the last byte. Writes must answer UNAVAILABLE with reason
@@ -10,16 +11,20 @@
 //!
 //! Needs root (mount); under CI it fails rather than skips without it.
 
-mod cluster;
+use std::{
+    fs::File,
+    io::Write,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use std::{fs::File, io::Write, path::PathBuf, process::Command, time::Duration};
-
-use cluster::{
-    Cluster, Health, Svc,
-    shop::{
-        GRANT, assert_invariants, grant, place, place_ok, product, put_product, wait_settled,
-        with_deadline,
+use crate::{
+    cluster::{
+        Cluster, Health, Svc,
+        shop::{GRANT, grant, place, place_ok, product, put_product, wait_settled, with_deadline},
     },
+    suite::{Scenario, Tally, runtime, serial},
 };
 use microshop::invariants::Universe;
 use microshop_proto::{inventory::v1 as inv, orchestrator::v1 as orch};
@@ -133,8 +138,12 @@ fn still_running(cluster: &mut Cluster, svc: Svc) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_full_disk_under_a_participant_refuses_writes_and_heals_when_space_is_freed() {
+#[test]
+fn a_full_disk_under_a_participant_refuses_writes_and_heals_when_space_is_freed() {
+    let _serial = serial();
+    let started = Instant::now();
+    runtime().block_on(async move {
+    let mut tally = Tally { faults: 1, ..Tally::default() };
     let mut cluster = Cluster::builder().orchestrator(ENGINE).start().await;
     let mut u = Universe::default();
     let Some(disk) = onto_small_disk(&mut cluster, Svc::Inventory, 48).await else {
@@ -189,10 +198,12 @@ async fn a_full_disk_under_a_participant_refuses_writes_and_heals_when_space_is_
     still_running(&mut cluster, Svc::Inventory);
 
     std::fs::remove_file(&filler).expect("free the space");
+    let freed = Instant::now();
     cluster
         .wait_health(Svc::Inventory, Health::Overall, true, WITHIN)
         .await;
-    let saga = cluster::shop::saga_by_key(&c, "full-caught")
+    let freed = freed.elapsed();
+    let saga = crate::cluster::shop::saga_by_key(&c, "full-caught")
         .await
         .expect("the caught checkout is logged");
     let saga = wait_settled(&c, &saga.saga_id).await;
@@ -200,7 +211,7 @@ async fn a_full_disk_under_a_participant_refuses_writes_and_heals_when_space_is_
         orch::SagaState::try_from(saga.state),
         Ok(orch::SagaState::Completed),
         "the caught checkout finished by itself: {}",
-        cluster::shop::describe(&saga)
+        crate::cluster::shop::describe(&saga)
     );
     let retried = place_ok(&c, place("full-caught", "full-a", "FULL-A", "", 0)).await;
     assert_eq!(retried.order_id, saga.order_id);
@@ -219,89 +230,113 @@ async fn a_full_disk_under_a_participant_refuses_writes_and_heals_when_space_is_
         .await
         .expect_err("the refused PutProduct stored nothing");
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
-    assert_eq!(GRANT, cluster::shop::balance(&c, "full-a").await.points);
-    assert_invariants(&c, &u, "a full disk under inventory-svc").await;
+    assert_eq!(GRANT, crate::cluster::shop::balance(&c, "full-a").await.points);
+    tally.count_sagas(&c).await;
+    tally.invariants(&c, &u, "a full disk under inventory-svc").await;
     eprintln!(
-        "disk full (inventory-svc): 1 fault, 6 sagas, {} writes refused or kept, 1 invariant check, 0 violations",
-        stored + 1
+        "scenario 4 (inventory-svc): {stored} writes still fit, then STORAGE_FULL and NOT_SERVING; \
+         serving again {:.1?} after the space was freed; the caught checkout completed",
+        freed
     );
     drop(cluster);
     drop(disk);
+    tally.finish(Scenario::Numbered(4, "a full disk under inventory-svc"), started);
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_full_disk_under_the_saga_log_refuses_checkouts_and_heals_when_space_is_freed() {
-    let mut cluster = Cluster::builder().orchestrator(ENGINE).start().await;
-    let mut u = Universe::default();
-    let Some(disk) = onto_small_disk(&mut cluster, Svc::Orchestrator, 48).await else {
-        return;
-    };
-    let c = cluster.clients();
-    put_product(&c, &mut u, "FULL-B", 100).await;
-    grant(&c, &mut u, "full-b").await;
-    let before = place_ok(&c, place("log-before", "full-b", "FULL-B", "", 0)).await;
+#[test]
+fn a_full_disk_under_the_saga_log_refuses_checkouts_and_heals_when_space_is_freed() {
+    let _serial = serial();
+    let started = Instant::now();
+    runtime().block_on(async move {
+        let mut tally = Tally {
+            faults: 1,
+            ..Tally::default()
+        };
+        let mut cluster = Cluster::builder().orchestrator(ENGINE).start().await;
+        let mut u = Universe::default();
+        let Some(disk) = onto_small_disk(&mut cluster, Svc::Orchestrator, 48).await else {
+            return;
+        };
+        let c = cluster.clients();
+        put_product(&c, &mut u, "FULL-B", 100).await;
+        grant(&c, &mut u, "full-b").await;
+        let before = place_ok(&c, place("log-before", "full-b", "FULL-B", "", 0)).await;
 
-    // A checkout caught mid-way: it waits for inventory-svc (down), and the
-    // log fills before inventory-svc is back.
-    cluster.stop(Svc::Inventory, Duration::from_secs(10));
-    let waiting = place_answer(&cluster, place("log-caught", "full-b", "FULL-B", "", 0))
-        .await
-        .expect_err("inventory-svc is down");
-    assert_eq!(waiting.code(), Code::Unavailable, "{waiting:?}");
-    let filler = disk.fill();
-    cluster.start_svc(Svc::Inventory, &[]).await;
+        // A checkout caught mid-way: it waits for inventory-svc (down), and the
+        // log fills before inventory-svc is back.
+        cluster.stop(Svc::Inventory, Duration::from_secs(10));
+        let waiting = place_answer(&cluster, place("log-caught", "full-b", "FULL-B", "", 0))
+            .await
+            .expect_err("inventory-svc is down");
+        assert_eq!(waiting.code(), Code::Unavailable, "{waiting:?}");
+        let filler = disk.fill();
+        cluster.start_svc(Svc::Inventory, &[]).await;
 
-    // Checkouts on the full log: a few may still fit in its journal's
-    // last page; one may get its begin in and then fail a later save (it
-    // is caught in between); at the latest the next is refused at once.
-    let mut tried = Vec::new();
-    loop {
-        let key = format!("log-full-{}", tried.len());
-        tried.push(key.clone());
-        match place_answer(&cluster, place(&key, "full-b", "FULL-B", "", 0)).await {
-            Ok(_) => assert!(tried.len() < 200, "checkouts never failed on a full log"),
-            Err(status) if reason_of(&status) == Some(Reason::StorageFull) => {
-                assert_full(&status, "PlaceOrder on a full saga log");
-                break;
+        // Checkouts on the full log: a few may still fit in its journal's
+        // last page; one may get its begin in and then fail a later save (it
+        // is caught in between); at the latest the next is refused at once.
+        let mut tried = Vec::new();
+        loop {
+            let key = format!("log-full-{}", tried.len());
+            tried.push(key.clone());
+            match place_answer(&cluster, place(&key, "full-b", "FULL-B", "", 0)).await {
+                Ok(_) => assert!(tried.len() < 200, "checkouts never failed on a full log"),
+                Err(status) if reason_of(&status) == Some(Reason::StorageFull) => {
+                    assert_full(&status, "PlaceOrder on a full saga log");
+                    break;
+                }
+                Err(status) => assert_eq!(status.code(), Code::Unavailable, "{key}: {status:?}"),
             }
-            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{key}: {status:?}"),
         }
-    }
-    cluster
-        .wait_health(Svc::Orchestrator, Health::Overall, false, WITHIN)
-        .await;
-    still_running(&mut cluster, Svc::Orchestrator);
+        cluster
+            .wait_health(Svc::Orchestrator, Health::Overall, false, WITHIN)
+            .await;
+        still_running(&mut cluster, Svc::Orchestrator);
 
-    std::fs::remove_file(&filler).expect("free the space");
-    cluster
-        .wait_health(Svc::Orchestrator, Health::Overall, true, WITHIN)
-        .await;
-    let caught = cluster::shop::saga_by_key(&c, "log-caught")
-        .await
-        .expect("the caught checkout is logged");
-    let caught = wait_settled(&c, &caught.saga_id).await;
-    assert_eq!(
-        orch::SagaState::try_from(caught.state),
-        Ok(orch::SagaState::Completed),
-        "{}",
-        cluster::shop::describe(&caught)
-    );
-    // Every checkout tried on the full log ends by itself, or was never
-    // begun; a retry of each answers an outcome.
-    for key in &tried {
-        if let Some(saga) = cluster::shop::saga_by_key(&c, key).await {
-            wait_settled(&c, &saga.saga_id).await;
+        std::fs::remove_file(&filler).expect("free the space");
+        let freed = Instant::now();
+        cluster
+            .wait_health(Svc::Orchestrator, Health::Overall, true, WITHIN)
+            .await;
+        let freed = freed.elapsed();
+        let caught = crate::cluster::shop::saga_by_key(&c, "log-caught")
+            .await
+            .expect("the caught checkout is logged");
+        let caught = wait_settled(&c, &caught.saga_id).await;
+        assert_eq!(
+            orch::SagaState::try_from(caught.state),
+            Ok(orch::SagaState::Completed),
+            "{}",
+            crate::cluster::shop::describe(&caught)
+        );
+        // Every checkout tried on the full log ends by itself, or was never
+        // begun; a retry of each answers an outcome.
+        for key in &tried {
+            if let Some(saga) = crate::cluster::shop::saga_by_key(&c, key).await {
+                wait_settled(&c, &saga.saga_id).await;
+            }
+            let answer = place_ok(&c, place(key, "full-b", "FULL-B", "", 0)).await;
+            assert!(!answer.order_id.is_empty(), "{key}: {answer:?}");
         }
-        let answer = place_ok(&c, place(key, "full-b", "FULL-B", "", 0)).await;
-        assert!(!answer.order_id.is_empty(), "{key}: {answer:?}");
-    }
-    let again = place_ok(&c, place("log-before", "full-b", "FULL-B", "", 0)).await;
-    assert_eq!(again.order_id, before.order_id);
-    assert_invariants(&c, &u, "a full disk under the saga log").await;
-    eprintln!(
-        "disk full (saga log): 1 fault, {} sagas, 1 invariant check, 0 violations",
-        tried.len() + 2
-    );
-    drop(cluster);
-    drop(disk);
+        let again = place_ok(&c, place("log-before", "full-b", "FULL-B", "", 0)).await;
+        assert_eq!(again.order_id, before.order_id);
+        tally.count_sagas(&c).await;
+        tally
+            .invariants(&c, &u, "a full disk under the saga log")
+            .await;
+        eprintln!(
+            "scenario 4 (saga log): {} checkouts tried on the full log, the last refused with \
+             STORAGE_FULL; serving again {:.1?} after the space was freed; every one ended or \
+             was never begun",
+            tried.len(),
+            freed
+        );
+        drop(cluster);
+        drop(disk);
+        tally.finish(
+            Scenario::Numbered(4, "a full disk under the saga log"),
+            started,
+        );
+    });
 }
