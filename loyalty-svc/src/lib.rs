@@ -70,11 +70,23 @@ pub async fn run(
     let storage = |e: StorageError| ServeError::Storage(Box::new(e));
     match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let db = MongoDb::connect(&uri, &config.server.mongodb_database("loyalty"))
-                .await
-                .map_err(storage)?;
-            let store = MongoLoyalty::open(db).await.map_err(storage)?;
-            serve(listener, &config, store, shutdown).await
+            let mut shutdown = Box::pin(shutdown);
+            let opening = async {
+                let db = MongoDb::connect(&uri, &config.server.mongodb_database("loyalty")).await?;
+                MongoLoyalty::open(db).await
+            };
+            let Some((listener, store)) = microshop_runtime::while_opening(
+                listener,
+                SERVICE_NAME,
+                &config.server,
+                opening,
+                &mut shutdown,
+            )
+            .await?
+            else {
+                return Ok(());
+            };
+            serve(listener, &config, store.map_err(storage)?, shutdown).await
         }
         None => {
             let store =

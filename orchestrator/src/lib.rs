@@ -75,14 +75,25 @@ pub async fn run(
     let storage = |e: StorageError| ServeError::Storage(Box::new(e));
     match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let db = MongoDb::connect(&uri, &config.server.mongodb_database("orchestrator"))
-                .await
-                .map_err(storage)?;
             tracing::info!(instance = %config.engine.instance_id, "saga log on MongoDB, shared with other orchestrators");
-            let log =
-                MongoSagaLog::open(db, config.engine.instance_id.clone(), config.engine.lease)
-                    .await
-                    .map_err(storage)?;
+            let mut shutdown = Box::pin(shutdown);
+            let opening = async {
+                let db =
+                    MongoDb::connect(&uri, &config.server.mongodb_database("orchestrator")).await?;
+                MongoSagaLog::open(db, config.engine.instance_id.clone(), config.engine.lease).await
+            };
+            let Some((listener, log)) = microshop_runtime::while_opening(
+                listener,
+                SERVICE_NAME,
+                &config.server,
+                opening,
+                &mut shutdown,
+            )
+            .await?
+            else {
+                return Ok(());
+            };
+            let log = log.map_err(storage)?;
             let backfill = log.clone();
             tokio::spawn(async move {
                 match backfill.backfill_listing_fields().await {

@@ -16,6 +16,7 @@ pub mod observe;
 pub mod retention;
 pub mod server;
 pub mod shutdown;
+pub mod starting;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -27,4 +28,5 @@ pub use errors::{DOMAIN, Reason, internal_status, rich_status};
 pub use methods::Services;
 pub use server::{LIVENESS, ServeError, StorageProbe, health_reporter, serve};
 pub use shutdown::shutdown_signal;
+pub use starting::while_opening;
 pub use tonic_health::server::HealthReporter;
