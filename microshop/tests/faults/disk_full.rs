@@ -48,10 +48,6 @@ const ENGINE: &[&str] = &[
 
 const WITHIN: Duration = Duration::from_secs(20);
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "false" | "0"))
-}
-
 fn run(cmd: &mut Command) -> bool {
     cmd.status().is_ok_and(|s| s.success())
 }
@@ -68,7 +64,10 @@ async fn onto_small_disk(cluster: &mut Cluster, svc: Svc, mib: u32) -> Option<Sm
         .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
         .arg(&dir));
     if !mounted {
-        assert!(!in_ci(), "cannot mount a tmpfs: this suite needs root");
+        assert!(
+            !microshop_runtime::testing::is_ci(std::env::var("CI").ok().as_deref()),
+            "cannot mount a tmpfs: this suite needs root"
+        );
         eprintln!("skipped: cannot mount a tmpfs (needs root)");
         return None;
     }
