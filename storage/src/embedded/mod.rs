@@ -78,10 +78,6 @@ const MAX_BATCH: usize = 1024;
 /// must stay within 150 MB.
 const CACHE_BYTES: u64 = 2 * 1024 * 1024;
 const MEMTABLE_BYTES: u64 = 3 * 1024 * 1024;
-/// All memtables of a store, the one being written and those sealed but
-/// not yet flushed: a bound on what a store holds in memory beyond its
-/// cache (fjall slows writes down while its flush catches up).
-const WRITE_BUFFER_BYTES: u64 = 2 * MEMTABLE_BYTES;
 const JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Free space a store needs to work: room to flush a full memtable. Below
@@ -581,7 +577,6 @@ fn open_handles(path: &Path) -> Result<Handles, StorageError> {
     // commit), then fsyncs it when a write of the batch needs it.
     let db = Database::builder(path)
         .cache_size(CACHE_BYTES)
-        .max_write_buffer_size(Some(WRITE_BUFFER_BYTES))
         .max_journaling_size(JOURNALING_BYTES)
         .worker_threads(1)
         .manual_journal_persist(true)
