@@ -648,7 +648,26 @@ async fn start_mesh(
     config.engine = engine;
     config.pricing.earn_amount_per_point = EARN_AMOUNT_PER_POINT;
     configure(&mut config);
-    Mesh::start(config).await.expect("the mesh starts")
+    let mesh = Mesh::start(config).await.expect("the mesh starts");
+    // A store on MongoDB opens once its indexes exist; meanwhile its
+    // service answers UNAVAILABLE (health NOT_SERVING). The tests start
+    // from a serving mesh.
+    let addrs = &mesh.addrs;
+    for addr in [
+        addrs.inventory,
+        addrs.loyalty,
+        addrs.order,
+        addrs.orchestrator,
+    ] {
+        wait_health(
+            &health_client(addr),
+            "",
+            ServingStatus::Serving,
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    mesh
 }
 
 // ---------------------------------------------------------------------------
@@ -685,6 +704,19 @@ impl Server {
             stop: Some(stop),
             task: tokio::spawn(run(rx)),
         }
+    }
+
+    /// Waits (bounded) until its health is SERVING: a store on MongoDB
+    /// opens once its indexes exist, and the service answers UNAVAILABLE
+    /// until then.
+    pub async fn wait_serving(&self) {
+        wait_health(
+            &health_client(self.addr),
+            "",
+            ServingStatus::Serving,
+            Duration::from_secs(30),
+        )
+        .await;
     }
 
     /// Its URL.

@@ -630,6 +630,9 @@ async fn unpaid_orders_expire() {
         loyalty: loyalty.addr,
         order: order.addr,
     };
+    for server in [&inventory, &loyalty, &order, &quiet] {
+        server.wait_serving().await;
+    }
     let mut m = Shop::connect(&addrs).await;
     m.put_product("FAN", 400_000, 10).await;
     m.grant_points("xena", 50).await;
@@ -669,6 +672,7 @@ async fn unpaid_orders_expire() {
         urls,
         engine(Duration::from_millis(100)),
     );
+    orch.wait_serving().await;
     addrs.orchestrator = orch.addr;
     m.clients = MeshClients::connect(&addrs, CONNECT_WITHIN)
         .await
