@@ -53,32 +53,21 @@ pub async fn run(
     config: InventoryConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let storage = |e: StorageError| ServeError::Storage(Box::new(e));
     match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let mut shutdown = Box::pin(shutdown);
             let opening = async {
                 let db =
                     MongoDb::connect(&uri, &config.server.mongodb_database("inventory")).await?;
                 MongoInventory::open(db).await
             };
-            let Some((listener, store)) = microshop_runtime::while_opening(
-                listener,
-                SERVICE_NAME,
-                &config.server,
-                opening,
-                &mut shutdown,
-            )
-            .await?
-            else {
-                return Ok(());
-            };
-            serve(listener, &config, store.map_err(storage)?, shutdown).await
+            serve(listener, &config, opening, shutdown).await
         }
         None => {
-            let store = EmbeddedInventory::open(&config.server.data_dir, config.durable)
-                .map_err(storage)?;
-            serve(listener, &config, store, shutdown).await
+            let opening = std::future::ready(EmbeddedInventory::open(
+                &config.server.data_dir,
+                config.durable,
+            ));
+            serve(listener, &config, opening, shutdown).await
         }
     }
 }
@@ -86,24 +75,22 @@ pub async fn run(
 async fn serve<S: CatalogStore + ReservationStore + Ping + microshop_storage::BarrierPurge>(
     listener: TcpListener,
     config: &InventoryConfig,
-    store: S,
+    opening: impl Future<Output = Result<S, StorageError>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let server = InventoryServiceServer::new(Inventory::new(store.clone()))
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let purge = microshop_runtime::retention::spawn_barrier_purge(&store, &config.server);
-    let served = microshop_runtime::serve(
+    let max = config.server.max_message_bytes;
+    microshop_runtime::serve_store(
         listener,
         SERVICE_NAME,
-        Services::new(server),
-        store,
-        microshop_runtime::health_reporter(),
+        opening,
+        |store| {
+            Services::new(
+                InventoryServiceServer::new(Inventory::new(store.clone()))
+                    .max_decoding_message_size(max),
+            )
+        },
         &config.server,
         shutdown,
     )
-    .await;
-    if let Some(purge) = purge {
-        purge.abort();
-    }
-    served
+    .await
 }

@@ -67,31 +67,20 @@ pub async fn run(
             config.earn_amount_per_point
         )));
     }
-    let storage = |e: StorageError| ServeError::Storage(Box::new(e));
     match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let mut shutdown = Box::pin(shutdown);
             let opening = async {
                 let db = MongoDb::connect(&uri, &config.server.mongodb_database("loyalty")).await?;
                 MongoLoyalty::open(db).await
             };
-            let Some((listener, store)) = microshop_runtime::while_opening(
-                listener,
-                SERVICE_NAME,
-                &config.server,
-                opening,
-                &mut shutdown,
-            )
-            .await?
-            else {
-                return Ok(());
-            };
-            serve(listener, &config, store.map_err(storage)?, shutdown).await
+            serve(listener, &config, opening, shutdown).await
         }
         None => {
-            let store =
-                EmbeddedLoyalty::open(&config.server.data_dir, config.durable).map_err(storage)?;
-            serve(listener, &config, store, shutdown).await
+            let opening = std::future::ready(EmbeddedLoyalty::open(
+                &config.server.data_dir,
+                config.durable,
+            ));
+            serve(listener, &config, opening, shutdown).await
         }
     }
 }
@@ -99,26 +88,25 @@ pub async fn run(
 async fn serve<S: AccountStore + PointsLedgerStore + Ping + microshop_storage::BarrierPurge>(
     listener: TcpListener,
     config: &LoyaltyConfig,
-    store: S,
+    opening: impl Future<Output = Result<S, StorageError>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let service =
-        Loyalty::new(store.clone()).with_earn_amount_per_point(config.earn_amount_per_point);
-    let server = LoyaltyServiceServer::new(service)
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let purge = microshop_runtime::retention::spawn_barrier_purge(&store, &config.server);
-    let served = microshop_runtime::serve(
+    let max = config.server.max_message_bytes;
+    let earn = config.earn_amount_per_point;
+    microshop_runtime::serve_store(
         listener,
         SERVICE_NAME,
-        Services::new(server),
-        store,
-        microshop_runtime::health_reporter(),
+        opening,
+        |store| {
+            Services::new(
+                LoyaltyServiceServer::new(
+                    Loyalty::new(store.clone()).with_earn_amount_per_point(earn),
+                )
+                .max_decoding_message_size(max),
+            )
+        },
         &config.server,
         shutdown,
     )
-    .await;
-    if let Some(purge) = purge {
-        purge.abort();
-    }
-    served
+    .await
 }

@@ -39,6 +39,10 @@ pub use participants::{ParticipantUrls, Participants, Peer};
 pub const SERVICE_NAME: &str =
     microshop_proto::orchestrator::v1::checkout_service_server::SERVICE_NAME;
 
+/// The fully-qualified gRPC name of the admin API, served on the same port.
+pub const ADMIN_SERVICE_NAME: &str =
+    microshop_proto::orchestrator::v1::saga_admin_service_server::SERVICE_NAME;
+
 /// Settings of the orchestrator.
 #[derive(Clone, Debug)]
 pub struct OrchestratorConfig {
@@ -72,54 +76,48 @@ pub async fn run(
     config: OrchestratorConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let storage = |e: StorageError| ServeError::Storage(Box::new(e));
     match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
             tracing::info!(instance = %config.engine.instance_id, "saga log on MongoDB, shared with other orchestrators");
-            let mut shutdown = Box::pin(shutdown);
             let opening = async {
                 let db =
                     MongoDb::connect(&uri, &config.server.mongodb_database("orchestrator")).await?;
-                MongoSagaLog::open(db, config.engine.instance_id.clone(), config.engine.lease).await
-            };
-            let Some((listener, log)) = microshop_runtime::while_opening(
-                listener,
-                SERVICE_NAME,
-                &config.server,
-                opening,
-                &mut shutdown,
-            )
-            .await?
-            else {
-                return Ok(());
-            };
-            let log = log.map_err(storage)?;
-            let backfill = log.clone();
-            tokio::spawn(async move {
-                match backfill.backfill_listing_fields().await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(sagas = n, "gave older saga documents their listing fields")
+                let log =
+                    MongoSagaLog::open(db, config.engine.instance_id.clone(), config.engine.lease)
+                        .await?;
+                let backfill = log.clone();
+                tokio::spawn(async move {
+                    match backfill.backfill_listing_fields().await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(
+                                sagas = n,
+                                "gave older saga documents their listing fields"
+                            )
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot backfill the listing fields of older sagas; filters by customer, order or type may miss them until the next start")
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot backfill the listing fields of older sagas; filters by customer, order or type may miss them until the next start")
-                    }
-                }
-            });
-            serve(listener, config, log, shutdown).await
+                });
+                Ok(log)
+            };
+            serve(listener, &config, opening, shutdown).await
         }
         None => {
-            let log =
-                EmbeddedSagaLog::open(&config.server.data_dir, config.durable).map_err(storage)?;
-            serve(listener, config, log, shutdown).await
+            let opening = std::future::ready(EmbeddedSagaLog::open(
+                &config.server.data_dir,
+                config.durable,
+            ));
+            serve(listener, &config, opening, shutdown).await
         }
     }
 }
 
 async fn serve<L: SagaLog>(
     listener: TcpListener,
-    config: OrchestratorConfig,
-    log: L,
+    config: &OrchestratorConfig,
+    opening: impl Future<Output = Result<L, StorageError>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let tls = config
@@ -164,37 +162,47 @@ async fn serve<L: SagaLog>(
             participants
         }
     };
-    let engine = Engine::new(log.clone(), participants, config.engine.clone());
     let health = microshop_runtime::health_reporter();
-
     let (stop_tx, stop_rx) = watch::channel(false);
-    let background = tokio::spawn(Arc::clone(&engine).background(stop_rx.clone()));
-    let monitor = tokio::spawn(watch_participants(
-        config.participants.clone(),
-        tls,
-        health.clone(),
-        Arc::clone(&engine),
-        stop_rx,
-    ));
-
-    let api = Api::new(engine);
-    let max = config.server.max_message_bytes;
-    let routes =
-        Services::new(CheckoutServiceServer::new(api.clone()).max_decoding_message_size(max))
-            .add_service(SagaAdminServiceServer::new(api).max_decoding_message_size(max));
+    // The engine's background work and the participant monitor, started
+    // once the log is open, stopped once serving ends.
+    let mut tasks = Vec::new();
+    let opened = async {
+        let log = opening
+            .await
+            .map_err(|e| ServeError::Storage(Box::new(e)))?;
+        let engine = Engine::new(log.clone(), participants, config.engine.clone());
+        tasks.push(tokio::spawn(
+            Arc::clone(&engine).background(stop_rx.clone()),
+        ));
+        tasks.push(tokio::spawn(watch_participants(
+            config.participants.clone(),
+            tls,
+            health.clone(),
+            Arc::clone(&engine),
+            stop_rx,
+        )));
+        let api = Api::new(engine);
+        let max = config.server.max_message_bytes;
+        let routes =
+            Services::new(CheckoutServiceServer::new(api.clone()).max_decoding_message_size(max))
+                .add_service(SagaAdminServiceServer::new(api).max_decoding_message_size(max));
+        Ok((routes, log))
+    };
     let result = microshop_runtime::serve(
         listener,
         SERVICE_NAME,
-        routes,
-        log,
-        health,
+        &[ADMIN_SERVICE_NAME],
+        opened,
+        health.clone(),
         &config.server,
         shutdown,
     )
     .await;
     let _ = stop_tx.send(true);
-    let _ = background.await;
-    let _ = monitor.await;
+    for task in tasks {
+        let _ = task.await;
+    }
     result
 }
 

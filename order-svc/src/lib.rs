@@ -70,31 +70,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     settings::check(&config.pricing).map_err(|e| ServeError::Setup(e.to_string()))?;
-    let storage = |e: StorageError| ServeError::Storage(Box::new(e));
     match config.server.resolved_mongodb_uri()? {
         Some(uri) => {
-            let mut shutdown = Box::pin(shutdown);
             let opening = async {
                 let db = MongoDb::connect(&uri, &config.server.mongodb_database("order")).await?;
                 MongoOrders::open(db).await
             };
-            let Some((listener, store)) = microshop_runtime::while_opening(
-                listener,
-                SERVICE_NAME,
-                &config.server,
-                opening,
-                &mut shutdown,
-            )
-            .await?
-            else {
-                return Ok(());
-            };
-            serve(listener, &config, store.map_err(storage)?, shutdown).await
+            serve(listener, &config, opening, shutdown).await
         }
         None => {
-            let store =
-                EmbeddedOrders::open(&config.server.data_dir, config.durable).map_err(storage)?;
-            serve(listener, &config, store, shutdown).await
+            let opening = std::future::ready(EmbeddedOrders::open(
+                &config.server.data_dir,
+                config.durable,
+            ));
+            serve(listener, &config, opening, shutdown).await
         }
     }
 }
@@ -104,24 +93,23 @@ async fn serve<
 >(
     listener: TcpListener,
     config: &OrderConfig,
-    store: S,
+    opening: impl Future<Output = Result<S, StorageError>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let server = OrderServiceServer::new(Orders::new(store.clone(), config.pricing))
-        .max_decoding_message_size(config.server.max_message_bytes);
-    let purge = microshop_runtime::retention::spawn_barrier_purge(&store, &config.server);
-    let served = microshop_runtime::serve(
+    let max = config.server.max_message_bytes;
+    let pricing = config.pricing;
+    microshop_runtime::serve_store(
         listener,
         SERVICE_NAME,
-        Services::new(server),
-        store,
-        microshop_runtime::health_reporter(),
+        opening,
+        |store| {
+            Services::new(
+                OrderServiceServer::new(Orders::new(store.clone(), pricing))
+                    .max_decoding_message_size(max),
+            )
+        },
         &config.server,
         shutdown,
     )
-    .await;
-    if let Some(purge) = purge {
-        purge.abort();
-    }
-    served
+    .await
 }

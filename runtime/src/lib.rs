@@ -26,7 +26,6 @@ pub mod validate;
 pub use config::{ConfigError, LogFormat, ServerArgs};
 pub use errors::{DOMAIN, Reason, internal_status, rich_status};
 pub use methods::Services;
-pub use server::{LIVENESS, ServeError, StorageProbe, health_reporter, serve};
+pub use server::{LIVENESS, ServeError, StorageProbe, health_reporter, serve, serve_store};
 pub use shutdown::shutdown_signal;
-pub use starting::while_opening;
 pub use tonic_health::server::HealthReporter;

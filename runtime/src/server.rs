@@ -3,7 +3,7 @@
 //! a per-request timeout, a global concurrency bound that sheds load with
 //! RESOURCE_EXHAUSTED instead of queueing, and graceful shutdown.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
@@ -14,10 +14,19 @@ use tonic_health::{
 };
 use tower::{ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
 
+use tonic::service::Routes;
+
 use crate::{
     config::ServerArgs,
-    methods::{REFLECTED_DESCRIPTOR_SETS, Services},
+    methods::{KnownMethods, REFLECTED_DESCRIPTOR_SETS, Services},
+    starting::{OpenedLayer, OpenedRoutes},
 };
+
+/// The gRPC names of health and reflection, which every server routes.
+const HEALTH: &str = tonic_health::pb::health_server::SERVICE_NAME;
+const REFLECTION_V1: &str = tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME;
+const REFLECTION_V1ALPHA: &str =
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME;
 
 /// How often storage health is probed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -59,53 +68,62 @@ impl<S: microshop_storage::Ping> StorageProbe for S {
     }
 }
 
-/// Serves `services` on `listener` until `shutdown` resolves, then stops
-/// accepting, lets in-flight calls finish and returns.
+/// Serves on `listener` from the first call on, opens the service's store
+/// meanwhile, and answers with the services `opening` gives once it has;
+/// until `shutdown` resolves, then stops accepting, lets in-flight calls
+/// finish and returns.
 ///
 /// `service_name` is the fully-qualified gRPC name (e.g.
-/// `microshop.inventory.v1.InventoryService`); health reports it and the
-/// empty name together, SERVING while `probe` succeeds. `health` lets a
-/// service report more entries (the orchestrator reports each participant).
-/// Metrics and spans name only the methods of `services`, health and
-/// reflection; any other path is `_OTHER` (see [`crate::methods`]).
-pub async fn serve<P: StorageProbe>(
+/// `microshop.inventory.v1.InventoryService`) health reports, with the
+/// empty name, SERVING while the probe `opening` gives succeeds; `more`
+/// names the other services it routes (the orchestrator's admin API).
+/// Until the store is open, health answers (NOT_SERVING) and every other
+/// call UNAVAILABLE (see [`crate::starting`]); a failed `opening` stops the
+/// server and is returned. `health` lets a service report more entries
+/// (the orchestrator reports each participant). Metrics and spans name only
+/// the methods of the named services, health and reflection; any other
+/// path is `_OTHER` (see [`crate::methods`]).
+pub async fn serve<P, F>(
     listener: TcpListener,
     service_name: &'static str,
-    services: Services,
-    probe: P,
+    more: &[&'static str],
+    opening: F,
     health: HealthReporter,
     args: &ServerArgs,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+) -> Result<(), ServeError>
+where
+    P: StorageProbe,
+    F: Future<Output = Result<(Services, P), ServeError>>,
+{
     let auth = crate::auth::AuthLayer::from_args(&args.auth).map_err(ServeError::Setup)?;
     let saga_identity = args.tls.identity_layer().map_err(ServeError::Setup)?;
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = args.tls.server_config().map_err(ServeError::Setup)? {
         builder = builder.tls_config(tls)?;
     }
-    // The microshop services, health, and google.rpc.ErrorInfo, BadRequest,
-    // RetryInfo (grpcurl then prints an error's details decoded instead of
-    // as raw bytes).
-    let reflection = || {
-        REFLECTED_DESCRIPTOR_SETS
-            .iter()
-            .fold(tonic_reflection::server::Builder::configure(), |b, set| {
-                b.register_encoded_file_descriptor_set(set)
-            })
-    };
-    let services = services
-        .add_service(HealthServer::new(HealthService::from_health_reporter(
-            health.clone(),
-        )))
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?);
-    let known = services.known_methods();
+    let mut named: Vec<&'static str> = std::iter::once(service_name)
+        .chain(more.iter().copied())
+        .collect();
+    named.sort_unstable();
+    let all: Vec<&'static str> = named
+        .iter()
+        .copied()
+        .chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA])
+        .collect();
+    let known = KnownMethods::of_services(&all);
     for undescribed in known.undescribed() {
         tracing::warn!(
             service = undescribed,
             "no embedded descriptor defines this service: its calls are counted as _OTHER"
         );
     }
+    let starting = Routes::from(
+        with_health_and_reflection(Services::default(), &health)?
+            .into_routes()
+            .into_axum_router()
+            .fallback(move || std::future::ready(crate::starting::not_open_yet(service_name))),
+    );
 
     // Liveness asks only whether the server answers: unlike "" and the
     // service's own name, it stays SERVING while the storage is away, so a
@@ -124,12 +142,12 @@ pub async fn serve<P: StorageProbe>(
     health
         .set_service_status(service_name, ServingStatus::NotServing)
         .await;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let prober = tokio::spawn(probe_loop(probe, health.clone(), service_name, stop_rx));
 
     let local = listener.local_addr().ok();
-    tracing::info!(service = service_name, addr = ?local, "serving");
+    tracing::info!(service = service_name, addr = ?local, "serving; opening the store");
 
+    let opened = OpenedRoutes::default();
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = builder
         .timeout(args.request_timeout())
@@ -147,39 +165,91 @@ pub async fn serve<P: StorageProbe>(
                 .option_layer(args.limits.layer())
                 // Fault injection (tests, chaos drills): absent unless configured.
                 .option_layer(args.faults.as_ref().map(crate::faults::FaultConfig::layer))
+                .layer(OpenedLayer::new(Arc::clone(&opened)))
                 .into_inner(),
         )
-        .add_routes(services.into_routes())
+        .add_routes(starting)
         .serve_with_incoming_shutdown(incoming(listener), async {
-            shutdown.await;
-            tracing::info!(service = service_name, "draining in-flight calls");
+            tokio::select! {
+                () = shutdown => {
+                    tracing::info!(service = service_name, "draining in-flight calls");
+                }
+                _ = failed_rx => {}
+            }
             let _ = draining_tx.send(());
         });
     // Draining is bounded: no call outlives the request timeout, and a
     // client that keeps an idle connection open past it must not hold the
     // process (a SIGTERM'd pod would wait for its SIGKILL).
     let drain_within = args.request_timeout() + Duration::from_secs(1);
-    let result = tokio::select! {
-        result = serving => result,
-        () = async {
-            if draining_rx.await.is_ok() {
-                tokio::time::sleep(drain_within).await;
-            } else {
-                std::future::pending::<()>().await;
+    let serving = async {
+        tokio::select! {
+            result = serving => result,
+            () = async {
+                if draining_rx.await.is_ok() {
+                    tokio::time::sleep(drain_within).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!(
+                    service = service_name,
+                    "connections still open {drain_within:?} after shutdown began; closing them"
+                );
+                Ok(())
             }
-        } => {
-            tracing::warn!(
-                service = service_name,
-                "connections still open {drain_within:?} after shutdown began; closing them"
-            );
-            Ok(())
+        }
+    };
+    tokio::pin!(serving);
+
+    let open = async {
+        let (services, probe) = opening.await?;
+        // The labels were fixed before the services existed: a service
+        // routed but not named would count as `_OTHER`.
+        let mut routed = services.names().to_vec();
+        routed.sort_unstable();
+        if routed != named {
+            return Err(ServeError::Setup(format!(
+                "the services opened ({routed:?}) are not the ones named ({named:?})"
+            )));
+        }
+        Ok((
+            with_health_and_reflection(services, &health)?.into_routes(),
+            probe,
+        ))
+    };
+    let open = tokio::select! {
+        served = &mut serving => Err(served),
+        open = open => Ok(open),
+    };
+    let (result, prober) = match open {
+        // Shut down (or the transport failed) before the store opened.
+        Err(served) => (served.map_err(ServeError::from), None),
+        Ok(Err(failed)) => {
+            let _ = failed_tx.send(());
+            if let Err(e) = serving.await {
+                tracing::warn!(error = %e, "stopping after the store failed to open");
+            }
+            (Err(failed), None)
+        }
+        Ok(Ok((routes, probe))) => {
+            let _ = opened.set(routes);
+            tracing::info!(service = service_name, "store open");
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let prober = tokio::spawn(probe_loop(probe, health.clone(), service_name, stop_rx));
+            (
+                serving.await.map_err(ServeError::from),
+                Some((stop_tx, prober)),
+            )
         }
     };
 
-    let _ = stop_tx.send(true);
-    // A probe may hang (a database that does not answer): stop it.
-    prober.abort();
-    let _ = prober.await;
+    if let Some((stop_tx, prober)) = prober {
+        let _ = stop_tx.send(true);
+        // A probe may hang (a database that does not answer): stop it.
+        prober.abort();
+        let _ = prober.await;
+    }
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
@@ -187,7 +257,67 @@ pub async fn serve<P: StorageProbe>(
         .set_service_status(service_name, ServingStatus::NotServing)
         .await;
     tracing::info!(service = service_name, "stopped");
-    result.map_err(ServeError::from)
+    result
+}
+
+/// Opens a participant's store, then serves the services `services` builds
+/// on it with [`serve`], and purges its barrier entries meanwhile
+/// (`--barrier-retention-secs`).
+pub async fn serve_store<S>(
+    listener: TcpListener,
+    service_name: &'static str,
+    opening: impl Future<Output = Result<S, microshop_storage::StorageError>>,
+    services: impl FnOnce(&S) -> Services,
+    args: &ServerArgs,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError>
+where
+    S: StorageProbe + microshop_storage::BarrierPurge + Clone,
+{
+    let mut purge = None;
+    let served = serve(
+        listener,
+        service_name,
+        &[],
+        async {
+            let store = opening
+                .await
+                .map_err(|e| ServeError::Storage(Box::new(e)))?;
+            purge = crate::retention::spawn_barrier_purge(&store, args);
+            Ok((services(&store), store))
+        },
+        health_reporter(),
+        args,
+        shutdown,
+    )
+    .await;
+    if let Some(purge) = purge {
+        purge.abort();
+    }
+    served
+}
+
+/// `services` with health (reporting through `health`) and reflection v1
+/// and v1alpha. Reflection serves the microshop services, health, and
+/// google.rpc.ErrorInfo, BadRequest, RetryInfo (grpcurl then prints an
+/// error's details decoded instead of as raw bytes).
+fn with_health_and_reflection(
+    services: Services,
+    health: &HealthReporter,
+) -> Result<Services, ServeError> {
+    let reflection = || {
+        REFLECTED_DESCRIPTOR_SETS
+            .iter()
+            .fold(tonic_reflection::server::Builder::configure(), |b, set| {
+                b.register_encoded_file_descriptor_set(set)
+            })
+    };
+    Ok(services
+        .add_service(HealthServer::new(HealthService::from_health_reporter(
+            health.clone(),
+        )))
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?))
 }
 
 async fn probe_loop<P: StorageProbe>(
@@ -244,10 +374,17 @@ pub fn health_reporter() -> HealthReporter {
 
 #[cfg(test)]
 mod tests {
-    use std::future::pending;
+    use std::{convert::Infallible, future::pending, pin::Pin};
 
+    use tonic::{
+        Code, Status,
+        body::Body,
+        codegen::http::{Request, Response},
+        server::NamedService,
+        transport::Channel,
+    };
     use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus as Status,
+        HealthCheckRequest, health_check_response::ServingStatus as Status_,
         health_client::HealthClient,
     };
 
@@ -262,21 +399,96 @@ mod tests {
         }
     }
 
+    /// A store that always answers.
+    struct Answers;
+
+    impl StorageProbe for Answers {
+        async fn probe(&self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// The smallest service: `/test.v1.Echo/Call` answers an empty message.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl NamedService for Echo {
+        const NAME: &'static str = "test.v1.Echo";
+    }
+
+    struct Call;
+
+    impl tonic::server::UnaryService<()> for Call {
+        type Response = ();
+        type Future = std::future::Ready<Result<tonic::Response<()>, Status>>;
+
+        fn call(&mut self, _: tonic::Request<()>) -> Self::Future {
+            std::future::ready(Ok(tonic::Response::new(())))
+        }
+    }
+
+    impl tower::Service<Request<Body>> for Echo {
+        type Response = Response<Body>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<Body>) -> Self::Future {
+            Box::pin(async move {
+                let mut grpc =
+                    tonic::server::Grpc::new(tonic_prost::ProstCodec::<(), ()>::default());
+                Ok(grpc.unary(Call, request).await)
+            })
+        }
+    }
+
+    async fn echo(channel: &Channel) -> Result<(), Status> {
+        let mut client = tonic::client::Grpc::new(channel.clone());
+        client
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        client
+            .unary(
+                tonic::Request::new(()),
+                "/test.v1.Echo/Call".parse().expect("path"),
+                tonic_prost::ProstCodec::<(), ()>::default(),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn bound() -> (TcpListener, Channel) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The listener is bound: the connection waits in its backlog until
+        // the server accepts it.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_lazy();
+        (listener, channel)
+    }
+
     /// Regression: before its first storage probe a server answered
     /// NOT_FOUND for its own name, which the orchestrator takes for a
     /// participant URL that points at another service (it logged a
     /// misconfiguration at every start of `microshop bench`).
     #[tokio::test]
     async fn a_server_that_has_not_probed_its_store_yet_knows_its_own_name() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (listener, channel) = bound().await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             serve(
                 listener,
-                "test.v1.NotYetProbed",
-                Services::default(),
-                NeverAnswers,
+                Echo::NAME,
+                &[],
+                std::future::ready(Ok((Services::new(Echo), NeverAnswers))),
                 health_reporter(),
                 &ServerArgs::default(),
                 async {
@@ -285,15 +497,8 @@ mod tests {
             )
             .await
         });
-        // The listener is bound: the connection waits in its backlog until
-        // the server accepts it.
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
         let mut client = HealthClient::new(channel);
-        for name in ["test.v1.NotYetProbed", ""] {
+        for name in [Echo::NAME, ""] {
             let answer = client
                 .check(HealthCheckRequest {
                     service: name.into(),
@@ -302,7 +507,7 @@ mod tests {
                 .unwrap_or_else(|s| panic!("health of {name:?}: {s:?}"));
             assert_eq!(
                 answer.get_ref().status,
-                Status::NotServing as i32,
+                Status_::NotServing as i32,
                 "{name:?}"
             );
         }
@@ -314,5 +519,118 @@ mod tests {
             .expect("the server stops")
             .expect("join")
             .expect("served");
+    }
+
+    /// Regression: a server whose store was still opening served a
+    /// placeholder, then handed its listener to the real server; the
+    /// hand-over closed every connection, so a call just sent on one
+    /// failed CANCELLED ("connection closed") and a health watch ended.
+    /// Now one server answers UNAVAILABLE, then the service, on the same
+    /// connection.
+    #[tokio::test]
+    async fn a_connection_opened_while_the_store_opens_is_served_once_it_is_open() {
+        let (listener, channel) = bound().await;
+        let (open, opened) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            serve(
+                listener,
+                Echo::NAME,
+                &[],
+                async {
+                    opened.await.expect("the test opens the store");
+                    Ok((Services::new(Echo), Answers))
+                },
+                health_reporter(),
+                &ServerArgs::default(),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
+
+        let mut health = HealthClient::new(channel.clone());
+        let mut watch = health
+            .watch(HealthCheckRequest {
+                service: Echo::NAME.into(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = watch.message().await.expect("watch message");
+        assert_eq!(
+            first.map(|m| m.status),
+            Some(Status_::NotServing as i32),
+            "while the store opens"
+        );
+        let status = echo(&channel)
+            .await
+            .expect_err("a call before the store is open");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("not open yet"), "{status:?}");
+
+        open.send(()).expect("the server waits for its store");
+        // The same stream, on the same connection, sees the first probe.
+        let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("a health update within 10 s")
+            .expect("the watch goes on");
+        assert_eq!(next.map(|m| m.status), Some(Status_::Serving as i32));
+        echo(&channel)
+            .await
+            .expect("a call once the store is open, on the same channel");
+
+        drop((watch, health, channel));
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server stops")
+            .expect("join")
+            .expect("served");
+    }
+
+    /// A store that cannot open stops the server with its error, and one
+    /// that opens with other services than named is refused.
+    #[tokio::test]
+    async fn a_store_that_fails_to_open_stops_the_server_with_its_error() {
+        let args = ServerArgs::default();
+        let (listener, _channel) = bound().await;
+        let failed = serve(
+            listener,
+            Echo::NAME,
+            &[],
+            std::future::ready(Err::<(Services, Answers), _>(ServeError::Setup(
+                "the store is locked".into(),
+            ))),
+            health_reporter(),
+            &args,
+            pending(),
+        );
+        let failed = tokio::time::timeout(Duration::from_secs(10), failed)
+            .await
+            .expect("returns");
+        assert!(
+            matches!(&failed, Err(ServeError::Setup(m)) if m == "the store is locked"),
+            "{failed:?}"
+        );
+
+        let (listener, _channel) = bound().await;
+        let unnamed = serve(
+            listener,
+            "test.v1.Other",
+            &[],
+            std::future::ready(Ok((Services::new(Echo), Answers))),
+            health_reporter(),
+            &args,
+            pending(),
+        );
+        let unnamed = tokio::time::timeout(Duration::from_secs(10), unnamed)
+            .await
+            .expect("returns");
+        assert!(
+            matches!(&unnamed, Err(ServeError::Setup(m)) if m.contains("not the ones named")),
+            "{unnamed:?}"
+        );
     }
 }

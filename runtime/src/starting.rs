@@ -1,163 +1,107 @@
-//! What a service answers before its store is open.
+//! What a server answers before its store is open, and how it switches to
+//! its services without dropping a connection.
 //!
 //! A store on MongoDB opens only once its indexes exist, which needs the
-//! database; a service started while the database is down used to bind its
-//! port and then answer nothing until the caller's deadline (health and
-//! liveness included, so Kubernetes restarted the pod). [`while_opening`]
-//! serves the port meanwhile: liveness SERVING, the service and `""`
-//! NOT_SERVING, and every other call UNAVAILABLE at once with a message
-//! that says why. Once the store is open it hands the listener back for
-//! [`crate::serve`].
+//! database. A service started while the database is down must still
+//! answer: health (liveness SERVING, the service and `""` NOT_SERVING, so
+//! Kubernetes neither restarts the pod nor routes to it) and UNAVAILABLE at
+//! once for every other call, with a message that says why.
+//!
+//! It is one server from the first connection on: [`crate::serve`] routes
+//! every call through [`OpenedLayer`], which sends it to the starting
+//! routes until the store is open and to the service's routes from then on.
+//! An earlier shape served a placeholder server and handed the listener to
+//! the real one; the hand-over closed every open connection, and a call a
+//! client had just sent on one failed CANCELLED ("connection closed")
+//! instead of UNAVAILABLE or an answer.
 
 use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::net::TcpListener;
-use tonic::{Code, body::Body, codegen::http};
-use tonic_health::{
-    ServingStatus,
-    pb::health_server::HealthServer,
-    server::{HealthReporter, HealthService},
+use tonic::{
+    Code,
+    body::Body,
+    codegen::http::{Request, Response},
+    service::Routes,
 };
+use tower::{Layer, Service, ServiceExt};
 
-use crate::{LIVENESS, Reason, ServeError, ServerArgs, rich_status};
+use crate::{Reason, rich_status};
 
-/// How long the placeholder lets its calls finish once the store is open.
-const HAND_OVER_WITHIN: Duration = Duration::from_secs(2);
-
-/// Serves health (and UNAVAILABLE for every other call) on `listener` while
-/// `opening` runs; then returns the listener and what `opening` gave.
-/// `None` when `shutdown` came first.
-pub async fn while_opening<T>(
-    listener: TcpListener,
-    service_name: &'static str,
-    args: &ServerArgs,
-    opening: impl Future<Output = T>,
-    shutdown: &mut (impl Future<Output = ()> + Unpin),
-) -> Result<Option<(TcpListener, T)>, ServeError> {
-    let health = HealthReporter::new();
-    health
-        .set_service_status(LIVENESS, ServingStatus::Serving)
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(service_name, ServingStatus::NotServing)
-        .await;
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = args.tls.server_config().map_err(ServeError::Setup)? {
-        builder = builder.tls_config(tls)?;
-    }
-    let shared = Arc::new(listener);
-    let accepted = accept_shared(Arc::clone(&shared));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut placeholder = Box::pin(
-        builder
-            .layer(tower::layer::layer_fn(|inner| NotYet {
-                inner,
-                service: service_name,
-            }))
-            .add_service(HealthServer::new(HealthService::from_health_reporter(
-                health,
-            )))
-            .serve_with_incoming_shutdown(accepted, async {
-                let _ = stopped.await;
-            }),
-    );
-    tokio::pin!(opening);
-    tracing::info!(
-        service = service_name,
-        "store not open yet: health NOT_SERVING, calls UNAVAILABLE"
-    );
-    let outcome = tokio::select! {
-        value = &mut opening => Some(value),
-        () = &mut *shutdown => None,
-        served = &mut placeholder => {
-            served?;
-            return Err(ServeError::Setup("the starting server stopped".into()));
-        }
-    };
-    let _ = stop.send(());
-    // Its connections are told to go away; a client that keeps one open
-    // reconnects to the real server.
-    let _ = tokio::time::timeout(HAND_OVER_WITHIN, &mut placeholder).await;
-    // (Dropping it drops its share of the listener.)
-    drop(placeholder);
-    let Some(value) = outcome else {
-        return Ok(None);
-    };
-    let listener = Arc::try_unwrap(shared)
-        .map_err(|_| ServeError::Setup("the listener is still in use".into()))?;
-    tracing::info!(service = service_name, "store open");
-    Ok(Some((listener, value)))
+/// The answer to a call before the store is open: UNAVAILABLE, retryable.
+pub(crate) fn not_open_yet(service: &str) -> Response<Body> {
+    rich_status(
+        Code::Unavailable,
+        Reason::DependencyUnavailable,
+        format!(
+            "{service} is starting: its store is not open yet (is its database reachable?); \
+             retry with the same idempotency key"
+        ),
+        [],
+        Some(Duration::from_secs(1)),
+    )
+    .into_http()
 }
 
-/// The connections `listener` accepts, as a stream, while sharing it: the
-/// stream holds the only other share, and gives it up when dropped.
-fn accept_shared(listener: Arc<TcpListener>) -> Accepted {
-    Accepted { listener }
-}
+/// The routes of a server once its store is open, set once.
+pub(crate) type OpenedRoutes = Arc<OnceLock<Routes>>;
 
-struct Accepted {
-    listener: Arc<TcpListener>,
-}
-
-impl tokio_stream::Stream for Accepted {
-    type Item = std::io::Result<tokio::net::TcpStream>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.listener.poll_accept(cx).map(|conn| {
-            Some(conn.map(|(stream, _)| {
-                let _ = stream.set_nodelay(true);
-                stream
-            }))
-        })
-    }
-}
-
-/// Passes health through and answers every other call UNAVAILABLE.
+/// Sends each call to the opened routes once they are set, else to the
+/// routes it wraps (the starting ones).
 #[derive(Clone)]
-struct NotYet<S> {
-    inner: S,
-    service: &'static str,
+pub(crate) struct OpenedLayer {
+    opened: OpenedRoutes,
 }
 
-impl<S> tower::Service<http::Request<Body>> for NotYet<S>
+impl OpenedLayer {
+    pub(crate) fn new(opened: OpenedRoutes) -> Self {
+        Self { opened }
+    }
+}
+
+impl<S> Layer<S> for OpenedLayer {
+    type Service = Opened<S>;
+
+    fn layer(&self, starting: S) -> Self::Service {
+        Opened {
+            starting,
+            opened: Arc::clone(&self.opened),
+        }
+    }
+}
+
+/// See [`OpenedLayer`].
+#[derive(Clone)]
+pub(crate) struct Opened<S> {
+    starting: S,
+    opened: OpenedRoutes,
+}
+
+impl<S> Service<Request<Body>> for Opened<S>
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
 {
-    type Response = http::Response<Body>;
+    type Response = Response<Body>;
     type Error = Infallible;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        // Both kinds of routes are always ready (tonic's router is); the
+        // opened ones are driven with `oneshot`, which polls them too.
+        self.starting.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path().starts_with("/grpc.health.v1.Health/") {
-            return Box::pin(self.inner.call(request));
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        match self.opened.get() {
+            Some(routes) => Box::pin(routes.clone().oneshot(request)),
+            None => Box::pin(self.starting.call(request)),
         }
-        let status = rich_status(
-            Code::Unavailable,
-            Reason::DependencyUnavailable,
-            format!(
-                "{} is starting: its database is not reachable yet; retry with the same \
-                 idempotency key",
-                self.service
-            ),
-            [],
-            Some(Duration::from_secs(1)),
-        );
-        Box::pin(async move { Ok(status.into_http()) })
     }
 }

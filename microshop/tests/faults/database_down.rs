@@ -117,7 +117,7 @@ async fn health(cluster: &Cluster, svc: Svc) -> Option<ServingStatus> {
 /// Regression: a service started before its MongoDB bound its port but
 /// served nothing until its indexes existed, so calls and health checks
 /// hung to their deadline (liveness too); now it serves health and
-/// UNAVAILABLE while its store opens (`microshop_runtime::while_opening`).
+/// UNAVAILABLE while its store opens (`microshop_runtime::starting`).
 #[test]
 fn a_database_down_at_start_answers_unavailable_until_it_is_up() {
     let test = "a_database_down_at_start_answers_unavailable_until_it_is_up";
