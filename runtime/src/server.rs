@@ -218,9 +218,18 @@ where
             probe,
         ))
     };
-    let open = tokio::select! {
-        served = &mut serving => Err(served),
-        open = open => Ok(open),
+    tokio::pin!(open);
+    // The opening is polled first: a store that is open at once (the
+    // embedded one) has its routes set, or its failure returned, before the
+    // server has accepted anything, so no call hears that it is opening.
+    let open = match poll_once(open.as_mut()).await {
+        Some(Err(failed)) => return Err(failed),
+        Some(opened) => Ok(opened),
+        None => tokio::select! {
+            biased;
+            open = open => Ok(open),
+            served = &mut serving => Err(served),
+        },
     };
     let (result, prober) = match open {
         // Shut down (or the transport failed) before the store opened.
@@ -295,6 +304,15 @@ where
         purge.abort();
     }
     served
+}
+
+/// `future`'s output if it is ready at its first poll.
+async fn poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut future).poll(cx) {
+        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// `services` with health (reporting through `health`) and reflection v1
@@ -464,15 +482,32 @@ mod tests {
             .map(|_| ())
     }
 
+    /// A listener, and a channel over one connection to it made now (it
+    /// waits in the listener's backlog until the server accepts it): a
+    /// channel that cannot reconnect, so a server that closed the
+    /// connection would fail the calls after it.
     async fn bound() -> (TcpListener, Channel) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        // The listener is bound: the connection waits in its backlog until
-        // the server accepts it.
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect_lazy();
+        let channel = connected(&listener).await;
         (listener, channel)
+    }
+
+    /// A channel over one connection to `listener`, made now.
+    async fn connected(listener: &TcpListener) -> Channel {
+        let addr = listener.local_addr().expect("addr");
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let one = Arc::new(std::sync::Mutex::new(Some(stream)));
+        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+            let stream = one.lock().expect("lock").take();
+            async move {
+                stream
+                    .map(hyper_util::rt::TokioIo::new)
+                    .ok_or_else(|| std::io::Error::other("the connection was closed"))
+            }
+        });
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_with_connector_lazy(connector)
     }
 
     /// Regression: before its first storage probe a server answered
@@ -519,6 +554,53 @@ mod tests {
             .expect("the server stops")
             .expect("join")
             .expect("served");
+    }
+
+    /// Regression: with a store that opens in its first poll (the
+    /// embedded one), a connection waiting in the backlog was accepted
+    /// before the opening was polled, and its first call, served on
+    /// another worker meanwhile, heard "not open yet".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_open_at_start_answers_the_first_call() {
+        for _ in 0..8 {
+            // Several connections wait to be accepted: the server spawns a
+            // task for each, and the other worker may run one at once.
+            let (listener, first) = bound().await;
+            let mut channels = vec![first];
+            for _ in 0..3 {
+                channels.push(connected(&listener).await);
+            }
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(async move {
+                serve(
+                    listener,
+                    Echo::NAME,
+                    &[],
+                    async {
+                        // Opening an embedded store blocks its task for a
+                        // moment (a sync open in the first poll).
+                        std::thread::sleep(Duration::from_millis(30));
+                        Ok((Services::new(Echo), Answers))
+                    },
+                    health_reporter(),
+                    &ServerArgs::default(),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+            });
+            let calls = channels.iter().map(|c| {
+                let c = c.clone();
+                tokio::spawn(async move { echo(&c).await })
+            });
+            for call in calls.collect::<Vec<_>>() {
+                call.await.expect("join").expect("the first call");
+            }
+            drop(channels);
+            let _ = stop.send(());
+            server.await.expect("join").expect("served");
+        }
     }
 
     /// Regression: a server whose store was still opening served a
