@@ -218,6 +218,7 @@ impl Tally {
             p999_ms: q(0.999),
             max_ms: if hist.is_empty() { 0.0 } else { ms(hist.max()) },
             disk_bytes_per_call: 0.0,
+            fsyncs_per_call: 0.0,
             cpu_ms_per_call: if self.ok == 0 {
                 0.0
             } else {
@@ -260,9 +261,11 @@ pub(super) async fn closed_loop(
     sleep_until(measure_from).await;
     let cpu0 = cpu_seconds();
     let written0 = written_bytes();
+    let fsyncs0 = fsyncs();
     sleep_until(end).await;
     let cpu1 = cpu_seconds();
     let written1 = written_bytes();
+    let fsyncs1 = fsyncs();
     let mut total = Tally::new();
     while let Some(joined) = tasks.join_next().await {
         if let Ok(t) = joined {
@@ -271,7 +274,15 @@ pub(super) async fn closed_loop(
     }
     let mut stats = total.stats(duration, cpu1 - cpu0, None);
     stats.disk_bytes_per_call = (written1.saturating_sub(written0)) as f64 / stats.ok.max(1) as f64;
+    stats.fsyncs_per_call = (fsyncs1.saturating_sub(fsyncs0)) as f64 / stats.ok.max(1) as f64;
     (stats, total.saga_ids)
+}
+
+/// Journal fsyncs the embedded stores of this process made so far.
+fn fsyncs() -> u64 {
+    microshop_storage::embedded::write_stats()
+        .fsyncs
+        .load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Bytes this process caused to be written to storage so far
@@ -318,7 +329,7 @@ pub(super) async fn open_loop(
         }
         let measured = now >= measure_from;
         if measured && cpu0.is_none() {
-            cpu0 = Some(cpu_seconds());
+            cpu0 = Some((cpu_seconds(), fsyncs()));
         }
         let due = ((now - start).as_secs_f64() * rate) as u64;
         while issued < due {
@@ -348,7 +359,7 @@ pub(super) async fn open_loop(
         while tasks.try_join_next().is_some() {}
         sleep(Duration::from_micros(500)).await;
     }
-    let cpu1 = cpu_seconds();
+    let (cpu1, fsyncs1) = (cpu_seconds(), fsyncs());
     let drain = Instant::now() + Duration::from_secs(35);
     while Instant::now() < drain {
         match tokio::time::timeout_at(drain, tasks.join_next()).await {
@@ -364,7 +375,11 @@ pub(super) async fn open_loop(
             format!("{dropped} arrivals dropped: {MAX_IN_FLIGHT} calls already in flight")
         });
     }
-    tally.stats(duration, cpu1 - cpu0.unwrap_or(cpu1), Some(rate))
+    let (cpu0, fsyncs0) = cpu0.unwrap_or((cpu1, fsyncs1));
+    let mut stats = tally.stats(duration, cpu1 - cpu0, Some(rate));
+    // Per call answered in the window (the fsyncs of calls issued in it).
+    stats.fsyncs_per_call = (fsyncs1.saturating_sub(fsyncs0)) as f64 / stats.ok.max(1) as f64;
+    stats
 }
 
 // ---------------------------------------------------------------- process

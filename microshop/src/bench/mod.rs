@@ -478,6 +478,8 @@ mod tests {
             "floor_half_peak.p50_ms",
             "floor_half_peak.p99_ms",
             "floor_closed_loop.cpu_ms_per_call",
+            "closed_loop.fsyncs_per_call",
+            "half_peak.fsyncs_per_call",
         ] {
             let found = path
                 .split('.')
@@ -492,6 +494,9 @@ mod tests {
             .critical_path_fsyncs_redeeming
             .expect("counted in process");
         assert!((2.5..=3.5).contains(&fsyncs), "{fsyncs}");
+        // Durable stores fsync under load too, at most once per write.
+        let per_saga = report.closed_loop.fsyncs_per_call;
+        assert!(per_saga > 0.0 && per_saga <= 5.0, "{per_saga}");
         assert!((3.5..=4.5).contains(&redeeming), "{redeeming}");
         let steps: Vec<&str> = report.steps.iter().map(|s| s.step.as_str()).collect();
         assert!(steps.contains(&"reserve-stock"), "{steps:?}");

@@ -36,6 +36,9 @@ pub struct PhaseStats {
     pub cpu_ms_per_call: f64,
     /// Bytes the process wrote to storage per OK call (closed loops).
     pub disk_bytes_per_call: f64,
+    /// Journal fsyncs the stores of this process made per OK call (0
+    /// against a mesh in other processes, and for the floor).
+    pub fsyncs_per_call: f64,
 }
 
 /// Mean time of one saga step, from GetSaga timestamps (millisecond
@@ -396,6 +399,15 @@ pub fn table(r: &Report) -> String {
             opt(r.critical_path_fsyncs, ""),
             opt(r.critical_path_fsyncs_redeeming, ""),
             r.fsync_p50_ms
+        ),
+        "",
+        None,
+    );
+    row(
+        "fsyncs per saga, all stores (group commit: one fsync covers every write queued behind it)",
+        format!(
+            "{:.2} closed loop, {:.2} at half peak",
+            r.closed_loop.fsyncs_per_call, r.half_peak.fsyncs_per_call
         ),
         "",
         None,
