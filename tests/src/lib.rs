@@ -594,12 +594,25 @@ impl TestMesh {
         engine: EngineConfig,
         configure: impl FnOnce(&mut MeshConfig),
     ) {
+        self.restart_after(engine, configure, async |_| {}).await;
+    }
+
+    /// Like [`Self::restart_with`], with `meanwhile` run on the data
+    /// directory while every service is stopped (to leave the stores as a
+    /// power cut would).
+    pub async fn restart_after(
+        &mut self,
+        engine: EngineConfig,
+        configure: impl FnOnce(&mut MeshConfig),
+        meanwhile: impl AsyncFnOnce(&Path),
+    ) {
         if let Some(mesh) = self.mesh.take() {
             timeout(STOP_WITHIN, mesh.shutdown())
                 .await
                 .expect("the mesh stops within its bound")
                 .expect("no service stopped with an error");
         }
+        meanwhile(self.dir.path()).await;
         let mesh = start_mesh(self.dir.path(), engine, configure).await;
         self.addrs = mesh.addrs.clone();
         self.shop.clients = MeshClients::connect(&self.addrs, CONNECT_WITHIN)

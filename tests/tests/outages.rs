@@ -17,10 +17,10 @@ use microshop_proto::orchestrator::v1::{
 };
 use microshop_runtime::Reason;
 use microshop_tests::{
-    CONNECT_WITHIN, Participant, SETTLE_WITHIN, Server, Shop, action_attempts, action_status,
-    any_port, compensation_status, error_reason, eventually, expect_error, health_client, listen,
-    order_request, reserve, saga_id_of, saga_state, short_budget_engine, spawn_orchestrator,
-    spawn_participant, step, wait_health,
+    CONNECT_WITHIN, Participant, SETTLE_WITHIN, Server, Shop, TestMesh, action_attempts,
+    action_status, any_port, compensation_status, error_reason, eventually, expect_error,
+    health_client, listen, order_request, reserve, saga_id_of, saga_state, short_budget_engine,
+    spawn_orchestrator, spawn_participant, step, wait_health,
 };
 use orchestrator::{EngineConfig, ParticipantUrls};
 use tonic::{Code, transport::Channel};
@@ -623,4 +623,95 @@ async fn a_participant_url_that_serves_another_service_is_a_misconfiguration() {
     shop.universe.customers.insert("una".into());
     shop.assert_invariants().await;
     cluster.stop().await;
+}
+
+/// Regression: a checkout's intermediate records and its end are not
+/// fsync'd (recovery replays them through the participants' barrier), so
+/// a power cut can leave the log at the saga's creation while the stock
+/// was reserved and the order created. If the orchestrator then comes back
+/// after the checkout hold, recovery compensates instead of replaying, and
+/// it compensated only the steps its record showed as attempted (none):
+/// the stock stayed reserved and the order open for a COMPENSATED saga.
+/// Now a record this process did not write last has every effectful step
+/// compensated; the barrier answers those never called as no-ops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_the_hold_with_records_lost_compensates_every_step() {
+    use microshop_storage::embedded::{Durable, Sync};
+    use orchestrator::{EmbeddedSagaLog, SagaLog, log::PaymentDeadline, model};
+
+    let mut m = TestMesh::start(outage_engine()).await;
+    m.shop.put_product("LAMP", 4_000, 5).await;
+    let placed = m
+        .shop
+        .place_ok(order_request("cut-1", "vera", &[("LAMP", 2)], "", 0))
+        .await;
+    let order_id = placed.order_id.clone();
+    let saga_id = placed.saga_id.clone();
+    assert_eq!(m.shop.product("LAMP").await.available, 3);
+
+    // The power cut: the log keeps only what was fsync'd, the creation
+    // (the quote's intent); the participants keep their durable effects.
+    let hold_over = EngineConfig {
+        checkout_hold: Duration::ZERO,
+        ..outage_engine()
+    };
+    let id = saga_id.clone();
+    let order = order_id.clone();
+    m.restart_after(
+        hold_over,
+        |_| {},
+        async move |dir: &std::path::Path| {
+            let log = EmbeddedSagaLog::open(dir, Durable::Yes).expect("open the saga log");
+            let mut record = log.get(id.clone()).await.expect("read").expect("the saga");
+            record.state = model::SagaState::Running;
+            record.outputs = model::SagaOutputs::default();
+            record.history.truncate(1);
+            record.error = None;
+            for (i, step) in record.steps.iter_mut().enumerate() {
+                step.compensation = None;
+                step.action = model::RunRecord {
+                    name: step.action.name.clone(),
+                    status: if i == 0 {
+                        model::StepStatus::Running
+                    } else {
+                        model::StepStatus::Pending
+                    },
+                    attempts: u32::from(i == 0),
+                    ..model::RunRecord::default()
+                };
+            }
+            log.save(
+                &record,
+                PaymentDeadline::Clear { order_id: order },
+                Sync::Durable,
+            )
+            .await
+            .expect("write the creation back");
+        },
+    )
+    .await;
+
+    let saga = saga_until(&m.shop, &saga_id, "the checkout to be compensated", |s| {
+        saga_state(s) == SagaState::Compensated
+    })
+    .await;
+    assert_eq!(
+        m.shop.product("LAMP").await.available,
+        5,
+        "the stock is back: {saga:#?}"
+    );
+    assert_eq!(
+        m.shop.order(&order_id).await.status,
+        microshop_proto::order::v1::OrderStatus::Cancelled as i32,
+        "the order is cancelled: {saga:#?}"
+    );
+    assert!(
+        saga.history
+            .iter()
+            .any(|t| t.note.contains("an earlier run may have called")),
+        "{saga:#?}"
+    );
+    m.shop.universe.customers.insert("vera".into());
+    m.shop.assert_invariants().await;
+    m.shutdown().await;
 }

@@ -18,7 +18,7 @@ mod run;
 mod waiting;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -211,6 +211,10 @@ pub struct Engine<L> {
     participants: Participants,
     config: EngineConfig,
     active: Mutex<HashMap<String, Active>>,
+    /// Unfinished sagas whose latest record this process wrote: any other
+    /// record read from the log may be older than what an earlier run of
+    /// it did (see `start_compensating`).
+    wrote_last: Mutex<HashSet<String>>,
     /// Bounds the sagas recovery drives at once.
     recovery_slots: Arc<tokio::sync::Semaphore>,
     /// Whether a recovery pass is under way (passes never overlap).
@@ -241,6 +245,7 @@ impl<L: SagaLog> Engine<L> {
             participants,
             config,
             active: Mutex::new(HashMap::new()),
+            wrote_last: Mutex::new(HashSet::new()),
             recovery_slots,
             recovering: AtomicBool::new(false),
             order_turns: Mutex::new(HashMap::new()),
@@ -569,6 +574,34 @@ impl<L: SagaLog> Engine<L> {
             a.abort.request(actor, note);
             true
         })
+    }
+
+    /// Whether the latest record of `saga_id` is one this process wrote.
+    pub(super) fn wrote_last_record(&self, saga_id: &str) -> bool {
+        self.wrote_last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(saga_id)
+    }
+
+    /// After a run of `saga_id`: it ended (forgotten), or stopped with
+    /// `record` last written (kept), or failed, in which case the log may
+    /// be behind (forgotten, so the next run takes it as inherited).
+    pub(super) fn note_last_record(&self, saga_id: &str, record: Option<&SagaRecord>) {
+        let mut wrote = self.wrote_last.lock().unwrap_or_else(|e| e.into_inner());
+        match record {
+            Some(r)
+                if !matches!(
+                    r.state,
+                    SagaState::Completed | SagaState::Compensated | SagaState::Failed
+                ) =>
+            {
+                wrote.insert(saga_id.to_owned());
+            }
+            _ => {
+                wrote.remove(saga_id);
+            }
+        }
     }
 
     /// Whether a task of this process drives `saga_id` now.

@@ -169,10 +169,27 @@ impl<L: SagaLog> Engine<L> {
     /// wait is over (a participant back, the probe due, the hold ended).
     pub(super) async fn run(
         &self,
+        record: SagaRecord,
+        abort: &AbortFlag,
+        fresh: Option<Fresh>,
+        resume: Option<Resume>,
+    ) -> Result<SagaRecord, StorageError> {
+        let saga_id = record.saga_id.clone();
+        let inherited = fresh.is_none() && !self.wrote_last_record(&saga_id);
+        let ran = self
+            .run_record(record, abort, fresh, resume, inherited)
+            .await;
+        self.note_last_record(&saga_id, ran.as_ref().ok());
+        ran
+    }
+
+    async fn run_record(
+        &self,
         mut record: SagaRecord,
         abort: &AbortFlag,
         fresh: Option<Fresh>,
         resume: Option<Resume>,
+        inherited: bool,
     ) -> Result<SagaRecord, StorageError> {
         let (mut ahead, mut created) = match fresh {
             Some(Fresh { ahead, synced }) => (Some(ahead), Some(synced)),
@@ -205,14 +222,20 @@ impl<L: SagaLog> Engine<L> {
                 SagaState::Running => {
                     if let Some((actor, note)) = abort.requested() {
                         ahead = self
-                            .start_compensating(&mut record, aborted_error(), &note, &actor)
+                            .start_compensating(
+                                &mut record,
+                                aborted_error(),
+                                &note,
+                                &actor,
+                                inherited,
+                            )
                             .await?;
                         continue;
                     }
                     if self.hold_expired(&record) {
                         let (error, note) = self.checkout_expired();
                         ahead = self
-                            .start_compensating(&mut record, error, &note, AUTOMATIC)
+                            .start_compensating(&mut record, error, &note, AUTOMATIC, inherited)
                             .await?;
                         continue;
                     }
@@ -229,7 +252,7 @@ impl<L: SagaLog> Engine<L> {
                             let span = step_span(&record, i, false);
                             let written = Ahead::is(saved_ahead, i, false);
                             match self
-                                .forward_step(&mut record, i, abort, written)
+                                .forward_step(&mut record, i, abort, written, inherited)
                                 .instrument(span)
                                 .await?
                             {
@@ -361,15 +384,37 @@ impl<L: SagaLog> Engine<L> {
         Ok(ahead)
     }
 
+    /// Turns `record` to compensating. `inherited`: the record came from
+    /// the log without this process having written it last, so it may be
+    /// older than what an earlier run did (intermediate records are not
+    /// fsync'd: a power cut takes back the intents of calls that were
+    /// made); every effectful step not recorded as attempted is then
+    /// compensated too, which the participants' barrier answers as a null
+    /// compensation where the call never came.
     pub(super) async fn start_compensating(
         &self,
         record: &mut SagaRecord,
         error: SagaError,
         note: &str,
         actor: &str,
+        inherited: bool,
     ) -> Result<Option<Ahead>, StorageError> {
         record.error.get_or_insert(error);
-        record.transition_by(SagaState::Compensating, note, actor);
+        let maybe_called = if inherited {
+            mark_maybe_called(record)
+        } else {
+            Vec::new()
+        };
+        let note = if maybe_called.is_empty() {
+            note.to_owned()
+        } else {
+            format!(
+                "{note}; also compensating {}: an earlier run may have called it before a \
+                 restart, with its record lost",
+                maybe_called.join(", ")
+            )
+        };
+        record.transition_by(SagaState::Compensating, &note, actor);
         self.save_folding(record, &NO_ABORT).await
     }
 
@@ -390,6 +435,7 @@ impl<L: SagaLog> Engine<L> {
         index: usize,
         abort: &AbortFlag,
         mut written: bool,
+        inherited: bool,
     ) -> Result<Flow, StorageError> {
         let def = steps::definition(record.saga_type)[index];
         if steps::skipped(record, index) {
@@ -426,8 +472,10 @@ impl<L: SagaLog> Engine<L> {
                     step.finished_at_ms = Some(now_ms());
                     let attempts = step.attempts;
                     let note = format!("{} rejected: {}", def.name, status.message());
+                    // Rejected now, so rejected (or never called) by any
+                    // earlier run too: no later step was called.
                     let ahead = self
-                        .start_compensating(record, saga_error(&status), &note, "")
+                        .start_compensating(record, saga_error(&status), &note, "", false)
                         .await?;
                     step_ended(record, def.name, started, "rejected", attempts);
                     Failpoint::hit(fp, "result", def.name).await;
@@ -457,7 +505,7 @@ impl<L: SagaLog> Engine<L> {
                         record.steps[index].action.status = StepStatus::Failed;
                         let attempts = record.steps[index].action.attempts;
                         let ahead = self
-                            .start_compensating(record, error, &note, &actor)
+                            .start_compensating(record, error, &note, &actor, inherited)
                             .await?;
                         step_ended(record, def.name, started, outcome, attempts);
                         return Ok(Flow::Next(ahead));
@@ -605,6 +653,25 @@ fn next_forward(record: &SagaRecord) -> Option<usize> {
 
 /// Whether step `i` was attempted, has a compensation, and that
 /// compensation has not succeeded.
+/// Marks every effectful step of `record` that is not recorded as
+/// attempted (nor skipped) as attempted, result unknown; returns their
+/// names.
+fn mark_maybe_called(record: &mut SagaRecord) -> Vec<&'static str> {
+    let defs = steps::definition(record.saga_type);
+    let mut marked = Vec::new();
+    for (i, def) in defs.iter().enumerate() {
+        if def.effectful
+            && def.compensation.is_some()
+            && record.steps[i].action.attempts == 0
+            && !steps::skipped(record, i)
+        {
+            Ahead::mark(record, i, false);
+            marked.push(def.name);
+        }
+    }
+    marked
+}
+
 fn needs_compensation(record: &SagaRecord, i: usize) -> bool {
     let s = &record.steps[i];
     steps::definition(record.saga_type)[i]
