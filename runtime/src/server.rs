@@ -510,20 +510,22 @@ mod tests {
             .connect_with_connector_lazy(connector)
     }
 
-    /// Regression: before its first storage probe a server answered
-    /// NOT_FOUND for its own name, which the orchestrator takes for a
-    /// participant URL that points at another service (it logged a
-    /// misconfiguration at every start of `microshop bench`).
-    #[tokio::test]
-    async fn a_server_that_has_not_probed_its_store_yet_knows_its_own_name() {
-        let (listener, channel) = bound().await;
+    /// Serves Echo on `listener` in a task, with `opening` as its store's
+    /// opening, until the returned sender is used or dropped.
+    fn spawn_echo<P: StorageProbe>(
+        listener: TcpListener,
+        opening: impl Future<Output = Result<(Services, P), ServeError>> + Send + 'static,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), ServeError>>,
+    ) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             serve(
                 listener,
                 Echo::NAME,
                 &[],
-                std::future::ready(Ok((Services::new(Echo), NeverAnswers))),
+                opening,
                 health_reporter(),
                 &ServerArgs::default(),
                 async {
@@ -532,6 +534,20 @@ mod tests {
             )
             .await
         });
+        (stop, server)
+    }
+
+    /// Regression: before its first storage probe a server answered
+    /// NOT_FOUND for its own name, which the orchestrator takes for a
+    /// participant URL that points at another service (it logged a
+    /// misconfiguration at every start of `microshop bench`).
+    #[tokio::test]
+    async fn a_server_that_has_not_probed_its_store_yet_knows_its_own_name() {
+        let (listener, channel) = bound().await;
+        let (stop, server) = spawn_echo(
+            listener,
+            std::future::ready(Ok((Services::new(Echo), NeverAnswers))),
+        );
         let mut client = HealthClient::new(channel);
         for name in [Echo::NAME, ""] {
             let answer = client
@@ -570,25 +586,11 @@ mod tests {
             for _ in 0..3 {
                 channels.push(connected(&listener).await);
             }
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(async move {
-                serve(
-                    listener,
-                    Echo::NAME,
-                    &[],
-                    async {
-                        // Opening an embedded store blocks its task for a
-                        // moment (a sync open in the first poll).
-                        std::thread::sleep(Duration::from_millis(30));
-                        Ok((Services::new(Echo), Answers))
-                    },
-                    health_reporter(),
-                    &ServerArgs::default(),
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
-                .await
+            let (stop, server) = spawn_echo(listener, async {
+                // Opening an embedded store blocks its task for a
+                // moment (a sync open in the first poll).
+                std::thread::sleep(Duration::from_millis(30));
+                Ok((Services::new(Echo), Answers))
             });
             let calls = channels.iter().map(|c| {
                 let c = c.clone();
@@ -613,23 +615,9 @@ mod tests {
     async fn a_connection_opened_while_the_store_opens_is_served_once_it_is_open() {
         let (listener, channel) = bound().await;
         let (open, opened) = tokio::sync::oneshot::channel::<()>();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            serve(
-                listener,
-                Echo::NAME,
-                &[],
-                async {
-                    opened.await.expect("the test opens the store");
-                    Ok((Services::new(Echo), Answers))
-                },
-                health_reporter(),
-                &ServerArgs::default(),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
+        let (stop, server) = spawn_echo(listener, async {
+            opened.await.expect("the test opens the store");
+            Ok((Services::new(Echo), Answers))
         });
 
         let mut health = HealthClient::new(channel.clone());
