@@ -49,30 +49,6 @@ use tonic::{Code, Status};
 /// How long a failpoint may take to be reached.
 const FAILPOINT_WITHIN: Duration = Duration::from_secs(30);
 
-/// Tight budgets for the crash matrices: nothing is transiently failing
-/// there, so these only bound how long a bug could keep a saga going.
-const MATRIX_ENGINE: &[&str] = &[
-    "--step-attempts",
-    "20",
-    "--step-budget-ms",
-    "2000",
-    "--compensation-attempts",
-    "20",
-    "--backoff-min-ms",
-    "10",
-    "--backoff-max-ms",
-    "100",
-    "--call-timeout-ms",
-    "2000",
-    "--recovery-interval-ms",
-    "200",
-    // A restarted orchestrator is the same owner of saga leases (as a
-    // container restarted in its pod), so on a shared MongoDB log it
-    // resumes its sagas at once instead of after their leases expire.
-    "--orchestrator-id",
-    "crash-test-orchestrator",
-];
-
 /// Budgets that outlast a participant restart: a step keeps retrying for
 /// 15 s (a PlaceOrder client waits 20 s), compensations nearly forever.
 const OUTAGE_ENGINE: &[&str] = &[

@@ -30,6 +30,30 @@ pub const GRANT: i64 = 500;
 /// How long a resumed saga may take to end.
 pub const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 
+/// Tight budgets for the crash matrices: nothing is transiently failing
+/// there, so these only bound how long a bug could keep a saga going.
+pub const MATRIX_ENGINE: &[&str] = &[
+    "--step-attempts",
+    "20",
+    "--step-budget-ms",
+    "2000",
+    "--compensation-attempts",
+    "20",
+    "--backoff-min-ms",
+    "10",
+    "--backoff-max-ms",
+    "100",
+    "--call-timeout-ms",
+    "2000",
+    "--recovery-interval-ms",
+    "200",
+    // A restarted orchestrator is the same owner of saga leases (as a
+    // container restarted in its pod), so on a shared MongoDB log it
+    // resumes its sagas at once instead of after their leases expire.
+    "--orchestrator-id",
+    "crash-test-orchestrator",
+];
+
 pub fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(deadline);

@@ -20,23 +20,6 @@ use crate::{
     fs::PowerCutFs,
 };
 
-/// The crash matrix's budgets (nothing fails transiently here).
-pub const ENGINE: &[&str] = &[
-    "--step-attempts",
-    "20",
-    "--step-budget-ms",
-    "2000",
-    "--compensation-attempts",
-    "20",
-    "--backoff-min-ms",
-    "10",
-    "--backoff-max-ms",
-    "100",
-    "--call-timeout-ms",
-    "2000",
-    "--recovery-interval-ms",
-    "200",
-];
 /// How long a failpoint may take to be reached.
 pub const FAILPOINT_WITHIN: Duration = Duration::from_secs(30);
 
@@ -174,7 +157,7 @@ impl Rig {
         let mnt = tempfile::tempdir().expect("mount point");
         let pfs = PowerCutFs::mount(mnt.path()).expect("mount the power-cut filesystem");
         let cluster = Cluster::builder()
-            .orchestrator(ENGINE)
+            .orchestrator(MATRIX_ENGINE)
             .data_root(mnt.path())
             .start()
             .await;
