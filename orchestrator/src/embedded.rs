@@ -93,6 +93,12 @@ impl EmbeddedSagaLog {
             .await
     }
 
+    /// Compacts the whole log now, blocking the calling thread (after a
+    /// bulk load: see [`EmbeddedDb::compact_blocking`]).
+    pub fn compact_blocking(&self) -> Result<(), StorageError> {
+        self.db.compact_blocking()
+    }
+
     /// Makes everything imported durable.
     pub async fn sync(&self) -> Result<(), StorageError> {
         self.db.write(Sync::Durable, |_| Ok(())).await

@@ -80,6 +80,19 @@ const CACHE_BYTES: u64 = 2 * 1024 * 1024;
 const MEMTABLE_BYTES: u64 = 3 * 1024 * 1024;
 const JOURNALING_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Most bytes a store holds in memtables not yet flushed (the active one
+/// and the sealed ones queued for flushing) before its writer waits for a
+/// flush. fjall halts writers only at four sealed memtables, and seals the
+/// active one through a message to its workers: while they are busy with
+/// a long compaction (after a bulk load of a million sagas) the active
+/// memtable grew past 1.5 GB.
+const UNFLUSHED_BYTES: u64 = 4 * MEMTABLE_BYTES;
+
+/// fjall's background threads per store. Two, so that a memtable is
+/// sealed and flushed while the other compacts (with more than one, fjall
+/// keeps its first worker for flushes).
+const WORKERS: usize = 2;
+
 /// Free space a store needs to work: room to flush a full memtable. Below
 /// it a failed write is a full disk, and a failed store is not reopened.
 const ROOM_BYTES: u64 = MEMTABLE_BYTES + 1024 * 1024;
@@ -540,6 +553,13 @@ impl EmbeddedDb {
         self.read(|v| v.get(&[0]).map(drop)).await
     }
 
+    /// Compacts the whole store now, blocking the calling thread (after a
+    /// bulk load, so what follows meets a settled tree, as a log grown over
+    /// weeks would be).
+    pub fn compact_blocking(&self) -> Result<(), StorageError> {
+        self.handles()?.ks.major_compact().map_err(fjall_error)
+    }
+
     /// Bytes the store's files take on disk.
     pub fn disk_space(&self) -> Result<u64, StorageError> {
         self.handles()?.db.disk_space().map_err(fjall_error)
@@ -578,7 +598,7 @@ fn open_handles(path: &Path) -> Result<Handles, StorageError> {
     let db = Database::builder(path)
         .cache_size(CACHE_BYTES)
         .max_journaling_size(JOURNALING_BYTES)
-        .worker_threads(1)
+        .worker_threads(WORKERS)
         .manual_journal_persist(true)
         .open()
         .map_err(|e| match e {
@@ -651,6 +671,7 @@ fn writer(
     durable: Durable,
 ) {
     while let Ok(first) = rx.recv() {
+        hold_back(&handles);
         let batch = take_batch(first, rx);
         if let Err(e) = write_batch(&handles, batch, durable) {
             // fjall poisoned the database: answer from the failure until
@@ -666,6 +687,38 @@ fn writer(
     }
     tracing::debug!("store writer stopped");
 }
+
+/// Waits, before the next batch, until the store's memtables hold at most
+/// [`UNFLUSHED_BYTES`] not yet flushed: backpressure on the store's
+/// callers (their jobs wait in the queue), so its memory stays bounded
+/// whatever its workers are busy with. Seals the active memtable first, so
+/// that its flush is queued even if fjall's own request to seal it is
+/// still waiting behind a compaction.
+fn hold_back(handles: &Handles) {
+    if handles.db.write_buffer_size() <= UNFLUSHED_BYTES {
+        return;
+    }
+    if let Err(e) = handles.ks.rotate_memtable() {
+        // The next commit reports what is wrong with the journal.
+        tracing::warn!(error = %e, "cannot seal the store's memtable");
+        return;
+    }
+    let started = Instant::now();
+    while handles.db.write_buffer_size() > UNFLUSHED_BYTES {
+        thread::sleep(Duration::from_millis(2));
+        if started.elapsed() > FLUSH_WAIT_MAX {
+            tracing::warn!(
+                unflushed = handles.db.write_buffer_size(),
+                "the store's memtables are still not flushed; writing on"
+            );
+            return;
+        }
+    }
+}
+
+/// Longest a writer waits for a flush before it writes on anyway (a flush
+/// that cannot finish, on a full disk, shows up as a failed write instead).
+const FLUSH_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// While the store is failed: answers every job with `failure` and, on a
 /// capped backoff, opens the store again once the disk has room. `None`
