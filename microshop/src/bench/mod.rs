@@ -47,7 +47,7 @@ pub use self::report::{
 use self::{
     floor::Floor,
     load::{Gen, Load, closed_loop, open_loop, sku_names},
-    report::{finish, load_average, machine, print_table, rss_peak_mb, write_json},
+    report::{finish, load_average, machine, print_table, progress, rss_peak_mb, write_json},
     scenarios::{history_scenario, recovery_scenario, seed, seed_mesh, start_mesh, step_times},
 };
 
@@ -216,9 +216,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         Gen::new("spread", skus.clone(), opts.redeem_points),
     )
     .await?;
-    eprintln!("bench: saga, closed loop, {clients} callers");
+    progress(&format!("saga, closed loop, {clients} callers"));
     let (closed, ids) = closed_loop(&load, clients, warmup, duration, opts.step_sample).await;
-    eprintln!("bench: saga, one caller");
+    progress("saga, one caller");
     let short = duration.min(Duration::from_secs(3));
     let (unloaded, _) =
         closed_loop(&load, 1, warmup.min(Duration::from_millis(500)), short, 0).await;
@@ -233,14 +233,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         (None, None)
     };
     let half_rate = (closed.throughput_per_s * 0.5).max(1.0);
-    eprintln!("bench: saga, open loop at {half_rate:.0}/s");
+    progress(&format!("saga, open loop at {half_rate:.0}/s"));
     let half = open_loop(&load, half_rate, warmup, duration).await;
     let steps = step_times(&url, &ids).await?;
     let hot = if opts.scenario == Scenario::Hot {
         let n = opts.hot_clients.max(1);
-        eprintln!("bench: spread SKUs, {n} callers");
+        progress(&format!("spread SKUs, {n} callers"));
         let (spread, _) = closed_loop(&load, n, warmup, duration, 0).await;
-        eprintln!("bench: one hot SKU, {n} callers");
+        progress(&format!("one hot SKU, {n} callers"));
         let hot_load = load.with_gen(Gen::new("hot", vec![skus[0].clone()], opts.redeem_points));
         let (hot, _) = closed_loop(&hot_load, n, warmup, duration, 0).await;
         Some(HotReport {
@@ -268,11 +268,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             Gen::new("floor", skus.clone(), opts.redeem_points),
         )
         .await?;
-        eprintln!("bench: floor, closed loop, {clients} callers");
+        progress(&format!("floor, closed loop, {clients} callers"));
         let (fc, _) = closed_loop(&load, clients, warmup, duration, 0).await;
-        eprintln!("bench: floor, one caller");
+        progress("floor, one caller");
         let (fu, _) = closed_loop(&load, 1, warmup.min(Duration::from_millis(500)), short, 0).await;
-        eprintln!("bench: floor, open loop at {half_rate:.0}/s");
+        progress(&format!("floor, open loop at {half_rate:.0}/s"));
         let fh = open_loop(&load, half_rate, warmup, duration).await;
         drop(load);
         floor.stop().await;
@@ -291,7 +291,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             Gen::new("nondurable", skus.clone(), opts.redeem_points),
         )
         .await?;
-        eprintln!("bench: saga without fsync, closed loop, {clients} callers");
+        progress(&format!(
+            "saga without fsync, closed loop, {clients} callers"
+        ));
         let (nd, _) = closed_loop(&load, clients, warmup, duration, 0).await;
         drop(load);
         mesh.shutdown().await?;
@@ -480,6 +482,8 @@ mod tests {
             "floor_closed_loop.cpu_ms_per_call",
             "closed_loop.fsyncs_per_call",
             "half_peak.fsyncs_per_call",
+            "unloaded.context_switches_per_call",
+            "floor_unloaded.context_switches_per_call",
         ] {
             let found = path
                 .split('.')
@@ -498,6 +502,9 @@ mod tests {
         let per_saga = report.closed_loop.fsyncs_per_call;
         assert!(per_saga > 0.0 && per_saga <= 5.0, "{per_saga}");
         assert!((3.5..=4.5).contains(&redeeming), "{redeeming}");
+        // Every saga blocks some thread at least once (its fsyncs).
+        let switches = report.unloaded.context_switches_per_call;
+        assert!(switches >= 1.0, "{switches}");
         let steps: Vec<&str> = report.steps.iter().map(|s| s.step.as_str()).collect();
         assert!(steps.contains(&"reserve-stock"), "{steps:?}");
     }

@@ -39,6 +39,11 @@ pub struct PhaseStats {
     /// Journal fsyncs the stores of this process made per OK call (0
     /// against a mesh in other processes, and for the floor).
     pub fsyncs_per_call: f64,
+    /// Context switches of all threads of this process per OK call: each
+    /// is a thread that blocked (a hand-off to another thread, an fsync,
+    /// an idle runtime worker parking) or was preempted. Against the floor
+    /// it shows what the saga's hand-offs cost one caller in wake-ups.
+    pub context_switches_per_call: f64,
 }
 
 /// Mean time of one saga step, from GetSaga timestamps (millisecond
@@ -71,7 +76,7 @@ pub struct HotReport {
 pub struct HistoryReport {
     /// Completed sagas written before measuring.
     pub sagas: u64,
-    /// Seconds the pre-fill took.
+    /// Seconds the pre-fill took (writing, then compacting the log).
     pub prefill_s: f64,
     /// Size of the saga log after the pre-fill.
     pub log_bytes: u64,
@@ -85,11 +90,14 @@ pub struct HistoryReport {
     /// full / empty one-caller p50: the figure held to the target, since
     /// without load it moves with the log, not with queueing.
     pub one_caller_p50_ratio: f64,
-    /// Open loop at the empty-log half-peak rate over the full log.
+    /// Open loop over the full log at the empty log's half-peak rate, or
+    /// at half of this log's own closed-loop peak where that is lower (its
+    /// `offered_per_s` says which).
     pub half_peak: PhaseStats,
-    /// Median at the same rate on the empty log.
+    /// Median at the empty log's half-peak rate on the empty log.
     pub empty_p50_ms: f64,
-    /// full / empty p50 at half peak.
+    /// full / empty p50 at half peak (each at half of its own peak when
+    /// the full log's is lower).
     pub p50_ratio: f64,
 }
 
@@ -207,15 +215,32 @@ pub struct Report {
 
 /// Peak resident set (VmHWM), MiB.
 pub(super) fn rss_peak_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// A `/proc/self/status` figure given in kB, in MiB (0 where unreadable).
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Says on stderr which phase starts, with the memory the run holds now
+/// and at its peak so far: a peak over the target is then pinned to the
+/// phase that made it.
+pub(super) fn progress(what: &str) {
+    eprintln!(
+        "bench: {what} (resident {:.0} MiB, peak so far {:.0} MiB; {} context switches so far)",
+        status_mb("VmRSS:"),
+        rss_peak_mb(),
+        super::load::context_switches()
+    );
 }
 
 pub(super) fn load_average() -> String {
@@ -412,6 +437,23 @@ pub fn table(r: &Report) -> String {
         "",
         None,
     );
+    let floor_switches = |f: &Option<PhaseStats>| {
+        f.as_ref().map_or_else(String::new, |f| {
+            format!(" vs floor {:.1}", f.context_switches_per_call)
+        })
+    };
+    row(
+        "context switches per saga (hand-offs, fsyncs, parked workers), one caller / closed loop",
+        format!(
+            "{:.1}{} / {:.1}{}",
+            r.unloaded.context_switches_per_call,
+            floor_switches(&r.floor_unloaded),
+            r.closed_loop.context_switches_per_call,
+            floor_switches(&r.floor_closed_loop),
+        ),
+        "",
+        None,
+    );
     row(
         "p50 / p99 / p90 / p99.9 at half peak",
         format!(
@@ -493,10 +535,11 @@ pub fn table(r: &Report) -> String {
                 h.sagas
             ),
             format!(
-                "{:.2}× ({:.2} vs {:.2} ms; p99 {:.2} ms; closed loop {:.0}/s)",
+                "{:.2}× ({:.2} vs {:.2} ms at {:.0}/s; p99 {:.2} ms; closed loop {:.0}/s)",
                 h.p50_ratio,
                 h.half_peak.p50_ms,
                 h.empty_p50_ms,
+                h.half_peak.offered_per_s.unwrap_or_default(),
                 h.half_peak.p99_ms,
                 h.closed_loop.throughput_per_s,
             ),
@@ -560,6 +603,6 @@ pub(super) fn print_table(r: &Report) {
 pub(super) fn write_json(report: &Report, path: &Path) -> anyhow::Result<()> {
     std::fs::write(path, serde_json::to_vec_pretty(report)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    eprintln!("bench: wrote {}", path.display());
+    progress(&format!("wrote {}", path.display()));
     Ok(())
 }
