@@ -716,9 +716,11 @@ fn hold_back(handles: &Handles) {
     }
 }
 
-/// Longest a writer waits for a flush before it writes on anyway (a flush
-/// that cannot finish, on a full disk, shows up as a failed write instead).
-const FLUSH_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Longest a writer waits for a flush before it writes one batch anyway:
+/// while flushes are stuck (a full disk fails them) the store still
+/// answers, at most one batch a second, and the failure shows up as a
+/// failed write rather than as a silent stall.
+const FLUSH_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// While the store is failed: answers every job with `failure` and, on a
 /// capped backoff, opens the store again once the disk has room. `None`
