@@ -28,10 +28,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    // The blocking pool runs redb reads, which the page cache answers in
-    // microseconds: 16 threads keep two cores busy, and every further
-    // thread only adds an allocator heap and a stack under a burst
-    // (tokio's default is 512).
+    // The blocking pool runs only occasional work (the operator CLI's
+    // confirmation prompt, the bench's compaction): 16 threads are
+    // plenty, and every further thread only adds an allocator heap and a
+    // stack under a burst (tokio's default is 512).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(16)
         .enable_all()
