@@ -128,10 +128,15 @@ impl PowerCutFs {
     }
 
     fn unmount(&mut self) -> io::Result<()> {
-        if let Some(session) = self.session.take() {
-            session.umount_and_join()?;
+        match self.session.take().map(BackgroundSession::umount_and_join) {
+            // The session's last read of /dev/fuse raced the unmount: the
+            // kernel answers a read of a connection it has just ended with
+            // ECONNABORTED instead of ENODEV (seen once in a run of the
+            // filesystem's own test). The filesystem is unmounted either way.
+            Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionAborted => Ok(()),
+            Some(Err(e)) => Err(e),
+            Some(Ok(())) | None => Ok(()),
         }
-        Ok(())
     }
 }
 
