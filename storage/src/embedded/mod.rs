@@ -5,12 +5,16 @@
 //! B-tree rewrote several 4 KiB pages per commit (the measurement is in
 //! `docs/performance.md`, the harness in `storage/examples/write_pattern.rs`).
 //!
-//! Writes: every write job of a store runs on its one writer thread, which
-//! takes all queued jobs, runs each in its own [`Txn`] (its reads see its
-//! own writes; it commits as one atomic fjall batch, or not at all if it
+//! Writes: a store's write jobs run on its one writer thread, which takes
+//! all queued jobs, runs each in its own [`Txn`] (its reads see its own
+//! writes; it commits as one atomic fjall batch, or not at all if it
 //! fails, without touching the other jobs), then makes the batch durable
-//! with one `fdatasync` of the journal (group commit). Each write says how
-//! durable it must be before its caller hears back ([`Sync`]):
+//! with one `fdatasync` of the journal (group commit). A job that waits for
+//! no fsync runs on its caller's thread instead when nobody is committing
+//! (the writer holds the commit lock for a whole batch, its fsync
+//! included; the caller only tries it): the same commit without the two
+//! thread wake-ups of a hand-off. Each write says how durable it must be
+//! before its caller hears back ([`Sync`]):
 //! - [`Sync::Durable`] (every participant answer, a saga's creation, ...):
 //!   answered after the fsync that covers it;
 //! - [`Sync::Buffered`] (a saga step's intermediate record, which recovery
@@ -20,9 +24,9 @@
 //!
 //! Once a batch is committed the writer hands the journal to the OS (one
 //! `write`: from then on a killed process loses nothing) and only then
-//! answers; only an fsync makes it survive a power cut. One writer thread
-//! means nobody else ever waits on fjall's journal lock, which fjall holds
-//! through its fsync.
+//! answers; only an fsync makes it survive a power cut. Commits take turns
+//! on the commit lock, and a caller never waits for it, so nobody waits on
+//! fjall's journal lock, which fjall holds through its fsync.
 //!
 //! Reads run on the caller's task against a snapshot: point reads are
 //! answered from memory or the page cache in microseconds. A read may see
@@ -37,22 +41,22 @@
 //! [`StorageError::Full`] (health: NOT_SERVING); nothing acknowledged is
 //! lost, since nothing is acknowledged before it is in the OS.
 //!
+//! The writer thread, a batch's commits and fsync, backpressure and
+//! reopening are in `writer.rs`.
+//!
 //! Data directories written by earlier versions (one redb file per
 //! service) are refused with what to do: `microshop migrate`.
 
 pub mod keys;
+mod writer;
 
 use std::{
     collections::BTreeMap,
     ops::RangeBounds,
     path::{Path, PathBuf},
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
-        mpsc,
-    },
+    sync::{Arc, Mutex, RwLock, atomic::AtomicU64, mpsc},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use fjall::{
@@ -62,6 +66,7 @@ use fjall::{
 use tokio::sync::oneshot;
 
 pub use self::keys::{KeyBuf, KeyReader, Table, i64_value, read_i64, read_u64, u64_value};
+use self::writer::{Shared, boxed, commit, empty_job, write_batch, writer};
 use crate::StorageError;
 
 /// A stored value.
@@ -374,6 +379,11 @@ struct Inner {
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<thread::JoinHandle<()>>,
     path: PathBuf,
+    durable: Durable,
+    /// Held by whoever commits: the writer for a whole batch (its fsync
+    /// included), or a caller committing a buffered write on its own
+    /// thread ([`EmbeddedDb::try_inline`]).
+    committing: Arc<Mutex<()>>,
 }
 
 impl Drop for Inner {
@@ -458,11 +468,16 @@ impl EmbeddedDb {
             .map_err(fjall_error)?;
         let state = Arc::new(RwLock::new(State::Open(handles.clone())));
         let (jobs, rx) = mpsc::channel::<Job>();
-        let writer_state = Arc::clone(&state);
-        let writer_path = path.clone();
+        let committing = Arc::new(Mutex::new(()));
+        let shared = Shared {
+            state: Arc::clone(&state),
+            path: path.clone(),
+            committing: Arc::clone(&committing),
+            durable,
+        };
         let writer = thread::Builder::new()
             .name(format!("{name}-writer"))
-            .spawn(move || writer(handles, &writer_state, &writer_path, &rx, durable))
+            .spawn(move || writer(handles, &shared, &rx))
             .map_err(|e| StorageError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -470,6 +485,8 @@ impl EmbeddedDb {
                 jobs: Some(jobs),
                 writer: Some(writer),
                 path,
+                durable,
+                committing,
             }),
         })
     }
@@ -512,6 +529,10 @@ impl EmbeddedDb {
         early: bool,
         job: impl FnOnce(&mut Txn) -> Result<R, StorageError> + Send + 'static,
     ) -> Result<(R, Synced), StorageError> {
+        let job = match self.try_inline(sync, early, job) {
+            Ok(done) => return done,
+            Err(job) => job,
+        };
         let (tx, rx) = oneshot::channel::<Result<R, StorageError>>();
         let (synced_tx, synced_rx) = if early {
             let (t, r) = oneshot::channel();
@@ -519,36 +540,90 @@ impl EmbeddedDb {
         } else {
             (None, None)
         };
-        let boxed: Job = Box::new(move |txn| {
-            let out = job(txn);
-            let failed = out.is_err();
-            let answer: Completion = Box::new(move |commit| {
-                let result = match commit {
-                    Ok(()) => out,
-                    Err(e) => match out {
-                        Err(own) => Err(own),
-                        Ok(_) => Err(e.duplicate()),
-                    },
-                };
-                let _ = tx.send(result);
-            });
-            Done {
-                answer,
-                synced: synced_tx,
-                failed,
-                sync,
-            }
-        });
-        self.inner
-            .jobs
-            .as_ref()
-            .ok_or_else(|| StorageError::Unavailable("the store is shut down".into()))?
-            .send(boxed)
-            .map_err(|_| StorageError::Unavailable("the store is shut down".into()))?;
+        self.send(boxed(job, tx, sync, synced_tx))?;
         let out = rx
             .await
             .map_err(|_| StorageError::Unavailable("the store could not run the write".into()))??;
         Ok((out, Synced(synced_rx)))
+    }
+
+    fn send(&self, job: Job) -> Result<(), StorageError> {
+        self.inner
+            .jobs
+            .as_ref()
+            .ok_or_else(|| StorageError::Unavailable("the store is shut down".into()))?
+            .send(job)
+            .map_err(|_| StorageError::Unavailable("the store is shut down".into()))
+    }
+
+    /// Commits `job` right here, on the caller's thread, when nobody else
+    /// is committing: a hand-off to the writer thread costs two thread
+    /// wake-ups (tens of microseconds each on a small VM, most of what one
+    /// caller pays for a write), the commit itself a few. Only the commit:
+    /// a job that must be durable before it is answered goes to the writer,
+    /// and an early one is answered here and made durable by the writer's
+    /// next fsync (asked for by an empty job; the journal is one file, so
+    /// that fsync covers this commit). Gives `job` back when the writer or
+    /// another caller is committing (the writer holds the lock through its
+    /// fsync, and fjall its journal's), or when the store's memtables are
+    /// full enough that a commit could stall in fjall.
+    fn try_inline<R: Send + 'static, J>(
+        &self,
+        sync: Sync,
+        early: bool,
+        job: J,
+    ) -> Result<Result<(R, Synced), StorageError>, J>
+    where
+        J: FnOnce(&mut Txn) -> Result<R, StorageError> + Send + 'static,
+    {
+        let durable = self.inner.durable;
+        if sync == Sync::Durable && durable == Durable::Yes && !early {
+            return Err(job);
+        }
+        let Ok(guard) = self.inner.committing.try_lock() else {
+            return Err(job);
+        };
+        // Under the lock: the writer changes the state only while holding
+        // it, or while the store is failed (then this does not run).
+        let handles = match self.handles() {
+            Ok(h) if h.db.write_buffer_size() <= UNFLUSHED_BYTES / 2 => h,
+            _ => return Err(job),
+        };
+        let (tx, mut rx) = oneshot::channel::<Result<R, StorageError>>();
+        let committed = write_batch(
+            &handles,
+            vec![boxed(job, tx, Sync::Buffered, None)],
+            durable,
+        );
+        drop(handles);
+        if let Err(e) = &committed {
+            // Poisoned, as a failed batch of the writer's leaves it: the
+            // store answers from the failure, and the writer (woken by an
+            // empty job) reopens it once it can.
+            let failure = failure_of(e, &self.inner.path);
+            *self.inner.state.write().unwrap_or_else(|e| e.into_inner()) = State::Failed(failure);
+        }
+        drop(guard);
+        if committed.is_err() && self.send(empty_job(None)).is_err() {
+            tracing::debug!("store shut down while failing");
+        }
+        let out = match rx.try_recv() {
+            Ok(out) => out,
+            Err(_) => Err(StorageError::Unavailable(
+                "the store could not run the write".into(),
+            )),
+        };
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => return Ok(Err(e)),
+        };
+        if !early || durable == Durable::No {
+            return Ok(Ok((out, Synced::now())));
+        }
+        let (synced_tx, synced_rx) = oneshot::channel();
+        // A store shut down meanwhile answers the wait with that.
+        let _ = self.send(empty_job(Some(synced_tx)));
+        Ok(Ok((out, Synced(Some(synced_rx)))))
     }
 
     /// Runs `f` against a snapshot of the store, on the caller's task.
@@ -643,248 +718,4 @@ fn open_handles(path: &Path) -> Result<Handles, StorageError> {
         })
         .map_err(fjall_error)?;
     Ok(Handles { db, ks })
-}
-
-fn commit(
-    handles: &Handles,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-) -> Result<(), StorageError> {
-    if writes.is_empty() {
-        return Ok(());
-    }
-    let mut batch = handles.db.batch();
-    for (key, value) in writes {
-        match value {
-            Some(v) => batch.insert(&handles.ks, key, v),
-            None => batch.remove(&handles.ks, key),
-        }
-    }
-    batch.commit().map_err(fjall_error)
-}
-
-/// Takes the queued jobs, up to [`MAX_BATCH`], after `first`.
-fn take_batch(first: Job, rx: &mpsc::Receiver<Job>) -> Vec<Job> {
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(_) => break,
-        }
-    }
-    batch
-}
-
-/// Answers `job` with `failure` without writing anything.
-fn refuse(job: Job, failure: &StorageError) {
-    let mut txn = Txn {
-        ks: Err(failure),
-        writes: BTreeMap::new(),
-    };
-    let done = job(&mut txn);
-    if let Some(s) = done.synced {
-        let _ = s.send(Err(failure.duplicate()));
-    }
-    if done.failed {
-        (done.answer)(Ok(()));
-    } else {
-        (done.answer)(Err(failure));
-    }
-}
-
-fn writer(
-    mut handles: Handles,
-    state: &RwLock<State>,
-    path: &Path,
-    rx: &mpsc::Receiver<Job>,
-    durable: Durable,
-) {
-    while let Ok(first) = rx.recv() {
-        hold_back(&handles);
-        let batch = take_batch(first, rx);
-        if let Err(e) = write_batch(&handles, batch, durable) {
-            // fjall poisoned the database: answer from the failure until
-            // it is open again.
-            let failure = failure_of(&e, path);
-            *state.write().unwrap_or_else(|e| e.into_inner()) = State::Failed(failure.duplicate());
-            drop(handles);
-            match reopen(path, state, rx, failure) {
-                Some(open) => handles = open,
-                None => break,
-            }
-        }
-    }
-    tracing::debug!("store writer stopped");
-}
-
-/// Waits, before the next batch, until the store's memtables hold at most
-/// [`UNFLUSHED_BYTES`] not yet flushed: backpressure on the store's
-/// callers (their jobs wait in the queue), so its memory stays bounded
-/// whatever its workers are busy with. Seals the active memtable first, so
-/// that its flush is queued even if fjall's own request to seal it is
-/// still waiting behind a compaction.
-fn hold_back(handles: &Handles) {
-    if handles.db.write_buffer_size() <= UNFLUSHED_BYTES {
-        return;
-    }
-    if let Err(e) = handles.ks.rotate_memtable() {
-        // The next commit reports what is wrong with the journal.
-        tracing::warn!(error = %e, "cannot seal the store's memtable");
-        return;
-    }
-    let started = Instant::now();
-    while handles.db.write_buffer_size() > UNFLUSHED_BYTES {
-        thread::sleep(Duration::from_millis(2));
-        if started.elapsed() > FLUSH_WAIT_MAX {
-            tracing::warn!(
-                unflushed = handles.db.write_buffer_size(),
-                "the store's memtables are still not flushed; writing on"
-            );
-            return;
-        }
-    }
-}
-
-/// Longest a writer waits for a flush before it writes one batch anyway:
-/// while flushes are stuck (a full disk fails them) the store still
-/// answers, at most one batch a second, and the failure shows up as a
-/// failed write rather than as a silent stall.
-const FLUSH_WAIT_MAX: Duration = Duration::from_secs(1);
-
-/// While the store is failed: answers every job with `failure` and, on a
-/// capped backoff, opens the store again once the disk has room. `None`
-/// when the store shuts down meanwhile.
-fn reopen(
-    path: &Path,
-    state: &RwLock<State>,
-    rx: &mpsc::Receiver<Job>,
-    mut failure: StorageError,
-) -> Option<Handles> {
-    let mut delay = Duration::from_millis(50);
-    let mut next_try = Instant::now() + delay;
-    loop {
-        match rx.recv_timeout(next_try.saturating_duration_since(Instant::now())) {
-            Ok(job) => {
-                refuse(job, &failure);
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        delay = (delay * 2).min(REOPEN_BACKOFF_MAX);
-        next_try = Instant::now() + delay;
-        if free_bytes(path).is_some_and(|free| free < ROOM_BYTES) {
-            continue;
-        }
-        // Readers may still hold the old database for a moment (its lock):
-        // then this fails, and the next attempt succeeds.
-        match open_handles(path).and_then(|h| {
-            h.db.persist(PersistMode::SyncData).map_err(fjall_error)?;
-            Ok(h)
-        }) {
-            Ok(handles) => {
-                tracing::info!(path = %path.display(), "store reopened; serving again");
-                *state.write().unwrap_or_else(|e| e.into_inner()) = State::Open(handles.clone());
-                return Some(handles);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, path = %path.display(), "store not reopened yet");
-                if matches!(e, StorageError::Full(_)) {
-                    failure = e;
-                }
-            }
-        }
-    }
-}
-
-/// Runs one batch of jobs and answers them; `Err` when a commit or the
-/// journal's flush or fsync failed, which leaves the database poisoned
-/// (every job of the batch not answered yet is answered with it).
-fn write_batch(handles: &Handles, batch: Vec<Job>, durable: Durable) -> Result<(), StorageError> {
-    let stats = write_stats();
-    // Answered once the batch is in the OS (buffered writes: a killed
-    // process loses nothing), or once its fsync is done (durable writes,
-    // and the durability of early ones).
-    let mut buffered: Vec<Completion> = Vec::new();
-    let mut waiting: Vec<Completion> = Vec::new();
-    let mut early: Vec<oneshot::Sender<Result<(), StorageError>>> = Vec::new();
-    let mut jobs = batch.into_iter();
-    let mut broken: Option<StorageError> = None;
-    for job in jobs.by_ref() {
-        let mut txn = Txn {
-            ks: Ok(&handles.ks),
-            writes: BTreeMap::new(),
-        };
-        let done = job(&mut txn);
-        if done.failed {
-            (done.answer)(Ok(()));
-            continue;
-        }
-        match commit(handles, txn.writes) {
-            Err(e) => {
-                if let Some(s) = done.synced {
-                    let _ = s.send(Err(e.duplicate()));
-                }
-                (done.answer)(Err(&e));
-                broken = Some(e);
-                break;
-            }
-            Ok(()) if done.sync == Sync::Durable && durable == Durable::Yes => match done.synced {
-                Some(s) => {
-                    buffered.push(done.answer);
-                    early.push(s);
-                }
-                None => waiting.push(done.answer),
-            },
-            Ok(()) => {
-                stats.buffered_writes.fetch_add(1, Ordering::Relaxed);
-                buffered.push(done.answer);
-                if let Some(s) = done.synced {
-                    early.push(s);
-                }
-            }
-        }
-    }
-    let flushed = match broken {
-        Some(e) => Err(e),
-        None => handles.db.persist(PersistMode::Buffer).map_err(fjall_error),
-    };
-    if let Err(e) = flushed {
-        // Nothing of this batch was acknowledged: answer all of it (and
-        // what is still queued in it) with the failure.
-        for answer in buffered.into_iter().chain(waiting) {
-            answer(Err(&e));
-        }
-        for s in early {
-            let _ = s.send(Err(e.duplicate()));
-        }
-        for job in jobs {
-            refuse(job, &e);
-        }
-        return Err(e);
-    }
-    for answer in buffered {
-        answer(Ok(()));
-    }
-    if waiting.is_empty() && early.is_empty() {
-        return Ok(());
-    }
-    let synced = if durable == Durable::Yes {
-        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        stats
-            .durable_writes
-            .fetch_add((waiting.len() + early.len()) as u64, Ordering::Relaxed);
-        handles
-            .db
-            .persist(PersistMode::SyncData)
-            .map_err(fjall_error)
-    } else {
-        Ok(())
-    };
-    for answer in waiting {
-        answer(synced.as_ref().map(|_| ()));
-    }
-    for s in early {
-        let _ = s.send(synced.as_ref().map(|_| ()).map_err(StorageError::duplicate));
-    }
-    synced
 }
