@@ -375,7 +375,41 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     if let Some(path) = &opts.json {
         write_json(&report, path)?;
     }
+    stores_closed(STORES_CLOSE_WITHIN).await;
+    drop(tmp);
     Ok(report)
+}
+
+/// How long the end of a run waits for the stores' background threads.
+const STORES_CLOSE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Waits (bounded polling of this process's thread names) until no fjall
+/// background thread runs any more, so the data directory is removed
+/// after the last compaction, not under it (which fjall reports as a
+/// crashed worker). A store closes when its last handle goes, and a shut
+/// down mesh's tasks may drop theirs a moment later; after `within` the
+/// directory goes anyway.
+async fn stores_closed(within: Duration) {
+    let running = || {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|name| name.starts_with("fjall"))
+                })
+            })
+            .unwrap_or(false)
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    while running() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if running() {
+        tracing::warn!(
+            "the stores' background threads still run after {within:?}; removing the data \
+             directory anyway"
+        );
+    }
 }
 
 /// Bytes written per saga, when the stores run in this process.
