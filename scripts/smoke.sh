@@ -37,7 +37,25 @@ has() { grep -q -- "$2" <<<"$1"; }
 # connection of anything on the machine may hold one for a moment: wait for
 # the mesh to say it is up (no probing while it binds), and start it again
 # if a port was busy.
+# busy_ports: the sockets (but TIME_WAIT, which a listener may share) on
+# the mesh's default ports; wait_ports: waits up to 60 s for none, then
+# says who holds them (a client's outgoing connection can keep one of
+# these ephemeral-range ports for tens of seconds).
+busy_ports() {
+  command -v ss >/dev/null || return 0
+  ss -Htanp 2>/dev/null | awk '$1 != "TIME-WAIT" && $4 ~ /:(5005[1-4]|9464)$/'
+}
+wait_ports() {
+  for _ in $(seq 1 120); do
+    [ -z "$(busy_ports)" ] && return
+    sleep 0.5
+  done
+  echo "smoke: a default port is still held after 60 s:"
+  busy_ports
+}
+
 for attempt in 1 2 3; do
+  wait_ports
   "$bin" up --data-dir "$data" >"$log" 2>&1 &
   pid=$!
   for _ in $(seq 1 300); do
