@@ -33,14 +33,9 @@ wait_exit() {
 # fails whenever grep exits early and grpcurl is killed by SIGPIPE.
 has() { grep -q -- "$2" <<<"$1"; }
 
-# The default ports lie in Linux's ephemeral range, so an outgoing
-# connection of anything on the machine may hold one for a moment: wait for
-# the mesh to say it is up (no probing while it binds), and start it again
-# if a port was busy.
 # busy_ports: the sockets (but TIME_WAIT, which a listener may share) on
 # the mesh's default ports; wait_ports: waits up to 60 s for none, then
-# says who holds them (a client's outgoing connection can keep one of
-# these ephemeral-range ports for tens of seconds).
+# says who holds them.
 busy_ports() {
   command -v ss >/dev/null || return 0
   ss -Htanp 2>/dev/null | awk '$1 != "TIME-WAIT" && $4 ~ /:(5005[1-4]|9464)$/'
@@ -54,6 +49,10 @@ wait_ports() {
   busy_ports
 }
 
+# The default ports lie in Linux's ephemeral range, so an outgoing
+# connection of anything on the machine may hold one, for tens of seconds
+# at worst: wait for the ports to be free, wait for the mesh to say it is
+# up (no probing while it binds), and start it again if a port was busy.
 for attempt in 1 2 3; do
   wait_ports
   "$bin" up --data-dir "$data" >"$log" 2>&1 &
