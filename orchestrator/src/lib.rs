@@ -206,6 +206,19 @@ async fn serve<L: SagaLog>(
     result
 }
 
+/// What the last health check of a participant found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Not checked yet.
+    Never,
+    /// Down at the first check: a mesh started in one process checks its
+    /// participants while they still open their stores, so this is only
+    /// worth a warning if the next check finds it down too.
+    DownAtStart,
+    Up,
+    Down,
+}
+
 /// Reports each participant's health under its service name on the
 /// orchestrator's own health service, so `grpc.health.v1.Health/Check`
 /// with e.g. `microshop.loyalty.v1.LoyaltyService` says which is down, and
@@ -233,13 +246,13 @@ async fn watch_participants<L: SagaLog>(
                 peer,
                 url,
                 HealthClient::new(participants::CallDeadline::new(ep.connect_lazy())),
-                None::<bool>,
+                Seen::Never,
             )),
             Err(e) => tracing::error!(%url, error = %e, "bad participant url"),
         }
     }
     loop {
-        for (peer, url, client, last) in &mut clients {
+        for (peer, url, client, seen) in &mut clients {
             let name = peer.service_name();
             // Ask for the participant's own service, not the server as a
             // whole: a URL that reaches another of our services (a swapped
@@ -255,7 +268,7 @@ async fn watch_participants<L: SagaLog>(
             );
             let misconfigured = matches!(&answer, Err(s) if s.code() == tonic::Code::NotFound);
             engine.health().report_misconfigured(*peer, misconfigured);
-            if misconfigured && *last != Some(false) {
+            if misconfigured && matches!(*seen, Seen::Never | Seen::Up) {
                 tracing::error!(
                     participant = %name,
                     %url,
@@ -267,11 +280,25 @@ async fn watch_participants<L: SagaLog>(
             if engine.health().report(*peer, up, model::now_ms()) {
                 engine.participant_back(*peer);
             }
-            if *last != Some(up) {
-                if up {
-                    tracing::info!(participant = %name, %url, "participant reachable");
-                } else if !misconfigured {
-                    tracing::warn!(participant = %name, %url, "participant unreachable or not serving; sagas will wait for it");
+            let now = match (up, *seen) {
+                (true, _) => Seen::Up,
+                (false, Seen::Never) => Seen::DownAtStart,
+                (false, _) => Seen::Down,
+            };
+            if now != *seen {
+                match now {
+                    Seen::Up => tracing::info!(participant = %name, %url, "participant reachable"),
+                    Seen::DownAtStart if !misconfigured => tracing::info!(
+                        participant = %name,
+                        %url,
+                        "participant not serving yet; checking again in 2 s"
+                    ),
+                    Seen::Down if !misconfigured => tracing::warn!(
+                        participant = %name,
+                        %url,
+                        "participant unreachable or not serving; sagas will wait for it"
+                    ),
+                    _ => {}
                 }
                 let status = if up {
                     ServingStatus::Serving
@@ -279,7 +306,7 @@ async fn watch_participants<L: SagaLog>(
                     ServingStatus::NotServing
                 };
                 health.set_service_status(name, status).await;
-                *last = Some(up);
+                *seen = now;
             }
         }
         tokio::select! {
