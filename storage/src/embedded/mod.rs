@@ -336,6 +336,12 @@ fn fjall_error(err: fjall::Error) -> StorageError {
     }
 }
 
+/// A write job that ended without an answer: it was dropped without
+/// running (the store shut down with it queued).
+fn not_run() -> StorageError {
+    StorageError::Unavailable("the store could not run the write".into())
+}
+
 /// Bytes free for us on the file system holding `path` (`None` if unknown).
 fn free_bytes(path: &Path) -> Option<u64> {
     let stat = rustix::fs::statvfs(path).ok()?;
@@ -559,9 +565,7 @@ impl EmbeddedDb {
             (None, None)
         };
         self.send(boxed(job, tx, sync, synced_tx))?;
-        let out = rx
-            .await
-            .map_err(|_| StorageError::Unavailable("the store could not run the write".into()))??;
+        let out = rx.await.map_err(|_| not_run())??;
         Ok((out, Synced(synced_rx)))
     }
 
@@ -634,9 +638,7 @@ impl EmbeddedDb {
         }
         let out = match rx.try_recv() {
             Ok(out) => out,
-            Err(_) => Err(StorageError::Unavailable(
-                "the store could not run the write".into(),
-            )),
+            Err(_) => Err(not_run()),
         };
         let out = match out {
             Ok(out) => out,
