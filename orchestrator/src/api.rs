@@ -35,6 +35,11 @@ const MAX_COUPON_BYTES: usize = 64;
 const MAX_ADDRESS_BYTES: usize = 1024;
 /// Longest phone number, in bytes.
 const MAX_PHONE_BYTES: usize = 32;
+/// How long a retry waits for a saga that compensates for a recorded
+/// error before answering that error: its compensations normally end in
+/// milliseconds, but one against a participant that is down retries for
+/// its whole budget.
+const DECIDED_WAIT: Duration = Duration::from_secs(1);
 
 /// Both public services over one engine.
 #[derive(Debug)]
@@ -107,6 +112,14 @@ impl<L: SagaLog> Api<L> {
         if record.state.is_terminal() {
             return Ok(record);
         }
+        // Compensating for a recorded error, its outcome is decided: give
+        // the compensation a moment to end, then answer that error even if
+        // a compensation still retries against a participant that is down.
+        let wait = if record.state == SagaState::Compensating && record.error.is_some() {
+            wait.min(DECIDED_WAIT)
+        } else {
+            wait
+        };
         self.wait_for(&record.saga_id, wait).await
     }
 
@@ -134,6 +147,14 @@ impl<L: SagaLog> Api<L> {
                 why,
             }),
             None => match self.engine.log().get(saga_id.to_owned()).await? {
+                // Compensating for a recorded error: the outcome is decided
+                // (`settle` answers it), however long the compensation's
+                // retries still take.
+                Some(record)
+                    if record.state == SagaState::Compensating && record.error.is_some() =>
+                {
+                    Ok(record)
+                }
                 Some(record) => Err(still_running(&record)),
                 None => Err(OrchestratorError::UnknownSaga(saga_id.to_owned())),
             },
@@ -219,9 +240,10 @@ fn check(v: Violations) -> Result<(), OrchestratorError> {
 }
 
 /// Turns an ended saga into the answer's parts, or its error. A saga that
-/// compensates while waiting for a participant already has its outcome: it
-/// answers the error it compensates for (e.g. `CHECKOUT_EXPIRED`), which the
-/// log holds durably, instead of making the client wait for the outage.
+/// compensates for a recorded error already has its outcome: it answers
+/// that error (e.g. `CHECKOUT_EXPIRED`), which the log holds durably,
+/// instead of making the client wait for the outage or the compensation's
+/// retries.
 fn settle(record: SagaRecord) -> Result<(SagaRecord, Option<ord::Order>), OrchestratorError> {
     match record.state {
         SagaState::Completed => {
@@ -239,7 +261,7 @@ fn settle(record: SagaRecord) -> Result<(SagaRecord, Option<ord::Order>), Orches
                 reason: "compensated without a recorded error".into(),
             }),
         },
-        SagaState::Compensating if record.waiting.is_some() => match record.error.clone() {
+        SagaState::Compensating => match record.error.clone() {
             Some(error) => Err(OrchestratorError::Rejected {
                 saga_id: record.saga_id,
                 state: SagaState::Compensating,
@@ -251,7 +273,7 @@ fn settle(record: SagaRecord) -> Result<(SagaRecord, Option<ord::Order>), Orches
             saga_id: record.saga_id,
             reason: record.failure_reason,
         }),
-        SagaState::Running | SagaState::Compensating => Err(still_running(&record)),
+        SagaState::Running => Err(still_running(&record)),
     }
 }
 

@@ -326,7 +326,7 @@ async fn an_outage_heals_without_an_operator() {
         .place_order(order_request("down-2", "vic", &[("BIKE", 3)], "", 30))
         .await
         .expect_err("the aborted checkout answers its abort");
-    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_eq!(error_reason(&status).as_deref(), Some("SAGA_ABORTED"));
 
     let una = shop.balance("una").await;
@@ -442,6 +442,69 @@ async fn a_checkout_hold_gives_the_stock_back_while_a_participant_is_down() {
 /// The orchestrator starts while every participant is down: a checkout
 /// waits for them, and completes by itself once they are up, without
 /// RetrySaga.
+/// The outcome of an expired checkout is decided once its compensation
+/// starts: a retry answers CHECKOUT_EXPIRED while the refund is still
+/// being retried against the unreachable loyalty-svc, not UNAVAILABLE
+/// once its wait runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_answers_an_expired_checkout_while_its_compensation_retries() {
+    let mut cluster = Cluster::start(EngineConfig {
+        checkout_hold: Duration::from_secs(3),
+        // The refund keeps retrying (not waiting) for the whole test.
+        compensation_attempts: 10_000,
+        backoff_min: Duration::from_millis(200),
+        backoff_max: Duration::from_millis(400),
+        ..outage_engine()
+    })
+    .await;
+    let mut shop = Shop::connect(&cluster.addrs).await;
+    shop.put_product("BIKE", 500_000, 10).await;
+    shop.grant_points("una", 100).await;
+
+    cluster.stop_loyalty().await;
+    let request = order_request("hold-2", "una", &[("BIKE", 2)], "", 20);
+    let status = expect_error(
+        shop.place_order(request.clone()).await,
+        Code::Unavailable,
+        Reason::DependencyUnavailable,
+    );
+    let saga_id = saga_id_of(&status);
+    saga_until(
+        &shop,
+        &saga_id,
+        "the expired checkout to release its stock",
+        |s| compensation_status(step(s, "reserve-stock")) == Some(StepStatus::Succeeded),
+    )
+    .await;
+
+    // No deadline: the retry may wait up to the orchestrator's longest
+    // wait (20 s here), longer than this test lets the refund retry.
+    let status = expect_error(
+        shop.place_order(request.clone()).await,
+        Code::FailedPrecondition,
+        Reason::CheckoutExpired,
+    );
+    assert_eq!(saga_id_of(&status), saga_id);
+    let saga = shop.saga(&saga_id).await;
+    assert_eq!(saga_state(&saga), SagaState::Compensating, "{saga:#?}");
+    assert_ne!(
+        compensation_status(step(&saga, "deduct-points")),
+        Some(StepStatus::Waiting),
+        "the refund is still retrying, so the answer did not come from a wait: {saga:#?}"
+    );
+
+    cluster.start_loyalty().await;
+    shop.clients = MeshClients::connect(&cluster.addrs, CONNECT_WITHIN)
+        .await
+        .expect("reconnect");
+    saga_until(&shop, &saga_id, "the expired checkout to end", |s| {
+        saga_state(s) == SagaState::Compensated
+    })
+    .await;
+    shop.assert_invariants().await;
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_orchestrator_starts_with_participants_down() {
     let dir = tempfile::tempdir().expect("a temporary data directory");
