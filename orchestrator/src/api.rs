@@ -623,7 +623,7 @@ impl<L: SagaLog> SagaAdminService for Api<L> {
             SagaState::Failed => {
                 // Nothing drives a FAILED saga, so it is safe to rewrite here.
                 record.error.get_or_insert_with(|| crate::model::SagaError {
-                    code: tonic::Code::Aborted as i32,
+                    code: tonic::Code::FailedPrecondition as i32,
                     reason: "SAGA_ABORTED".into(),
                     message: note.clone(),
                     metadata: Default::default(),

@@ -280,7 +280,7 @@ fn resend_consistent(first: &Seen, again: &Seen, aborted_by_soak: bool) -> bool 
         return true;
     }
     match (first, again) {
-        (Seen::Open, Seen::Refused(Code::Aborted, _)) => aborted_by_soak,
+        (Seen::Open, Seen::Refused(_, Some(reason))) if reason == "SAGA_ABORTED" => aborted_by_soak,
         (Seen::Open, _) => true,
         _ => false,
     }
@@ -296,8 +296,10 @@ fn check_refusal(tally: &Tally, op: &str, status: &Status, allowed: &[(Code, &[R
                 .as_deref()
                 .is_some_and(|r| reasons.iter().any(|x| x.as_str() == r))
     });
-    // An operator's abort answers ABORTED SAGA_ABORTED to every later call.
-    let aborted = status.code() == Code::Aborted && reason.as_deref() == Some("SAGA_ABORTED");
+    // An operator's abort answers FAILED_PRECONDITION SAGA_ABORTED to every
+    // later call.
+    let aborted =
+        status.code() == Code::FailedPrecondition && reason.as_deref() == Some("SAGA_ABORTED");
     if !known && !aborted {
         tally.anomaly(format!(
             "{op}: unexpected {:?} {:?}: {}",
@@ -946,7 +948,7 @@ async fn randomized_soak_under_faults() {
 fn a_resend_must_repeat_a_final_answer() {
     let order = Seen::Order("o-1".into());
     let refused = Seen::Refused(Code::FailedPrecondition, Some("OUT_OF_STOCK".into()));
-    let aborted = Seen::Refused(Code::Aborted, Some("SAGA_ABORTED".into()));
+    let aborted = Seen::Refused(Code::FailedPrecondition, Some("SAGA_ABORTED".into()));
     let others = [
         Seen::Open,
         aborted.clone(),

@@ -761,7 +761,7 @@ fn saga_error(status: &tonic::Status) -> SagaError {
 
 fn aborted_error() -> SagaError {
     SagaError {
-        code: Code::Aborted as i32,
+        code: Code::FailedPrecondition as i32,
         reason: "SAGA_ABORTED".into(),
         message: "the saga was aborted by an operator".into(),
         metadata: Default::default(),
