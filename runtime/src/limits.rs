@@ -1,9 +1,15 @@
-//! Per-caller rate limit on `PlaceOrder`, as a tower layer.
+//! Limits on what a caller may send, as tower layers.
 //!
-//! One token bucket per caller: keyed by the token's subject when
-//! authentication is on (the [`Caller`] the auth layer inserted), else by
-//! the peer IP. An empty bucket answers `RESOURCE_EXHAUSTED` (reason
-//! `RATE_LIMITED`) with a `RetryInfo` saying when the next token arrives.
+//! Rate: one token bucket per caller on `PlaceOrder`, keyed by the token's
+//! subject when authentication is on (the [`Caller`] the auth layer
+//! inserted), else by the peer IP. An empty bucket answers
+//! `RESOURCE_EXHAUSTED` (reason `RATE_LIMITED`) with a `RetryInfo` saying
+//! when the next token arrives.
+//!
+//! Size: a request message over `--max-message-bytes` is refused by tonic's
+//! decoder with a bare `OUT_OF_RANGE`; [`OversizedLayer`] answers it as the
+//! contract says oversized input is answered, `INVALID_ARGUMENT` /
+//! `INVALID_REQUEST` with a `BadRequest`, saying what the limit is.
 
 use std::{
     collections::HashMap,
@@ -19,7 +25,7 @@ use tower::{Layer, Service};
 
 use crate::{
     auth::Caller,
-    errors::{Reason, rich_status},
+    errors::{Reason, invalid_request, rich_status},
 };
 
 /// The rate-limited method.
@@ -193,9 +199,121 @@ where
     }
 }
 
+/// The layer answering tonic's refusal of an oversized request message
+/// as `INVALID_ARGUMENT` / `INVALID_REQUEST`.
+#[derive(Clone, Copy, Debug)]
+pub struct OversizedLayer {
+    max_bytes: usize,
+}
+
+impl OversizedLayer {
+    /// For servers that decode at most `max_bytes` per request message.
+    pub fn new(max_bytes: usize) -> Self {
+        Self { max_bytes }
+    }
+}
+
+impl<S> Layer<S> for OversizedLayer {
+    type Service = Oversized<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Oversized {
+            inner,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+/// The service made by [`OversizedLayer`].
+#[derive(Clone, Debug)]
+pub struct Oversized<S> {
+    inner: S,
+    max_bytes: usize,
+}
+
+/// Whether `response` is tonic's refusal of a request message over its
+/// decoding limit (a trailers-only answer, so the status is in the headers).
+fn is_oversized<B>(response: &http::Response<B>) -> bool {
+    response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11")
+        && Status::from_header_map(response.headers())
+            .is_some_and(|s| s.message().contains("decoded message length too large"))
+}
+
+/// INVALID_ARGUMENT / INVALID_REQUEST for a request over `max_bytes`.
+pub fn oversized(max_bytes: usize) -> Status {
+    invalid_request(&[(
+        "request".to_owned(),
+        format!(
+            "the request message is larger than the {max_bytes} bytes this server accepts \
+             (--max-message-bytes); send less, e.g. fewer items or shorter fields"
+        ),
+    )])
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for Oversized<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let max_bytes = self.max_bytes;
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            if is_oversized(&response) {
+                return Ok(oversized(max_bytes).into_http::<ResBody>());
+            }
+            Ok(response)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_decoding_limit_is_rewritten() {
+        let answer = |status: Status| status.into_http::<tonic::body::Body>();
+        let limit = Status::out_of_range(
+            "Error, decoded message length too large: found 300039 bytes, the limit is: 262144 bytes",
+        );
+        assert!(is_oversized(&answer(limit)));
+        assert!(!is_oversized(&answer(Status::out_of_range(
+            "Error, encoded message length too large: found 9 bytes, the limit is: 8 bytes"
+        ))));
+        assert!(!is_oversized(&answer(Status::out_of_range(
+            "page past the end"
+        ))));
+        assert!(!is_oversized(&answer(Status::invalid_argument(
+            "decoded message length too large"
+        ))));
+        let status = oversized(262_144);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            crate::errors::reason_of(&status),
+            Some(Reason::InvalidRequest)
+        );
+        assert!(
+            status.message().contains("262144 bytes"),
+            "{}",
+            status.message()
+        );
+    }
 
     #[test]
     fn bucket_empties_and_refills() {

@@ -163,6 +163,7 @@ where
                 .option_layer(auth)
                 .option_layer(saga_identity)
                 .option_layer(args.limits.layer())
+                .layer(crate::limits::OversizedLayer::new(args.max_message_bytes))
                 // Fault injection (tests, chaos drills): absent unless configured.
                 .option_layer(args.faults.as_ref().map(crate::faults::FaultConfig::layer))
                 .layer(OpenedLayer::new(Arc::clone(&opened)))

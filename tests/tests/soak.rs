@@ -1309,6 +1309,16 @@ async fn bad_input_table_has_contract_codes_and_no_effect() {
             );
         }
     }
+    // Past the server's message limit (256 KiB): refused by the decoder,
+    // answered with the code and reason of any oversized field.
+    let mut r = base();
+    r.shipping.as_mut().expect("base has shipping").name = "x".repeat(300 * 1024);
+    t.expect(
+        "PlaceOrder over --max-message-bytes",
+        place(r).await,
+        InvalidArgument,
+        InvalidRequest,
+    );
 
     // ConfirmPayment and CancelOrder.
     for (what, v) in bad_ids() {
