@@ -85,11 +85,16 @@ for port in 50051 50052 50053 50054; do
   [ -n "$ok" ] || fail "port $port never answered health SERVING"
   listing=$("$grpcurl" -plaintext "127.0.0.1:$port" list) || fail "port $port: list failed"
   has "$listing" '^grpc.health.v1.Health$' || fail "port $port lists no health service"
+  has "$listing" '^grpc.reflection.v1.ServerReflection$' || fail "port $port does not list reflection v1"
 done
 has "$("$grpcurl" -plaintext 127.0.0.1:50051 list)" microshop.orchestrator.v1.CheckoutService || fail "no CheckoutService on 50051"
 has "$("$grpcurl" -plaintext 127.0.0.1:50052 list)" microshop.inventory.v1.InventoryService || fail "no InventoryService on 50052"
 has "$("$grpcurl" -plaintext 127.0.0.1:50053 list)" microshop.loyalty.v1.LoyaltyService || fail "no LoyaltyService on 50053"
 has "$("$grpcurl" -plaintext 127.0.0.1:50054 list)" microshop.order.v1.OrderService || fail "no OrderService on 50054"
+# Each port lists what it answers, no more; health knows each of them.
+has "$("$grpcurl" -plaintext 127.0.0.1:50051 list)" microshop.orchestrator.v1.SagaAdminService || fail "no SagaAdminService on 50051"
+! has "$("$grpcurl" -plaintext 127.0.0.1:50052 list)" microshop.orchestrator.v1.CheckoutService || fail "50052 lists CheckoutService, which it does not serve"
+has "$("$grpcurl" -plaintext -d '{"service":"microshop.orchestrator.v1.SagaAdminService"}' 127.0.0.1:50051 grpc.health.v1.Health/Check)" SERVING || fail "health does not know SagaAdminService"
 
 # The README's walkthrough, as written there.
 "$grpcurl" -plaintext -d '{"sku":"TSHIRT","name":"Cotton T-shirt","unitPrice":150000,"stock":10}' \

@@ -76,7 +76,9 @@ impl<S: microshop_storage::Ping> StorageProbe for S {
 /// `service_name` is the fully-qualified gRPC name (e.g.
 /// `microshop.inventory.v1.InventoryService`) health reports, with the
 /// empty name, SERVING while the probe `opening` gives succeeds; `more`
-/// names the other services it routes (the orchestrator's admin API).
+/// names the other services it routes (the orchestrator's admin API),
+/// which health reports alike. Reflection lists these, health and itself:
+/// what this port answers, not every service the binary knows.
 /// Until the store is open, health answers (NOT_SERVING) and every other
 /// call UNAVAILABLE (see [`crate::starting`]); a failed `opening` stops the
 /// server and is returned. `health` lets a service report more entries
@@ -119,7 +121,7 @@ where
         );
     }
     let starting = Routes::from(
-        with_health_and_reflection(Services::default(), &health)?
+        with_health_and_reflection(Services::default(), &health, &named)?
             .into_routes()
             .into_axum_router()
             .fallback(move || std::future::ready(crate::starting::not_open_yet(service_name))),
@@ -136,12 +138,7 @@ where
     // until the first probe: a name the server does not know answers
     // NOT_FOUND, which the orchestrator takes for a URL that points at
     // another service.
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(service_name, ServingStatus::NotServing)
-        .await;
+    report(&health, &named, ServingStatus::NotServing).await;
 
     let local = listener.local_addr().ok();
     tracing::info!(service = service_name, addr = ?local, "serving; opening the store");
@@ -215,7 +212,7 @@ where
             )));
         }
         Ok((
-            with_health_and_reflection(services, &health)?.into_routes(),
+            with_health_and_reflection(services, &health, &named)?.into_routes(),
             probe,
         ))
     };
@@ -246,7 +243,13 @@ where
             let _ = opened.set(routes);
             tracing::info!(service = service_name, "store open");
             let (stop_tx, stop_rx) = watch::channel(false);
-            let prober = tokio::spawn(probe_loop(probe, health.clone(), service_name, stop_rx));
+            let prober = tokio::spawn(probe_loop(
+                probe,
+                health.clone(),
+                service_name,
+                named.clone(),
+                stop_rx,
+            ));
             (
                 serving.await.map_err(ServeError::from),
                 Some((stop_tx, prober)),
@@ -260,12 +263,7 @@ where
         prober.abort();
         let _ = prober.await;
     }
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(service_name, ServingStatus::NotServing)
-        .await;
+    report(&health, &named, ServingStatus::NotServing).await;
     tracing::info!(service = service_name, "stopped");
     result
 }
@@ -320,16 +318,36 @@ async fn poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
 /// and v1alpha. Reflection serves the microshop services, health, and
 /// google.rpc.ErrorInfo, BadRequest, RetryInfo (grpcurl then prints an
 /// error's details decoded instead of as raw bytes).
+/// Sets the empty name and each of `named` to `status`.
+async fn report(health: &HealthReporter, named: &[&'static str], status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in named {
+        health.set_service_status(*name, status).await;
+    }
+}
+
+/// `services` with health, and reflection listing `named`, health and
+/// both reflection services (each version describes the other too, so a
+/// client that speaks one finds both).
 fn with_health_and_reflection(
     services: Services,
     health: &HealthReporter,
+    named: &[&'static str],
 ) -> Result<Services, ServeError> {
     let reflection = || {
-        REFLECTED_DESCRIPTOR_SETS
+        let builder = REFLECTED_DESCRIPTOR_SETS
             .iter()
+            .chain([
+                &tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                &tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ])
             .fold(tonic_reflection::server::Builder::configure(), |b, set| {
                 b.register_encoded_file_descriptor_set(set)
-            })
+            });
+        named
+            .iter()
+            .chain(&[HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA])
+            .fold(builder, |b, name| b.with_service_name(*name))
     };
     Ok(services
         .add_service(HealthServer::new(HealthService::from_health_reporter(
@@ -343,6 +361,7 @@ async fn probe_loop<P: StorageProbe>(
     probe: P,
     health: HealthReporter,
     service_name: &'static str,
+    named: Vec<&'static str>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last: Option<bool> = None;
@@ -361,8 +380,7 @@ async fn probe_loop<P: StorageProbe>(
                 );
                 ServingStatus::NotServing
             };
-            health.set_service_status("", status).await;
-            health.set_service_status(service_name, status).await;
+            report(&health, &named, status).await;
             last = Some(ok);
         }
         tokio::select! {
