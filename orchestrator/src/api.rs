@@ -35,6 +35,8 @@ const MAX_COUPON_BYTES: usize = 64;
 const MAX_ADDRESS_BYTES: usize = 1024;
 /// Longest phone number, in bytes.
 const MAX_PHONE_BYTES: usize = 32;
+/// The idempotency key of an order's confirmation: one per order.
+pub(crate) const CONFIRM_KEY_PREFIX: &str = "confirm:";
 /// How long a retry waits for a saga that compensates for a recorded
 /// error before answering that error: its compensations normally end in
 /// milliseconds, but one against a participant that is down retries for
@@ -431,7 +433,7 @@ impl<L: SagaLog> CheckoutService for Api<L> {
         check(v)?;
         self.check_order_owner(caller.as_ref(), &order_id).await?;
         microshop_runtime::observe::record_order_id(&order_id);
-        let key = format!("confirm:{order_id}");
+        let key = format!("{CONFIRM_KEY_PREFIX}{order_id}");
         let input = SagaInput::Confirm {
             order_id,
             payment_ref,

@@ -106,10 +106,17 @@ impl From<OrchestratorError> for Status {
             OrchestratorError::KeyReused { key, saga_id } => rich_status(
                 Code::AlreadyExists,
                 Reason::IdempotencyKeyReused,
-                format!(
-                    "idempotency key {key:?} was already used for a different request; \
-                     use a new key for a new order"
-                ),
+                match key.strip_prefix(crate::api::CONFIRM_KEY_PREFIX) {
+                    Some(order_id) => format!(
+                        "order {order_id} was already confirmed with another paymentRef \
+                         (saga {saga_id}); an order is paid once, so repeat the confirmation \
+                         with its first paymentRef"
+                    ),
+                    None => format!(
+                        "idempotency key {key:?} was already used for a different request; \
+                         use a new key for a new order"
+                    ),
+                },
                 [("idempotencyKey", key), ("sagaId", saga_id)],
                 None,
             ),

@@ -300,7 +300,9 @@ pub fn permission_denied() -> Status {
     rich_status(
         Code::PermissionDenied,
         Reason::PermissionDenied,
-        "the caller is not allowed to do this",
+        "the caller may not do this with its credentials (another customer's order, points \
+         redeemed as a guest, an admin or participant call without that role); call with a \
+         token (or certificate) that may",
         [],
         None,
     )

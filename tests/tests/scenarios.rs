@@ -470,6 +470,20 @@ async fn payment_and_cancellation() {
     assert_eq!(again.saga_id, paid.saga_id);
     assert_eq!(m.balance("paula").await, paula);
     assert_eq!(m.product("TV").await, tv);
+    // A second payment reference for the paid order is refused, saying so.
+    let status = expect_error(
+        m.confirm_payment(&placed.order_id, "PAY-OTHER").await,
+        Code::AlreadyExists,
+        Reason::IdempotencyKeyReused,
+    );
+    assert_eq!(saga_id_of(&status), paid.saga_id);
+    assert!(
+        status
+            .message()
+            .contains("already confirmed with another paymentRef"),
+        "{status:?}"
+    );
+    assert_eq!(m.balance("paula").await, paula);
 
     // quinn: 2 × 100,000, 10% coupon, 50 points → cancelled while pending.
     let pending = m
