@@ -6,7 +6,10 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use microshop_runtime::ServerArgs;
+use microshop_runtime::{
+    ServerArgs,
+    config::{HOUR_MS, usize_in},
+};
 use orchestrator::{EngineConfig, failpoint::Failpoint};
 use order_svc::PricingArgs;
 
@@ -196,17 +199,32 @@ pub struct BenchArgs {
     pub options: crate::bench::BenchOptions,
 }
 
+/// A day in milliseconds: the longest step budget and interval.
+const DAY_MS: u64 = 86_400_000;
+/// A century in seconds: the longest payment TTL and checkout hold (tests
+/// and fixtures use ten years for "never").
+const CENTURY_SECS: u64 = 3_153_600_000;
+
 /// Saga driver settings.
 #[derive(Clone, Debug, Args)]
 pub struct EngineArgs {
     /// Unpaid orders are cancelled this many seconds after creation.
-    #[arg(long, env = "MICROSHOP_PAYMENT_TTL_SECS", default_value_t = 600)]
+    #[arg(
+        long,
+        env = "MICROSHOP_PAYMENT_TTL_SECS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..=CENTURY_SECS)
+    )]
     pub payment_ttl_secs: u64,
     /// A checkout not completed this many seconds after it started is
     /// compensated (CHECKOUT_EXPIRED) and its stock goes back on sale, even
     /// while a participant it waits for is still down (default: the
     /// payment TTL).
-    #[arg(long, env = "MICROSHOP_CHECKOUT_HOLD_SECS")]
+    #[arg(
+        long,
+        env = "MICROSHOP_CHECKOUT_HOLD_SECS",
+        value_parser = clap::value_parser!(u64).range(1..=CENTURY_SECS)
+    )]
     pub checkout_hold_secs: Option<u64>,
     /// COMPLETED and COMPENSATED sagas are purged this many seconds after
     /// they ended, with their idempotency keys (so "one key, one saga"
@@ -215,28 +233,68 @@ pub struct EngineArgs {
     #[arg(long, env = "MICROSHOP_SAGA_RETENTION_SECS", default_value_t = 604_800)]
     pub saga_retention_secs: u64,
     /// Attempts of one saga step before the saga waits for its participant.
-    #[arg(long, env = "MICROSHOP_STEP_ATTEMPTS", default_value_t = 8)]
+    #[arg(
+        long,
+        env = "MICROSHOP_STEP_ATTEMPTS",
+        default_value_t = 8,
+        value_parser = usize_in(1, 1_000_000)
+    )]
     pub step_attempts: usize,
     /// Time budget of one saga step across its attempts, in milliseconds.
-    #[arg(long, env = "MICROSHOP_STEP_BUDGET_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "MICROSHOP_STEP_BUDGET_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..=DAY_MS)
+    )]
     pub step_budget_ms: u64,
     /// Attempts of one compensation before it waits for its participant.
-    #[arg(long, env = "MICROSHOP_COMPENSATION_ATTEMPTS", default_value_t = 12)]
+    #[arg(
+        long,
+        env = "MICROSHOP_COMPENSATION_ATTEMPTS",
+        default_value_t = 12,
+        value_parser = usize_in(1, 1_000_000)
+    )]
     pub compensation_attempts: usize,
     /// First retry delay, in milliseconds (doubles with jitter).
-    #[arg(long, env = "MICROSHOP_BACKOFF_MIN_MS", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "MICROSHOP_BACKOFF_MIN_MS",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(1..=HOUR_MS)
+    )]
     pub backoff_min_ms: u64,
     /// Largest retry delay, in milliseconds.
-    #[arg(long, env = "MICROSHOP_BACKOFF_MAX_MS", default_value_t = 2_000)]
+    #[arg(
+        long,
+        env = "MICROSHOP_BACKOFF_MAX_MS",
+        default_value_t = 2_000,
+        value_parser = clap::value_parser!(u64).range(1..=HOUR_MS)
+    )]
     pub backoff_max_ms: u64,
     /// Timeout of one participant call, in milliseconds.
-    #[arg(long, env = "MICROSHOP_CALL_TIMEOUT_MS", default_value_t = 3_000)]
+    #[arg(
+        long,
+        env = "MICROSHOP_CALL_TIMEOUT_MS",
+        default_value_t = 3_000,
+        value_parser = clap::value_parser!(u64).range(1..=HOUR_MS)
+    )]
     pub call_timeout_ms: u64,
     /// How often unfinished sagas are resumed, in milliseconds.
-    #[arg(long, env = "MICROSHOP_RECOVERY_INTERVAL_MS", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "MICROSHOP_RECOVERY_INTERVAL_MS",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(10..=DAY_MS)
+    )]
     pub recovery_interval_ms: u64,
     /// How often payment deadlines are checked, in milliseconds.
-    #[arg(long, env = "MICROSHOP_EXPIRY_INTERVAL_MS", default_value_t = 1_000)]
+    #[arg(
+        long,
+        env = "MICROSHOP_EXPIRY_INTERVAL_MS",
+        default_value_t = 1_000,
+        value_parser = clap::value_parser!(u64).range(10..=DAY_MS)
+    )]
     pub expiry_interval_ms: u64,
     /// This orchestrator's name as the owner of saga leases on a shared
     /// MongoDB log (default: host name, process id and a random suffix).
@@ -244,7 +302,12 @@ pub struct EngineArgs {
     pub orchestrator_id: Option<String>,
     /// How long an orchestrator's lease on a saga lasts unless renewed, in
     /// milliseconds; a dead orchestrator's sagas are taken over after it.
-    #[arg(long, env = "MICROSHOP_LEASE_MS", default_value_t = 15_000)]
+    #[arg(
+        long,
+        env = "MICROSHOP_LEASE_MS",
+        default_value_t = 15_000,
+        value_parser = clap::value_parser!(u64).range(100..=HOUR_MS)
+    )]
     pub lease_ms: u64,
     /// Crash point for recovery tests: PHASE:OP[=hold|abort], PHASE one of
     /// intent, rpc, result (e.g. `result:reserve-stock`).

@@ -1,8 +1,10 @@
 //! The pricing settings refuse to start the real binary when they would
 //! misprice orders: `serve order`, `up` and `demo` exit non-zero, before
 //! serving anything, with a message naming the setting, whether it came
-//! from a flag or a `MICROSHOP_*` variable. The binary runs under the
-//! shared process harness ([`cluster::process`]).
+//! from a flag or a `MICROSHOP_*` variable. So do numbers outside their
+//! bounds (a zero timeout, a huge one), which would start a mesh that
+//! refuses every call. The binary runs under the shared process harness
+//! ([`cluster::process`]).
 
 mod cluster;
 
@@ -134,4 +136,24 @@ fn serve_loyalty_refuses_a_zero_earn_rate() {
         &[("MICROSHOP_EARN_AMOUNT_PER_POINT", "0")],
     );
     assert_refused(&out, &["--earn-amount-per-point"]);
+}
+
+#[test]
+fn up_refuses_numbers_outside_their_bounds() {
+    for (flag, value) in [
+        ("--call-timeout-ms", "0"),
+        // tonic panicked on a call timeout this large.
+        ("--call-timeout-ms", "18446744073709551615"),
+        ("--request-timeout-ms", "0"),
+        ("--max-concurrent-requests", "0"),
+        ("--max-message-bytes", "0"),
+        ("--payment-ttl-secs", "0"),
+        ("--step-attempts", "0"),
+    ] {
+        let out = run(&with(UP, &[flag, value]), &[]);
+        assert_refused(&out, &[flag, "is not in"]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", out.stderr);
+    }
+    let out = run(UP, &[("MICROSHOP_CALL_TIMEOUT_MS", "0")]);
+    assert_refused(&out, &["--call-timeout-ms", "is not in"]);
 }

@@ -115,6 +115,17 @@ impl Secret {
     }
 }
 
+/// An hour in milliseconds: the longest timeout a setting takes (longer
+/// ones are mistakes, and tonic refuses a timeout past about 10^17 ms by
+/// panicking).
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// A parser for a `usize` setting in `min..=max`: a bad value stops the
+/// start, naming the flag, instead of a server that refuses every call.
+pub fn usize_in(min: u64, max: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(min..=max)
+}
+
 /// Settings shared by every server of the mesh.
 #[derive(Clone, clap::Args)]
 pub struct ServerArgs {
@@ -146,11 +157,21 @@ pub struct ServerArgs {
 
     /// Upper bound on the time one request may take, in milliseconds (a
     /// shorter client deadline wins).
-    #[arg(long, env = "MICROSHOP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "MICROSHOP_REQUEST_TIMEOUT_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(1..=HOUR_MS)
+    )]
     pub request_timeout_ms: u64,
 
     /// Largest request message accepted, in bytes.
-    #[arg(long, env = "MICROSHOP_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
+    #[arg(
+        long,
+        env = "MICROSHOP_MAX_MESSAGE_BYTES",
+        default_value_t = 256 * 1024,
+        value_parser = usize_in(1024, 1 << 30)
+    )]
     pub max_message_bytes: usize,
 
     /// Requests served at once by one server; beyond it requests are shed
@@ -158,7 +179,8 @@ pub struct ServerArgs {
     #[arg(
         long,
         env = "MICROSHOP_MAX_CONCURRENT_REQUESTS",
-        default_value_t = 4096
+        default_value_t = 4096,
+        value_parser = usize_in(1, 1 << 20)
     )]
     pub max_concurrent_requests: usize,
 
