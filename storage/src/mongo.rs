@@ -126,12 +126,36 @@ impl MongoDb {
     /// Connects lazily to `uri` (the driver connects in the background, so a
     /// service starts even while the database is down and reports
     /// NOT_SERVING until it answers) and uses database `name`.
+    ///
+    /// A `mongodb+srv://` string is resolved through DNS here: a lookup
+    /// that fails is retried (a DNS or network outage at start is the
+    /// database being away, not a bad setting), so the service waits
+    /// NOT_SERVING instead of exiting.
     pub async fn connect(uri: &str, name: &str) -> Result<Self, StorageError> {
-        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
-            StorageError::Backend(format!(
-                "bad MongoDB connection string (MONGODB_URI or MONGODB_URI_FILE): {e}"
-            ))
-        })?;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(10))
+            .without_max_times()
+            .build();
+        let mut options = loop {
+            match ClientOptions::parse(uri).await {
+                Ok(options) => break options,
+                Err(e) if matches!(*e.kind, ErrorKind::DnsResolve { .. }) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(
+                        error = %e,
+                        retry_in = ?delay,
+                        "cannot resolve the MongoDB connection string's DNS records yet"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    return Err(StorageError::Backend(format!(
+                        "bad MongoDB connection string (MONGODB_URI or MONGODB_URI_FILE): {e}"
+                    )));
+                }
+            }
+        };
         options.app_name.get_or_insert_with(|| "microshop".into());
         // Fail a call fast while the server is away instead of queueing it
         // for the driver's default 30 s; callers get UNAVAILABLE and retry.
