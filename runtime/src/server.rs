@@ -147,12 +147,14 @@ where
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = builder
-        .timeout(args.request_timeout())
         .layer(
             ServiceBuilder::new()
-                // Outermost: shed, refused and failed calls are counted
-                // and traced like the rest.
+                // Outermost: shed, refused, failed and timed-out calls are
+                // counted and traced like the rest.
                 .layer(crate::observe::ServerObserveLayer::new(known))
+                .layer(crate::deadline::RequestTimeoutLayer::new(
+                    args.request_timeout(),
+                ))
                 .load_shed()
                 .layer(GlobalConcurrencyLimitLayer::new(
                     args.max_concurrent_requests,
