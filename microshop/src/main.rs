@@ -26,7 +26,28 @@ use tokio::net::TcpListener;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn main() -> anyhow::Result<ExitCode> {
+/// Runs the command; an error it ends with is printed as `Error: ` and its
+/// causes, one per line, and exits 1. Not through `main`'s `Result`: that
+/// prints anyhow's `Debug` form, a stack trace under `RUST_BACKTRACE=1`
+/// (common in operators' shells and CI), for what is a message to read.
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("Error: {err}");
+            let mut causes = err.chain().skip(1).peekable();
+            if causes.peek().is_some() {
+                eprintln!("\nCaused by:");
+                for cause in causes {
+                    eprintln!("    {cause}");
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     // The blocking pool runs only occasional work (the operator CLI's
     // confirmation prompt, the bench's compaction): 16 threads are
@@ -104,6 +125,7 @@ async fn up(mut args: UpArgs) -> anyhow::Result<()> {
     // and a bad secret file stops the start.
     let pricing = args.pricing.rules()?;
     args.server.load_secret_files()?;
+    args.server.check().map_err(anyhow::Error::msg)?;
     // One process, one trace resource: spans tell the services apart by
     // their rpc.service attribute.
     let _telemetry = telemetry::init(args.server.log_format, "microshop");
@@ -152,8 +174,10 @@ async fn up(mut args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
-    // Before anything binds a port: a bad secret file stops the start.
+    // Before anything binds a port: a bad secret file or key stops the
+    // start.
     args.server.load_secret_files()?;
+    args.server.check().map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(
         args.server.log_format,
         &format!("microshop-{}", args.service.name()),

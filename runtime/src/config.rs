@@ -260,6 +260,27 @@ impl ServerArgs {
         )
     }
 
+    /// Checks, before a port is bound or a store created, what the servers
+    /// would otherwise refuse only once they start: the authentication
+    /// keys and their issuer, the TLS files, and the form of the MongoDB
+    /// connection string. Call after [`Self::load_secret_files`].
+    pub fn check(&self) -> Result<(), String> {
+        crate::auth::AuthLayer::from_args(&self.auth)?;
+        self.tls.server_config()?;
+        self.tls.identity_layer()?;
+        self.tls.client_config()?;
+        if let Some(uri) = self.resolved_mongodb_uri().map_err(|e| e.to_string())?
+            && !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://"))
+        {
+            return Err(
+                "the MongoDB connection string (MONGODB_URI or MONGODB_URI_FILE) \
+                 must start with mongodb:// or mongodb+srv://"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Reads every `*_FILE` secret into its setting, once at start-up, so
     /// a bad file stops the process before it binds a port.
     pub fn load_secret_files(&mut self) -> Result<(), ConfigError> {
