@@ -157,3 +157,34 @@ fn up_refuses_numbers_outside_their_bounds() {
     let out = run(UP, &[("MICROSHOP_CALL_TIMEOUT_MS", "0")]);
     assert_refused(&out, &["--call-timeout-ms", "is not in"]);
 }
+
+/// An unusable key or connection string stops `up` before it binds a
+/// port or creates a store (it used to log "mesh is up", create all four
+/// stores, then exit).
+#[test]
+fn up_refuses_an_unusable_key_or_connection_string_before_creating_stores() {
+    for (flag, value, says) in [
+        (
+            "--auth-hs256-secret-file",
+            "/nonexistent/secret",
+            "cannot read the HS256 secret",
+        ),
+        ("--mongodb-uri", "notaurl", "must start with mongodb://"),
+    ] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data = dir.path().join("data");
+        let out = Spawn::microshop("microshop")
+            .args(with(UP, &[flag, value]))
+            .arg("--data-dir")
+            .arg(&data)
+            .spawn()
+            .exit_within(REFUSE_WITHIN)
+            .unwrap_or_else(|stderr| panic!("{flag} {value}: still running; stderr: {stderr}"));
+        assert_refused(&out, &[says]);
+        assert!(!out.stderr.contains("mesh is up"), "{}", out.stderr);
+        assert!(
+            !data.exists(),
+            "{flag} {value}: the data directory was created"
+        );
+    }
+}
