@@ -401,6 +401,18 @@ async fn list_show_retry_and_abort_on_a_real_mesh() {
     let c = metadata_of(&rejected, "sagaId").expect("the rejection names its saga");
     let completed = [&a.saga_id, &a_paid.saga_id, &b.saga_id, &b_cancel.saga_id];
 
+    // Pointed at a participant's port: it says so, and where to point.
+    let inventory = format!("http://{}", up.addr(Svc::Inventory));
+    sagas(
+        &[("MICROSHOP_ORCHESTRATOR_URL", Path::new(&inventory))],
+        &["list"],
+    )
+    .exits(1)
+    .says(&[
+        "does not serve microshop.orchestrator.v1.SagaAdminService",
+        "MICROSHOP_ORCHESTRATOR_URL",
+    ]);
+
     // list: the table, every saga, aligned, carol's failing step shown.
     let run = sagas(&[("MICROSHOP_ORCHESTRATOR_URL", Path::new(u))], &["list"]);
     run.exits(0);

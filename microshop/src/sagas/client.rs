@@ -55,6 +55,9 @@ pub struct Admin {
     client: SagaAdminServiceClient<InterceptedService<Channel, Bearer>>,
     /// Whether a token is sent (for the advice of UNAUTHENTICATED).
     with_token: bool,
+    /// The orchestrator's URL as given (for the advice of an address that
+    /// answers something else).
+    url: String,
 }
 
 /// The bearer header value of the token in `path`.
@@ -159,6 +162,7 @@ impl Admin {
         Ok(Self {
             client: SagaAdminServiceClient::with_interceptor(channel, Bearer(token)),
             with_token,
+            url: conn.url.trim().to_owned(),
         })
     }
 
@@ -277,6 +281,18 @@ impl Admin {
             Code::PermissionDenied => CliError::PermissionDenied(status.message().to_owned()),
             Code::NotFound if reason_of(status) == Some(Reason::UnknownSaga) => {
                 CliError::UnknownSaga(saga_id.unwrap_or_default().to_owned())
+            }
+            // A participant's port (no SagaAdminService there), or a port
+            // that does not speak gRPC at all (metrics: an h2 error).
+            Code::Unimplemented => CliError::NotAnOrchestrator {
+                url: self.url.clone(),
+                what: "does not serve microshop.orchestrator.v1.SagaAdminService",
+            },
+            Code::Internal | Code::Unknown if status.message().contains("h2 protocol error") => {
+                CliError::NotAnOrchestrator {
+                    url: self.url.clone(),
+                    what: "does not speak gRPC",
+                }
             }
             Code::DeadlineExceeded => CliError::Timeout {
                 what,

@@ -47,6 +47,17 @@ pub enum CliError {
         /// A further hint (TLS), empty or starting with "; ".
         hint: String,
     },
+    /// The address answers, but is not the orchestrator's gRPC port.
+    #[error(
+        "{url} {what}: it is not the orchestrator's gRPC port; point --orchestrator \
+         (MICROSHOP_ORCHESTRATOR_URL) at the orchestrator (port 50051 by default)"
+    )]
+    NotAnOrchestrator {
+        /// The URL tried.
+        url: String,
+        /// What it does instead.
+        what: &'static str,
+    },
     /// The orchestrator did not accept the token.
     #[error("the orchestrator refused the credentials (UNAUTHENTICATED: {message}); {advice}")]
     Unauthenticated {
