@@ -186,12 +186,17 @@ impl From<OrchestratorError> for Status {
                 Code::Unavailable,
                 Reason::DependencyMisconfigured,
                 format!(
-                    "saga {saga_id} is {} and waits for {}: its URL reaches a server that does \
-                     not serve it (the orchestrator is misconfigured; an operator must fix its \
-                     participant URLs); the saga resumes by itself once that is fixed; retry \
-                     with the same idempotency key for its outcome",
+                    "saga {saga_id} is {} and waits for {}: {} (the orchestrator is \
+                     misconfigured; an operator must fix its participant URLs, and its log \
+                     names the URL); the saga resumes by itself once that \
+                     is fixed; retry with the same idempotency key for its outcome",
                     state_name(state),
-                    waiting_for.join(", ")
+                    waiting_for.join(", "),
+                    if waiting_for.len() > 1 {
+                        "the URL of at least one of them reaches a server that does not serve it"
+                    } else {
+                        "its URL reaches a server that does not serve it"
+                    }
                 ),
                 [
                     ("sagaId", saga_id),
