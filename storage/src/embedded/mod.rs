@@ -336,6 +336,19 @@ fn fjall_error(err: fjall::Error) -> StorageError {
     }
 }
 
+/// `err`, if it is a full disk, naming the store and the room it needs:
+/// it serves again once that much is free (not as soon as a byte is).
+fn full_at(err: StorageError, path: &Path) -> StorageError {
+    match err {
+        StorageError::Full(m) => StorageError::Full(format!(
+            "{m}, under {}: free at least {} MiB there",
+            path.display(),
+            ROOM_BYTES >> 20
+        )),
+        other => other,
+    }
+}
+
 /// A write job that ended without an answer: it was dropped without
 /// running (the store shut down with it queued).
 fn not_run() -> StorageError {
@@ -355,11 +368,11 @@ fn free_bytes(path: &Path) -> Option<u64> {
 fn failure_of(err: &StorageError, path: &Path) -> StorageError {
     tracing::error!(error = %err, path = %path.display(), "store write failed; reopening the store");
     match (err, free_bytes(path)) {
-        (StorageError::Full(m), _) => StorageError::Full(m.clone()),
-        (_, Some(free)) if free < ROOM_BYTES => StorageError::Full(format!(
-            "the disk under {} is full ({free} bytes free)",
-            path.display()
-        )),
+        (StorageError::Full(m), _) => full_at(StorageError::Full(m.clone()), path),
+        (_, Some(free)) if free < ROOM_BYTES => full_at(
+            StorageError::Full(format!("the disk is full ({free} bytes free)")),
+            path,
+        ),
         _ => StorageError::Unavailable("the store failed a write and is reopening".into()),
     }
 }
@@ -472,7 +485,7 @@ impl EmbeddedDb {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| io_error(&e, &format!("creating {}", dir.display())))?;
-        let handles = open_handles(&path)?;
+        let handles = open_handles(&path).map_err(|e| full_at(e, &path))?;
         if !existed && durable == Durable::Yes {
             sync_new_dirs(&path, &root)?;
         }
