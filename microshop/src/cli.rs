@@ -147,21 +147,24 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "MICROSHOP_INVENTORY_URL",
-        default_value = "http://127.0.0.1:50052"
+        default_value = "http://127.0.0.1:50052",
+        value_parser = participant_url
     )]
     pub inventory_url: String,
     /// loyalty-svc URL (orchestrator only).
     #[arg(
         long,
         env = "MICROSHOP_LOYALTY_URL",
-        default_value = "http://127.0.0.1:50053"
+        default_value = "http://127.0.0.1:50053",
+        value_parser = participant_url
     )]
     pub loyalty_url: String,
     /// order-svc URL (orchestrator only).
     #[arg(
         long,
         env = "MICROSHOP_ORDER_URL",
-        default_value = "http://127.0.0.1:50054"
+        default_value = "http://127.0.0.1:50054",
+        value_parser = participant_url
     )]
     pub order_url: String,
     /// Serve without authentication (local use and scripts only): without
@@ -197,6 +200,32 @@ pub struct DemoArgs {
 pub struct BenchArgs {
     #[command(flatten)]
     pub options: crate::bench::BenchOptions,
+}
+
+/// A participant URL the orchestrator can dial: http(s), a host and a
+/// valid port, checked at start (a typo would otherwise only show up as a
+/// participant that never answers).
+fn participant_url(s: &str) -> Result<String, String> {
+    let example = "e.g. http://inventory:50052";
+    let uri: tonic::codegen::http::Uri = s
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); {example}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("must start with http:// or https://; {example}"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("names no host; {example}"));
+    }
+    // `Uri` keeps a port it cannot read as "none" (`:99999`).
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    let after_host = host_port.rsplit(']').next().unwrap_or(host_port);
+    if let Some((_, port)) = after_host.rsplit_once(':')
+        && !matches!(port.parse::<u16>(), Ok(1..))
+    {
+        return Err(format!("its port {port:?} is not 1 to 65535; {example}"));
+    }
+    Ok(s.to_owned())
 }
 
 /// A day in milliseconds: the longest step budget and interval.

@@ -188,3 +188,30 @@ fn up_refuses_an_unusable_key_or_connection_string_before_creating_stores() {
         );
     }
 }
+
+#[test]
+fn serve_orchestrator_refuses_a_participant_url_it_cannot_dial() {
+    for (url, says) in [
+        ("notaurl", "must start with http:// or https://"),
+        (
+            "ftp://127.0.0.1:50052",
+            "must start with http:// or https://",
+        ),
+        ("http://127.0.0.1:99999", "is not 1 to 65535"),
+        ("", "not a URL"),
+    ] {
+        let out = run(
+            &[
+                "serve",
+                "orchestrator",
+                "--insecure-no-auth",
+                "--listen",
+                "127.0.0.1:0",
+                "--inventory-url",
+                url,
+            ],
+            &[],
+        );
+        assert_refused(&out, &["--inventory-url", says]);
+    }
+}
