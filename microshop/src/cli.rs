@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use microshop_runtime::{
     ServerArgs,
-    config::{HOUR_MS, usize_in},
+    config::{HOUR_MS, socket_addr, usize_in},
 };
 use orchestrator::{EngineConfig, failpoint::Failpoint};
 use order_svc::PricingArgs;
@@ -71,28 +71,32 @@ pub struct UpArgs {
     #[arg(
         long,
         env = "MICROSHOP_ORCHESTRATOR_LISTEN",
-        default_value = "127.0.0.1:50051"
+        default_value = "127.0.0.1:50051",
+        value_parser = socket_addr
     )]
     pub orchestrator_listen: SocketAddr,
     /// inventory-svc address.
     #[arg(
         long,
         env = "MICROSHOP_INVENTORY_LISTEN",
-        default_value = "127.0.0.1:50052"
+        default_value = "127.0.0.1:50052",
+        value_parser = socket_addr
     )]
     pub inventory_listen: SocketAddr,
     /// loyalty-svc address.
     #[arg(
         long,
         env = "MICROSHOP_LOYALTY_LISTEN",
-        default_value = "127.0.0.1:50053"
+        default_value = "127.0.0.1:50053",
+        value_parser = socket_addr
     )]
     pub loyalty_listen: SocketAddr,
     /// order-svc address.
     #[arg(
         long,
         env = "MICROSHOP_ORDER_LISTEN",
-        default_value = "127.0.0.1:50054"
+        default_value = "127.0.0.1:50054",
+        value_parser = socket_addr
     )]
     pub order_listen: SocketAddr,
     #[command(flatten)]
@@ -141,7 +145,7 @@ pub struct ServeArgs {
     #[arg(value_enum)]
     pub service: Service,
     /// Address to listen on (default 0.0.0.0 on the service's port).
-    #[arg(long, env = "MICROSHOP_LISTEN")]
+    #[arg(long, env = "MICROSHOP_LISTEN", value_parser = socket_addr)]
     pub listen: Option<SocketAddr>,
     /// inventory-svc URL (orchestrator only).
     #[arg(

@@ -120,6 +120,16 @@ impl Secret {
 /// panicking).
 pub const HOUR_MS: u64 = 3_600_000;
 
+/// A listen address: `IP:PORT`, with an example when it is not one (the
+/// standard parser says only "invalid socket address syntax").
+pub fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse().map_err(|_| {
+        "expected IP:PORT with a port from 0 to 65535, e.g. 127.0.0.1:50051, 0.0.0.0:50051 or \
+         [::]:50051 (a host name such as localhost is not resolved)"
+            .to_owned()
+    })
+}
+
 /// A parser for a `usize` setting in `min..=max`: a bad value stops the
 /// start, naming the flag, instead of a server that refuses every call.
 pub fn usize_in(min: u64, max: u64) -> clap::builder::RangedU64ValueParser<usize> {
@@ -199,7 +209,12 @@ pub struct ServerArgs {
     /// Serve Prometheus metrics on `http://ADDR/metrics` (e.g.
     /// `0.0.0.0:9464`). `microshop up` serves them on 127.0.0.1:9464
     /// unless told otherwise; `serve` only when set.
-    #[arg(long, env = "MICROSHOP_METRICS_ADDR", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "MICROSHOP_METRICS_ADDR",
+        value_name = "ADDR",
+        value_parser = socket_addr
+    )]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Authentication (bearer JWT); off unless a key file is set.

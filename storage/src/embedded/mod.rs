@@ -483,9 +483,22 @@ impl EmbeddedDb {
                 None => break,
             }
         }
+        if dir.is_file() {
+            return Err(StorageError::Backend(format!(
+                "the data directory {} is a file; --data-dir (MICROSHOP_DATA_DIR) must name a \
+                 directory",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| io_error(&e, &format!("creating {}", dir.display())))?;
-        let handles = open_handles(&path).map_err(|e| full_at(e, &path))?;
+        let handles = open_handles(&path).map_err(|e| match e {
+            // Say which store (a permission error says only what failed).
+            StorageError::Backend(m) if !m.contains(&*path.to_string_lossy()) => {
+                StorageError::Backend(format!("opening {}: {m}", path.display()))
+            }
+            other => full_at(other, &path),
+        })?;
         if !existed && durable == Durable::Yes {
             sync_new_dirs(&path, &root)?;
         }
