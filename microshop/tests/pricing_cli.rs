@@ -215,3 +215,18 @@ fn serve_orchestrator_refuses_a_participant_url_it_cannot_dial() {
         assert_refused(&out, &["--inventory-url", says]);
     }
 }
+
+#[test]
+fn a_listen_address_that_is_not_ip_and_port_is_refused_with_an_example() {
+    let out = run(
+        &[
+            "serve",
+            "inventory",
+            "--insecure-no-auth",
+            "--listen",
+            "localhost:50052",
+        ],
+        &[],
+    );
+    assert_refused(&out, &["--listen", "expected IP:PORT", "0.0.0.0:50051"]);
+}
