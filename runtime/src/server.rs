@@ -316,10 +316,6 @@ async fn poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
     .await
 }
 
-/// `services` with health (reporting through `health`) and reflection v1
-/// and v1alpha. Reflection serves the microshop services, health, and
-/// google.rpc.ErrorInfo, BadRequest, RetryInfo (grpcurl then prints an
-/// error's details decoded instead of as raw bytes).
 /// Sets the empty name and each of `named` to `status`.
 async fn report(health: &HealthReporter, named: &[&'static str], status: ServingStatus) {
     health.set_service_status("", status).await;
@@ -328,9 +324,12 @@ async fn report(health: &HealthReporter, named: &[&'static str], status: Serving
     }
 }
 
-/// `services` with health, and reflection listing `named`, health and
-/// both reflection services (each version describes the other too, so a
-/// client that speaks one finds both).
+/// `services` with health (reporting through `health`) and reflection v1
+/// and v1alpha. Reflection lists `named`, health and both reflection
+/// services (each version describes the other too, so a client that
+/// speaks one finds both), and describes the microshop messages and
+/// google.rpc.ErrorInfo, BadRequest, RetryInfo (grpcurl then prints an
+/// error's details decoded instead of as raw bytes).
 fn with_health_and_reflection(
     services: Services,
     health: &HealthReporter,
