@@ -2,58 +2,21 @@
 //! header, read by the orchestrator to answer before the caller gives up
 //! and by the fault layer to hold an action past it, so it is parsed in
 //! one place), and the server's own bound on a request
-//! (`--request-timeout-ms`, [`RequestTimeoutLayer`]).
+//! (`--request-timeout-ms`, [`answer_timed_out`] over tower's `timeout`).
 //!
-//! The server's bound is a layer of ours rather than tonic's
-//! `Server::timeout`, which answers a request past it `CANCELLED`: a code
+//! The server's bound is tower's `timeout` with our answer rather than
+//! tonic's `Server::timeout`, which answers a request past it `CANCELLED`: a code
 //! clients do not retry, for a call that is safe to retry with the same
 //! key. Ours answers `DEADLINE_EXCEEDED` / `DEPENDENCY_UNAVAILABLE`, as
 //! the contract answers anything slow. (Tonic still applies the caller's
 //! `grpc-timeout`; past it the caller has given up anyway.)
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::time::Duration;
 
 use tonic::{Code, codegen::http};
-use tower::{Layer, Service};
+use tower::BoxError;
 
 use crate::errors::{Reason, rich_status};
-
-/// Bounds every request to a time, answering DEADLINE_EXCEEDED past it.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestTimeoutLayer {
-    timeout: Duration,
-}
-
-impl RequestTimeoutLayer {
-    /// Requests that take longer than `timeout` are answered
-    /// DEADLINE_EXCEEDED (and dropped, which cancels their work).
-    pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
-    }
-}
-
-impl<S> Layer<S> for RequestTimeoutLayer {
-    type Service = RequestTimeout<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestTimeout {
-            inner,
-            timeout: self.timeout,
-        }
-    }
-}
-
-/// The service made by [`RequestTimeoutLayer`].
-#[derive(Clone, Debug)]
-pub struct RequestTimeout<S> {
-    inner: S,
-    timeout: Duration,
-}
 
 /// DEADLINE_EXCEEDED / DEPENDENCY_UNAVAILABLE for a request past `timeout`.
 pub fn request_timed_out(timeout: Duration) -> tonic::Status {
@@ -70,33 +33,17 @@ pub fn request_timed_out(timeout: Duration) -> tonic::Status {
     )
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, B, ResBody> Service<http::Request<B>> for RequestTimeout<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let timeout = self.timeout;
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, inner.call(request)).await {
-                Ok(answer) => answer,
-                Err(_) => Ok(request_timed_out(timeout).into_http::<ResBody>()),
-            }
-        })
+/// Answers a request that tower's `timeout` layer cut off at `timeout`
+/// with [`request_timed_out`]; for `ServiceBuilder::map_result` above
+/// that layer. Other errors pass through.
+pub fn answer_timed_out<B: Default>(
+    timeout: Duration,
+) -> impl Fn(Result<http::Response<B>, BoxError>) -> Result<http::Response<B>, BoxError> + Clone {
+    move |result| match result {
+        Err(e) if e.is::<tower::timeout::error::Elapsed>() => {
+            Ok(request_timed_out(timeout).into_http())
+        }
+        other => other,
     }
 }
 
@@ -130,8 +77,14 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
         });
-        let mut svc = RequestTimeoutLayer::new(Duration::from_millis(20)).layer(slow);
-        let answer = svc.call(http::Request::new(())).await.expect("answered");
+        let timeout = Duration::from_millis(20);
+        let svc = tower::ServiceBuilder::new()
+            .map_result(answer_timed_out(timeout))
+            .timeout(timeout)
+            .service(slow);
+        let answer = tower::ServiceExt::oneshot(svc, http::Request::new(()))
+            .await
+            .expect("answered");
         let status = tonic::Status::from_header_map(answer.headers()).expect("a status");
         assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
         assert_eq!(

@@ -7,7 +7,7 @@
 //! when the next token arrives.
 //!
 //! Size: a request message over `--max-message-bytes` is refused by tonic's
-//! decoder with a bare `OUT_OF_RANGE`; [`OversizedLayer`] answers it as the
+//! decoder with a bare `OUT_OF_RANGE`; [`answer_oversized`] answers it as the
 //! contract says oversized input is answered, `INVALID_ARGUMENT` /
 //! `INVALID_REQUEST` with a `BadRequest`, saying what the limit is.
 
@@ -199,38 +199,6 @@ where
     }
 }
 
-/// The layer answering tonic's refusal of an oversized request message
-/// as `INVALID_ARGUMENT` / `INVALID_REQUEST`.
-#[derive(Clone, Copy, Debug)]
-pub struct OversizedLayer {
-    max_bytes: usize,
-}
-
-impl OversizedLayer {
-    /// For servers that decode at most `max_bytes` per request message.
-    pub fn new(max_bytes: usize) -> Self {
-        Self { max_bytes }
-    }
-}
-
-impl<S> Layer<S> for OversizedLayer {
-    type Service = Oversized<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Oversized {
-            inner,
-            max_bytes: self.max_bytes,
-        }
-    }
-}
-
-/// The service made by [`OversizedLayer`].
-#[derive(Clone, Debug)]
-pub struct Oversized<S> {
-    inner: S,
-    max_bytes: usize,
-}
-
 /// Whether `response` is tonic's refusal of a request message over its
 /// decoding limit (a trailers-only answer, so the status is in the headers).
 fn is_oversized<B>(response: &http::Response<B>) -> bool {
@@ -253,32 +221,17 @@ pub fn oversized(max_bytes: usize) -> Status {
     )])
 }
 
-impl<S, B, ResBody> Service<http::Request<B>> for Oversized<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let max_bytes = self.max_bytes;
-        Box::pin(async move {
-            let response = inner.call(request).await?;
-            if is_oversized(&response) {
-                return Ok(oversized(max_bytes).into_http::<ResBody>());
-            }
-            Ok(response)
-        })
+/// Answers tonic's refusal of an oversized request message as the
+/// contract answers oversized input; for `ServiceBuilder::map_response`.
+pub fn answer_oversized<B: Default>(
+    max_bytes: usize,
+) -> impl Fn(http::Response<B>) -> http::Response<B> + Clone {
+    move |response| {
+        if is_oversized(&response) {
+            oversized(max_bytes).into_http()
+        } else {
+            response
+        }
     }
 }
 

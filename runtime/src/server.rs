@@ -152,9 +152,10 @@ where
                 // Outermost: shed, refused, failed and timed-out calls are
                 // counted and traced like the rest.
                 .layer(crate::observe::ServerObserveLayer::new(known))
-                .layer(crate::deadline::RequestTimeoutLayer::new(
+                .map_result(crate::deadline::answer_timed_out::<tonic::body::Body>(
                     args.request_timeout(),
                 ))
+                .timeout(args.request_timeout())
                 .load_shed()
                 .layer(GlobalConcurrencyLimitLayer::new(
                     args.max_concurrent_requests,
@@ -162,7 +163,9 @@ where
                 .option_layer(auth)
                 .option_layer(saga_identity)
                 .option_layer(args.limits.layer())
-                .layer(crate::limits::OversizedLayer::new(args.max_message_bytes))
+                .map_response(crate::limits::answer_oversized::<tonic::body::Body>(
+                    args.max_message_bytes,
+                ))
                 // Fault injection (tests, chaos drills): absent unless configured.
                 .option_layer(args.faults.as_ref().map(crate::faults::FaultConfig::layer))
                 .layer(OpenedLayer::new(Arc::clone(&opened)))
