@@ -51,3 +51,70 @@ fn serve_names_missing_auth_settings() {
     let stderr = &out.stderr;
     assert!(stderr.contains("MICROSHOP_AUTH_ISSUER"), "{stderr}");
 }
+
+#[test]
+fn serve_refuses_contradicting_auth_settings() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").expect("write");
+    let secret = secret.to_str().expect("utf-8");
+    // A key and --insecure-no-auth: which one was meant is not guessed.
+    let out = serve_inventory(
+        dir.path(),
+        &[
+            "--auth-hs256-secret-file",
+            secret,
+            "--auth-issuer",
+            "iss",
+            "--auth-audience",
+            "aud",
+            "--insecure-no-auth",
+        ],
+    );
+    assert!(!out.status.success(), "serve started with both");
+    assert!(out.stderr.contains("are both set"), "{}", out.stderr);
+    // An issuer without a key would leave authentication off unnoticed.
+    let out = serve_inventory(dir.path(), &["--auth-issuer", "iss", "--insecure-no-auth"]);
+    assert!(
+        !out.status.success(),
+        "serve started with an issuer and no key"
+    );
+    assert!(
+        out.stderr.contains("no key turns authentication on"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A certificate or key file that is not PEM was reported only once the
+/// server started (after its store was created), as "transport error",
+/// naming neither the file nor its setting.
+#[test]
+fn serve_names_a_tls_file_that_is_not_pem_before_creating_its_store() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a PEM file\n").expect("write");
+    let bad = bad.to_str().expect("utf-8");
+    let data = dir.path().join("data");
+    for (flags, says) in [
+        (
+            ["--tls-cert-file", bad, "--tls-key-file", bad],
+            "(MICROSHOP_TLS_CERT_FILE) holds no PEM certificate",
+        ),
+        (
+            ["--tls-ca-file", bad, "--tls-server-name", "x"],
+            "(MICROSHOP_TLS_CA_FILE) holds no PEM certificate",
+        ),
+    ] {
+        let out = serve(Svc::Inventory, free_addr(), &data)
+            .args(flags)
+            .arg("--insecure-no-auth")
+            .spawn()
+            .exit_within(REFUSE_WITHIN)
+            .unwrap_or_else(|stderr| panic!("serve started with {flags:?}: {stderr}"));
+        assert!(!out.status.success(), "serve started with {flags:?}");
+        assert!(out.stderr.contains(says), "{says:?} not in: {}", out.stderr);
+        assert!(out.stderr.contains(bad), "{}", out.stderr);
+        assert!(!data.exists(), "{flags:?}: the store was created");
+    }
+}

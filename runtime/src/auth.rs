@@ -127,7 +127,21 @@ impl AuthArgs {
             &self.auth_hs256_secret_file,
             &self.auth_rs256_public_key_file,
         ) {
-            (None, None) => return Ok(None),
+            (None, None) => {
+                // An issuer or audience without a key would leave
+                // authentication off while the operator believes it on.
+                let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+                if set(&self.auth_issuer) || set(&self.auth_audience) {
+                    return Err(
+                        "MICROSHOP_AUTH_ISSUER or MICROSHOP_AUTH_AUDIENCE is set, but \
+                         no key turns authentication on: set \
+                         MICROSHOP_AUTH_HS256_SECRET_FILE or MICROSHOP_AUTH_RS256_PUBLIC_KEY_FILE, \
+                         or unset both to serve without authentication"
+                            .into(),
+                    );
+                }
+                return Ok(None);
+            }
             (Some(_), Some(_)) => {
                 return Err("set only one of MICROSHOP_AUTH_HS256_SECRET_FILE and \
                      MICROSHOP_AUTH_RS256_PUBLIC_KEY_FILE"
@@ -518,5 +532,15 @@ mod tests {
         args.auth_audience = Some("aud".into());
         assert!(args.verifier().unwrap().is_some());
         assert!(AuthArgs::default().verifier().unwrap().is_none());
+        // Without a key, an issuer or audience is a mistake, not "off".
+        for (issuer, audience) in [(Some("iss"), None), (None, Some("aud"))] {
+            let keyless = AuthArgs {
+                auth_issuer: issuer.map(Into::into),
+                auth_audience: audience.map(Into::into),
+                ..AuthArgs::default()
+            };
+            let error = keyless.verifier().unwrap_err();
+            assert!(error.contains("no key"), "{error}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use tonic::{
     Status,
     codegen::http,
@@ -61,6 +61,39 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read the TLS {what} {}: {e}", path.display()))
 }
 
+/// The PEM certificates of `path` (the file of setting `var`), checked
+/// here as rustls will parse them: tonic only reports a bad file once the
+/// server starts, as "transport error", naming neither file nor setting.
+fn read_certs(path: &Path, what: &str, var: &str) -> Result<Vec<u8>, String> {
+    let pem = read(path, what)?;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+    match certs {
+        Ok(certs) if !certs.is_empty() => Ok(pem),
+        Ok(_) => Err(format!(
+            "the TLS {what} {} ({var}) holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "the TLS {what} {} ({var}) is not valid PEM: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// The PEM private key of `path` (`MICROSHOP_TLS_KEY_FILE`), checked as
+/// [`read_certs`] checks certificates.
+fn read_key(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = read(path, "key")?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        format!(
+            "the TLS key {} (MICROSHOP_TLS_KEY_FILE) holds no PEM private key (PKCS#8, \
+             PKCS#1 or SEC1): {e}",
+            path.display()
+        )
+    })?;
+    Ok(pem)
+}
+
 impl TlsArgs {
     /// Whether this service has a certificate (serves TLS).
     pub fn enabled(&self) -> bool {
@@ -70,8 +103,8 @@ impl TlsArgs {
     fn identity(&self) -> Result<Option<Identity>, String> {
         match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(cert), Some(key)) => Ok(Some(Identity::from_pem(
-                read(cert, "certificate")?,
-                read(key, "key")?,
+                read_certs(cert, "certificate", "MICROSHOP_TLS_CERT_FILE")?,
+                read_key(key)?,
             ))),
             (None, None) => Ok(None),
             _ => Err("set both MICROSHOP_TLS_CERT_FILE and MICROSHOP_TLS_KEY_FILE".into()),
@@ -81,7 +114,7 @@ impl TlsArgs {
     fn ca(&self) -> Result<Option<Certificate>, String> {
         self.tls_ca_file
             .as_deref()
-            .map(|p| read(p, "CA").map(Certificate::from_pem))
+            .map(|p| read_certs(p, "CA", "MICROSHOP_TLS_CA_FILE").map(Certificate::from_pem))
             .transpose()
     }
 
