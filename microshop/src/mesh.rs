@@ -96,6 +96,20 @@ pub enum MeshError {
     /// The pricing settings would misprice orders: nothing was started.
     #[error(transparent)]
     Pricing(#[from] InvalidPricing),
+    /// The data directory holds stores of an earlier version: nothing was
+    /// started (no store created beside them).
+    #[error(
+        "{} holds stores of an earlier microshop version ({stores}); convert them once with \
+         `microshop migrate --data-dir {}`, then start again (nothing was started)",
+        dir.display(),
+        dir.display()
+    )]
+    Unmigrated {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// The old files, comma-separated.
+        stores: String,
+    },
     /// A service stopped with an error.
     #[error("{service} stopped")]
     Service {
@@ -126,6 +140,18 @@ impl Mesh {
     /// services.
     pub async fn start(config: MeshConfig) -> Result<Self, MeshError> {
         order_svc::settings::check(&config.pricing)?;
+        // Each service would refuse only its own old file, after the others
+        // had created their new stores beside theirs: refuse them all first.
+        let server = &config.server;
+        if server.mongodb_uri.is_none() && server.mongodb_uri_file.is_none() {
+            let old = crate::migrate::unmigrated(&server.data_dir);
+            if !old.is_empty() {
+                return Err(MeshError::Unmigrated {
+                    dir: server.data_dir.clone(),
+                    stores: old.join(", "),
+                });
+            }
+        }
         let inv = bind("inventory", config.listen.inventory).await?;
         let loy = bind("loyalty", config.listen.loyalty).await?;
         let ord = bind("order", config.listen.order).await?;

@@ -632,3 +632,65 @@ async fn a_migration_killed_at_either_crash_point_is_finished_by_the_next_run() 
     assert_eq!(balance(&c, "alice").await.points, 430);
     mesh.stop();
 }
+
+#[test]
+fn up_on_a_partly_old_directory_refuses_before_creating_any_store() {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).expect("create the data directory");
+    copy_store("loyalty", &data);
+    let before = snapshot(&data);
+    let shown = data.to_str().expect("a UTF-8 path");
+    let any = "127.0.0.1:0";
+    let out = run(
+        "up",
+        &[
+            "up",
+            "--data-dir",
+            shown,
+            "--orchestrator-listen",
+            any,
+            "--inventory-listen",
+            any,
+            "--loyalty-listen",
+            any,
+            "--order-listen",
+            any,
+            "--metrics-addr",
+            any,
+        ],
+    );
+    assert_refused(&out, "(loyalty.redb)");
+    assert!(
+        out.stderr
+            .contains(&format!("microshop migrate --data-dir {shown}")),
+        "{}",
+        out.stderr
+    );
+    // Not one of the three new stores was created beside the old file.
+    assert!(snapshot(&data) == before, "up changed {:?}", names(&data));
+}
+
+#[test]
+fn migrate_reports_every_store_it_cannot_convert_and_converts_none() {
+    let (_tmp, data) = data_dir();
+    // Two old files that are not redb files at all.
+    for name in ["loyalty", "orchestrator"] {
+        std::fs::write(data.join(format!("{name}.redb")), b"not a redb file").expect("overwrite");
+    }
+    let before = snapshot(&data);
+    let out = migrate(&data, &[]);
+    assert_refused(&out, "loyalty, orchestrator not ready to migrate");
+    assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+    for name in ["loyalty", "orchestrator"] {
+        assert!(
+            out.stderr
+                .contains(&format!("{name}: not ready: cannot open")),
+            "{name}: {}",
+            out.stderr
+        );
+    }
+    // Not even the readable stores: a rollback to the old binary must
+    // still find every old file where it was.
+    assert!(snapshot(&data) == before, "changed: {:?}", names(&data));
+}

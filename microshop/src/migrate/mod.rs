@@ -197,22 +197,57 @@ pub fn migrated_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.redb.migrated"))
 }
 
-/// Runs `microshop migrate`, printing what it does per store. An error
-/// names the store and what to do; the stores before it stay migrated.
+/// The old files of `dir` not migrated yet (`NAME.redb` without a
+/// `NAME.fjall`), by file name.
+pub fn unmigrated(dir: &Path) -> Vec<String> {
+    STORES
+        .into_iter()
+        .filter(|name| legacy_path(dir, name).exists() && !store_path(dir, name).exists())
+        .map(|name| format!("{name}.redb"))
+        .collect()
+}
+
+/// Runs `microshop migrate`, printing what it does per store. Every store
+/// is checked first (old file readable and not in use, nothing in the way
+/// of its new store): if any is not ready, each problem is reported and
+/// nothing is converted, so a refused run leaves the directory as it was
+/// (a rollback to the old binary still finds every old file). An error
+/// while converting names the store; the stores before it stay migrated.
 pub async fn run(args: &MigrateArgs) -> anyhow::Result<()> {
     let dir = &args.data_dir;
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
-    let mut done = 0;
+    let mut ready = Vec::new();
+    let mut failed = Vec::new();
     for name in STORES {
-        let outcome = migrate_store(dir, name, args.dry_run, args.failpoint)
+        match check_store(dir, name, args.dry_run).await {
+            Ok(Some(r)) => ready.push((name, r)),
+            Ok(None) => {
+                if migrated_path(dir, name).exists() {
+                    println!("{name}: already migrated ({name}.redb.migrated)");
+                }
+            }
+            Err(e) => {
+                eprintln!("microshop migrate: {name}: not ready: {e:#}");
+                failed.push(name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} not ready to migrate (the reason is above{}); nothing was changed: fix it \
+             and run `microshop migrate` again",
+            failed.join(", "),
+            if failed.len() > 1 { ", per store" } else { "" }
+        );
+    }
+    let mut done = 0;
+    for (name, r) in ready {
+        let outcome = migrate_store(dir, name, r, args.dry_run, args.failpoint)
             .await
             .with_context(|| format!("{name}: not migrated"))?;
         let Some(outcome) = outcome else {
-            if migrated_path(dir, name).exists() {
-                println!("{name}: already migrated ({name}.redb.migrated)");
-            }
             continue;
         };
         done += 1;
@@ -315,42 +350,79 @@ async fn existing_store(dir: &Path, name: &str) -> anyhow::Result<Existing> {
     }
 }
 
-async fn migrate_store(
-    dir: &Path,
-    name: &str,
-    dry_run: bool,
-    failpoint: Option<Failpoint>,
-) -> anyhow::Result<Option<Outcome>> {
+/// A store checked and ready to convert: its old file open (which keeps
+/// old services out) and readable, and nothing at `NAME.fjall` that a
+/// conversion would lose.
+enum Ready {
+    /// No old file, but the empty staging directory of a run that crashed
+    /// after its last rename.
+    Leftover(PathBuf),
+    /// This migration's own store is in place already (an interrupted
+    /// run): only the old file's rename is left.
+    Placed(Old),
+    /// To convert.
+    Convert {
+        old: Old,
+        src: redb_v1::Source,
+        existing: Existing,
+    },
+}
+
+/// Checks store `name` of `dir` without changing anything (beyond the
+/// repair an old file not shut down cleanly needs): `None` when it has
+/// nothing to migrate.
+async fn check_store(dir: &Path, name: &str, dry_run: bool) -> anyhow::Result<Option<Ready>> {
     let old_path = legacy_path(dir, name);
-    let staging = staging_dir(dir, name);
     if !old_path.exists() {
-        // A run that crashed after its last rename leaves an empty staging
-        // directory.
-        if staging.exists() && !dry_run {
-            std::fs::remove_dir_all(&staging)
-                .with_context(|| format!("cannot remove {}", staging.display()))?;
-        }
-        return Ok(None);
+        let staging = staging_dir(dir, name);
+        return Ok(staging.exists().then_some(Ready::Leftover(staging)));
     }
     // Held until the old file is renamed: no old service writes to it
     // meanwhile.
     let old = open_old(&old_path, dry_run)?;
     let existing = existing_store(dir, name).await?;
     if matches!(existing, Existing::Ours) {
-        if !dry_run {
-            retire_old(dir, name)?;
-            if staging.exists() {
-                std::fs::remove_dir_all(&staging)
-                    .with_context(|| format!("cannot remove {}", staging.display()))?;
-            }
-        }
-        return Ok(Some(Outcome::Finished));
+        return Ok(Some(Ready::Placed(old)));
     }
     let src = match &old {
         Old::ReadOnly(db) => redb_v1::Source::new(db, name),
         Old::Repaired(db) => redb_v1::Source::new(db, name),
     }
     .with_context(|| format!("cannot read {}", old_path.display()))?;
+    Ok(Some(Ready::Convert { old, src, existing }))
+}
+
+/// Converts a store [`check_store`] found ready; `None` when there was
+/// nothing to report (a leftover staging directory removed).
+async fn migrate_store(
+    dir: &Path,
+    name: &str,
+    ready: Ready,
+    dry_run: bool,
+    failpoint: Option<Failpoint>,
+) -> anyhow::Result<Option<Outcome>> {
+    let staging = staging_dir(dir, name);
+    let (old, src, existing) = match ready {
+        Ready::Leftover(staging) => {
+            if !dry_run {
+                std::fs::remove_dir_all(&staging)
+                    .with_context(|| format!("cannot remove {}", staging.display()))?;
+            }
+            return Ok(None);
+        }
+        Ready::Placed(old) => {
+            if !dry_run {
+                retire_old(dir, name)?;
+                if staging.exists() {
+                    std::fs::remove_dir_all(&staging)
+                        .with_context(|| format!("cannot remove {}", staging.display()))?;
+                }
+            }
+            drop(old);
+            return Ok(Some(Outcome::Finished));
+        }
+        Ready::Convert { old, src, existing } => (old, src, existing),
+    };
     if dry_run {
         return copy(&src, name, None)
             .await
