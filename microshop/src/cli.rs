@@ -25,6 +25,70 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses the process's command line, exiting with clap's message and
+    /// code on an error, as `Cli::parse` does; where the refused value came
+    /// from a `MICROSHOP_*` variable and not the flag, it says so (clap's
+    /// message names only the flag, which the operator never typed).
+    pub fn parse_or_exit() -> Self {
+        match Self::try_parse() {
+            Ok(cli) => cli,
+            Err(err) => {
+                let argv: Vec<_> = std::env::args_os().collect();
+                let from = variable_of(&err, &argv, |var| std::env::var_os(var).is_some());
+                let code = err.exit_code();
+                let _ = err.print();
+                if let Some(var) = from {
+                    eprintln!("\nThe value came from the environment variable {var}.");
+                }
+                std::process::exit(code);
+            }
+        }
+    }
+}
+
+/// The variable that supplied the value `err` refuses: the refused flag's
+/// `env`, when it is set (`is_set`) and the flag is not on `argv`.
+fn variable_of(
+    err: &clap::Error,
+    argv: &[std::ffi::OsString],
+    is_set: impl Fn(&str) -> bool,
+) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // "--call-timeout-ms <CALL_TIMEOUT_MS>"
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let typed = argv.iter().any(|a| {
+        a.to_str()
+            .and_then(|a| a.strip_prefix("--"))
+            .is_some_and(|a| a == long || a.starts_with(&format!("{long}=")))
+    });
+    if typed {
+        return None;
+    }
+    let mut commands = vec![<Cli as clap::CommandFactory>::command()];
+    while let Some(command) = commands.pop() {
+        for a in command.get_arguments() {
+            if a.get_long() == Some(long)
+                && let Some(var) = a.get_env().and_then(|v| v.to_str())
+                && is_set(var)
+            {
+                return Some(var.to_owned());
+            }
+        }
+        commands.extend(command.get_subcommands().cloned());
+    }
+    None
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

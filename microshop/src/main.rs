@@ -6,7 +6,6 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::Context;
-use clap::Parser;
 use microshop::{
     cli::{Cli, Command, ServeArgs, Service, UpArgs},
     mesh::{Mesh, MeshAddrs, MeshConfig},
@@ -48,7 +47,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_or_exit();
     // The blocking pool runs only occasional work (the operator CLI's
     // confirmation prompt, the bench's compaction): 16 threads are
     // plenty, and every further thread only adds an allocator heap and a
@@ -156,7 +155,12 @@ async fn up(mut args: UpArgs) -> anyhow::Result<()> {
         durable: Durable::Yes,
         pricing,
     };
-    let data_dir = config.server.data_dir.clone();
+    // Where the stores are: the data directory is not used on MongoDB.
+    let stores = if config.server.mongodb_uri.is_some() {
+        "MongoDB (MONGODB_URI)".to_owned()
+    } else {
+        config.server.data_dir.display().to_string()
+    };
     let mesh = Mesh::start(config).await?;
     let a = &mesh.addrs;
     tracing::info!(
@@ -164,7 +168,7 @@ async fn up(mut args: UpArgs) -> anyhow::Result<()> {
         inventory = %a.inventory,
         loyalty = %a.loyalty,
         order = %a.order,
-        data_dir = %data_dir.display(),
+        stores = %stores,
         currency = %pricing.currency,
         tax_rate_bp = pricing.tax_rate_bp,
         "microshop mesh is up; Ctrl-C to stop"
@@ -184,6 +188,17 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
     );
     if let Some(addr) = args.server.metrics_addr {
         start_metrics(addr).await?;
+    }
+    if args.server.auth.enabled() && args.insecure_no_auth {
+        // Which one the operator meant is not ours to guess: with a key,
+        // callers without a token would be refused by a server its
+        // operator believes open.
+        anyhow::bail!(
+            "--insecure-no-auth (MICROSHOP_INSECURE_NO_AUTH) and a token key \
+             (MICROSHOP_AUTH_HS256_SECRET_FILE or MICROSHOP_AUTH_RS256_PUBLIC_KEY_FILE) \
+             are both set: remove the key to serve without authentication, or \
+             --insecure-no-auth to serve with it"
+        );
     }
     if !args.server.auth.enabled() {
         if !args.insecure_no_auth {

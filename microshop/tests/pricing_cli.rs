@@ -153,9 +153,34 @@ fn up_refuses_numbers_outside_their_bounds() {
         let out = run(&with(UP, &[flag, value]), &[]);
         assert_refused(&out, &[flag, "is not in"]);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("environment variable"),
+            "{}",
+            out.stderr
+        );
     }
+    // From a variable, the message names it: the operator never typed the
+    // flag clap names.
     let out = run(UP, &[("MICROSHOP_CALL_TIMEOUT_MS", "0")]);
-    assert_refused(&out, &["--call-timeout-ms", "is not in"]);
+    assert_refused(
+        &out,
+        &[
+            "--call-timeout-ms",
+            "is not in",
+            "came from the environment variable MICROSHOP_CALL_TIMEOUT_MS",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    // The flag wins over the variable; a bad flag is the flag's fault.
+    let out = run(
+        &with(UP, &["--call-timeout-ms", "0"]),
+        &[("MICROSHOP_CALL_TIMEOUT_MS", "0")],
+    );
+    assert!(
+        !out.stderr.contains("environment variable"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// An unusable key or connection string stops `up` before it binds a
