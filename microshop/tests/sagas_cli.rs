@@ -413,6 +413,16 @@ async fn list_show_retry_and_abort_on_a_real_mesh() {
         "MICROSHOP_ORCHESTRATOR_URL",
     ]);
 
+    // Pointed at the metrics port (HTTP/1): it says where to point, not
+    // "UNKNOWN: transport error".
+    let metrics = format!("http://{}", up.metrics);
+    sagas(
+        &[("MICROSHOP_ORCHESTRATOR_URL", Path::new(&metrics))],
+        &["list"],
+    )
+    .exits(1)
+    .says(&["point --orchestrator (MICROSHOP_ORCHESTRATOR_URL)"]);
+
     // list: the table, every saga, aligned, carol's failing step shown.
     let run = sagas(&[("MICROSHOP_ORCHESTRATOR_URL", Path::new(u))], &["list"]);
     run.exits(0);

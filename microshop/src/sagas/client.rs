@@ -294,6 +294,15 @@ impl Admin {
                     what: "does not speak gRPC",
                 }
             }
+            // An HTTP/1 server (the metrics port) answers the HTTP/2
+            // preface by closing the connection.
+            Code::Unknown | Code::Cancelled | Code::Unavailable
+                if with_causes(status).contains("connection closed") =>
+            {
+                CliError::NoGrpcAnswer {
+                    url: self.url.clone(),
+                }
+            }
             Code::DeadlineExceeded => CliError::Timeout {
                 what,
                 secs: match what {
@@ -304,10 +313,25 @@ impl Admin {
             code => CliError::Rpc {
                 what,
                 code: code_name(code).to_owned(),
-                message: status.message().to_owned(),
+                message: with_causes(status),
             },
         }
     }
+}
+
+/// The status's message and its sources: a failure on the client's side
+/// ("transport error") says why only in those.
+fn with_causes(status: &Status) -> String {
+    let mut out = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out = format!("{out}: {text}");
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// `message` with a gRPC deadline the server sees (`grpc-timeout`).

@@ -58,6 +58,18 @@ pub enum CliError {
         /// What it does instead.
         what: &'static str,
     },
+    /// The connection closed before any answer: not a gRPC port, or the
+    /// orchestrator stopped mid-call.
+    #[error(
+        "{url} closed the connection without a gRPC answer: if it is the metrics port or \
+         another HTTP/1 server, point --orchestrator (MICROSHOP_ORCHESTRATOR_URL) at the \
+         orchestrator's gRPC port (50051 by default); if it is the orchestrator, it stopped \
+         during the call: try again"
+    )]
+    NoGrpcAnswer {
+        /// The URL tried.
+        url: String,
+    },
     /// The orchestrator did not accept the token.
     #[error("the orchestrator refused the credentials (UNAUTHENTICATED: {message}); {advice}")]
     Unauthenticated {
