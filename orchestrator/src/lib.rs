@@ -163,6 +163,15 @@ async fn serve<L: SagaLog>(
         }
     };
     let health = microshop_runtime::health_reporter();
+    // The participants' entries exist from the first call on, NOT_SERVING
+    // until the monitor's first check (which starts once the log is open,
+    // seconds later on a database still starting): NOT_FOUND would say the
+    // orchestrator does not know them at all.
+    for peer in [Peer::Inventory, Peer::Loyalty, Peer::Order] {
+        health
+            .set_service_status(peer.service_name(), ServingStatus::NotServing)
+            .await;
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     // The engine's background work and the participant monitor, started
     // once the log is open, stopped once serving ends.

@@ -101,17 +101,23 @@ async fn participant_calls(c: &MeshClients) -> Vec<(&'static str, Result<(), Sta
 /// The health `svc` answers for its own service, `None` while it does not
 /// listen or answer.
 async fn health(cluster: &Cluster, svc: Svc) -> Option<ServingStatus> {
-    let channel = crate::cluster::process::endpoint(&cluster.url(svc), Duration::from_secs(1))
+    health_of(cluster, svc, svc.grpc_name()).await.ok()
+}
+
+/// The health `at` answers for service `name`: `Err` with the code it
+/// answered (`UNKNOWN` when it does not listen).
+async fn health_of(cluster: &Cluster, at: Svc, name: &str) -> Result<ServingStatus, Code> {
+    let channel = crate::cluster::process::endpoint(&cluster.url(at), Duration::from_secs(1))
         .connect()
         .await
-        .ok()?;
+        .map_err(|_| Code::Unknown)?;
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest {
-            service: svc.grpc_name().to_owned(),
+            service: name.to_owned(),
         })
         .await
-        .ok()?;
-    ServingStatus::try_from(answer.into_inner().status).ok()
+        .map_err(|s| s.code())?;
+    ServingStatus::try_from(answer.into_inner().status).map_err(|_| Code::Unknown)
 }
 
 /// Regression: a service started before its MongoDB bound its port but
@@ -156,6 +162,15 @@ fn a_database_down_at_start_answers_unavailable_until_it_is_up() {
                 "{svc:?} with its database down"
             );
             down_health.push(format!("{svc:?} {status:?}"));
+        }
+        // The orchestrator's entries for its participants exist before its
+        // log opens (NOT_FOUND would mean "not one of mine").
+        for svc in [Svc::Inventory, Svc::Loyalty, Svc::Order] {
+            assert_eq!(
+                health_of(&cluster, Svc::Orchestrator, svc.grpc_name()).await,
+                Ok(ServingStatus::NotServing),
+                "the orchestrator's health for {svc:?} before its log opened"
+            );
         }
         let mut down_calls = 0;
         for _ in 0..2 {
