@@ -25,7 +25,7 @@ pub fn request_timed_out(timeout: Duration) -> tonic::Status {
         Reason::DependencyUnavailable,
         format!(
             "the request took longer than this server's limit of {} ms \
-             (--request-timeout-ms); retry with the same idempotency key",
+             (--request-timeout-ms); retry (a write with the same idempotency key)",
             timeout.as_millis()
         ),
         [],
