@@ -442,3 +442,41 @@ impl EngineArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error clap gives for `--call-timeout-ms 0` on `up`.
+    fn refused() -> clap::Error {
+        Cli::try_parse_from(["microshop", "up", "--call-timeout-ms", "0"])
+            .expect_err("a zero timeout is refused")
+    }
+
+    #[test]
+    fn a_refused_value_is_traced_to_its_variable_only_when_the_flag_was_not_typed() {
+        let argv = |args: &[&str]| args.iter().map(Into::into).collect::<Vec<_>>();
+        let err = refused();
+        assert_eq!(
+            variable_of(&err, &argv(&["microshop", "up"]), |_| true).as_deref(),
+            Some("MICROSHOP_CALL_TIMEOUT_MS")
+        );
+        assert_eq!(
+            variable_of(&err, &argv(&["microshop", "up"]), |_| false),
+            None
+        );
+        for typed in [
+            &["microshop", "up", "--call-timeout-ms", "0"][..],
+            &["microshop", "up", "--call-timeout-ms=0"][..],
+        ] {
+            assert_eq!(variable_of(&err, &argv(typed), |_| true), None, "{typed:?}");
+        }
+        // Not a refused value at all.
+        let unknown = Cli::try_parse_from(["microshop", "up", "--no-such-flag"])
+            .expect_err("an unknown flag");
+        assert_eq!(
+            variable_of(&unknown, &argv(&["microshop", "up"]), |_| true),
+            None
+        );
+    }
+}

@@ -18,6 +18,11 @@
 //! 4. that store is renamed into place, then the old file to
 //!    `NAME.redb.migrated`, each rename made durable.
 //!
+//! Steps 1 and 2, and listing the old file's tables, run for every store
+//! before step 3 runs for any: a store that is not ready refuses the whole
+//! run with nothing converted, so an operator never finds some stores
+//! converted and others not (which the old binary would serve half empty).
+//!
 //! A crash anywhere leaves either the old file alone in charge (the
 //! services refuse to start on it; a rerun starts over) or the new store in
 //! place beside the old file (the services use the new store; a rerun sees
