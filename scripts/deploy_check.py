@@ -387,6 +387,10 @@ def check_microshop_container(r, w, spec, c, problems):
     key_file = settings.get("MICROSHOP_AUTH_HS256_SECRET_FILE") or settings.get("MICROSHOP_AUTH_RS256_PUBLIC_KEY_FILE")
     if not insecure and not key_file:
         problems.append("%s: neither authentication nor MICROSHOP_INSECURE_NO_AUTH: `serve` would refuse to start" % cw)
+    if insecure and key_file:
+        problems.append("%s: a token key and MICROSHOP_INSECURE_NO_AUTH: `serve` would refuse to start" % cw)
+    if not key_file and (settings.get("MICROSHOP_AUTH_ISSUER") or settings.get("MICROSHOP_AUTH_AUDIENCE")):
+        problems.append("%s: MICROSHOP_AUTH_ISSUER or _AUDIENCE without a key: `serve` would refuse to start" % cw)
     if r.profile == "prod":
         if insecure:
             problems.append("%s: MICROSHOP_INSECURE_NO_AUTH in production" % cw)
@@ -835,6 +839,10 @@ MUTATIONS = [
      ["MICROSHOP_INSECURE_NO_AUTH in production"]),
     ("dev", "neither auth nor insecure", lambda d: _config(d)["data"].pop("MICROSHOP_INSECURE_NO_AUTH"),
      ["would refuse to start"]),
+    ("dev", "an issuer without a key", lambda d: _config(d)["data"].update(MICROSHOP_AUTH_ISSUER="https://x"),
+     ["without a key"]),
+    ("prod", "a key and insecure", lambda d: _config(d)["data"].update(MICROSHOP_INSECURE_NO_AUTH="1"),
+     ["a token key and MICROSHOP_INSECURE_NO_AUTH"]),
     ("prod", "one orchestrator", lambda d: _doc(d, "Deployment", "orchestrator")["spec"].update(replicas=1),
      ["Deployment/orchestrator", "replica"]),
     ("prod", "no HPA", lambda d: _remove(d, "HorizontalPodAutoscaler", "loyalty"),
