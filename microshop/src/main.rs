@@ -178,17 +178,11 @@ async fn up(mut args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
-    // Before anything binds a port: a bad secret file or key stops the
-    // start.
+    // Before anything binds a port (the metrics port too): a bad secret
+    // file or key, contradicting authentication settings or a pricing rule
+    // that would misprice orders stop the start.
     args.server.load_secret_files()?;
     args.server.check().map_err(anyhow::Error::msg)?;
-    let _telemetry = telemetry::init(
-        args.server.log_format,
-        &format!("microshop-{}", args.service.name()),
-    );
-    if let Some(addr) = args.server.metrics_addr {
-        start_metrics(addr).await?;
-    }
     if args.server.auth.enabled() && args.insecure_no_auth {
         // Which one the operator meant is not ours to guess: with a key,
         // callers without a token would be refused by a server its
@@ -200,24 +194,30 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<()> {
              --insecure-no-auth to serve with it"
         );
     }
-    if !args.server.auth.enabled() {
-        if !args.insecure_no_auth {
-            anyhow::bail!(
-                "refusing to serve without authentication: set \
-                 MICROSHOP_AUTH_HS256_SECRET_FILE or MICROSHOP_AUTH_RS256_PUBLIC_KEY_FILE \
-                 (with MICROSHOP_AUTH_ISSUER and MICROSHOP_AUTH_AUDIENCE), or pass \
-                 --insecure-no-auth (MICROSHOP_INSECURE_NO_AUTH=1) for local use"
-            );
-        }
-        warn_no_auth("serve");
+    if !args.server.auth.enabled() && !args.insecure_no_auth {
+        anyhow::bail!(
+            "refusing to serve without authentication: set \
+             MICROSHOP_AUTH_HS256_SECRET_FILE or MICROSHOP_AUTH_RS256_PUBLIC_KEY_FILE \
+             (with MICROSHOP_AUTH_ISSUER and MICROSHOP_AUTH_AUDIENCE), or pass \
+             --insecure-no-auth (MICROSHOP_INSECURE_NO_AUTH=1) for local use"
+        );
     }
-    // Checked before the port is bound: a wrong rule would misprice every
-    // order. Only order-svc prices; loyalty-svc checks its earn rate itself.
+    // Only order-svc prices; loyalty-svc checks its earn rate itself.
     let order_pricing = args.pricing.rules();
     if args.service == Service::Order
         && let Err(invalid) = &order_pricing
     {
         anyhow::bail!("{invalid}");
+    }
+    let _telemetry = telemetry::init(
+        args.server.log_format,
+        &format!("microshop-{}", args.service.name()),
+    );
+    if let Some(addr) = args.server.metrics_addr {
+        start_metrics(addr).await?;
+    }
+    if !args.server.auth.enabled() {
+        warn_no_auth("serve");
     }
     let addr = args
         .listen
