@@ -32,7 +32,14 @@ impl Cli {
     /// message names only the flag, which the operator never typed).
     pub fn parse_or_exit() -> Self {
         match Self::try_parse() {
-            Ok(cli) => cli,
+            Ok(cli) => {
+                if let Err(why) = cli.check() {
+                    <Self as clap::CommandFactory>::command()
+                        .error(clap::error::ErrorKind::ValueValidation, why)
+                        .exit();
+                }
+                cli
+            }
             Err(err) => {
                 let argv: Vec<_> = std::env::args_os().collect();
                 let from = variable_of(&err, &argv, |var| std::env::var_os(var).is_some());
@@ -43,6 +50,16 @@ impl Cli {
                 }
                 std::process::exit(code);
             }
+        }
+    }
+
+    /// What clap's per-flag bounds cannot say: settings that contradict
+    /// each other.
+    fn check(&self) -> Result<(), String> {
+        match &self.command {
+            Command::Up(args) => args.engine.check(),
+            Command::Serve(args) => args.engine.check(),
+            _ => Ok(()),
         }
     }
 }
@@ -413,14 +430,29 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    /// The engine configuration these settings make.
+    /// Refuses a largest retry delay below the first one (it used to be
+    /// raised to the first one without a word).
+    pub fn check(&self) -> Result<(), String> {
+        if self.backoff_max_ms < self.backoff_min_ms {
+            return Err(format!(
+                "--backoff-max-ms (MICROSHOP_BACKOFF_MAX_MS) is {} ms, below \
+                 --backoff-min-ms (MICROSHOP_BACKOFF_MIN_MS) {} ms: the largest retry delay \
+                 must be at least the first",
+                self.backoff_max_ms, self.backoff_min_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// The engine configuration these settings make (their bounds are
+    /// clap's, their consistency [`EngineArgs::check`]'s).
     pub fn config(&self) -> EngineConfig {
         EngineConfig {
-            step_attempts: self.step_attempts.max(1),
+            step_attempts: self.step_attempts,
             step_budget: Duration::from_millis(self.step_budget_ms),
-            compensation_attempts: self.compensation_attempts.max(1),
-            backoff_min: Duration::from_millis(self.backoff_min_ms.max(1)),
-            backoff_max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_min_ms.max(1))),
+            compensation_attempts: self.compensation_attempts,
+            backoff_min: Duration::from_millis(self.backoff_min_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
             call_timeout: Duration::from_millis(self.call_timeout_ms),
             payment_ttl: Duration::from_secs(self.payment_ttl_secs),
             checkout_hold: Duration::from_secs(
@@ -430,14 +462,14 @@ impl EngineArgs {
                 "saga-retention-secs",
                 self.saga_retention_secs,
             ),
-            recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
-            expiry_interval: Duration::from_millis(self.expiry_interval_ms.max(10)),
+            recovery_interval: Duration::from_millis(self.recovery_interval_ms),
+            expiry_interval: Duration::from_millis(self.expiry_interval_ms),
             failpoint: self.failpoint.clone(),
             instance_id: self
                 .orchestrator_id
                 .clone()
                 .unwrap_or_else(orchestrator::engine::default_instance_id),
-            lease: Duration::from_millis(self.lease_ms.max(100)),
+            lease: Duration::from_millis(self.lease_ms),
             ..EngineConfig::default()
         }
     }

@@ -171,6 +171,13 @@ fn up_refuses_numbers_outside_their_bounds() {
         ],
     );
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    // A largest retry delay below the first was raised to it silently.
+    let out = run(
+        &with(UP, &["--backoff-min-ms", "500", "--backoff-max-ms", "100"]),
+        &[],
+    );
+    assert_refused(&out, &["--backoff-max-ms", "below", "--backoff-min-ms"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     // The flag wins over the variable; a bad flag is the flag's fault.
     let out = run(
         &with(UP, &["--call-timeout-ms", "0"]),
