@@ -681,7 +681,11 @@ fn migrate_reports_every_store_it_cannot_convert_and_converts_none() {
     let before = snapshot(&data);
     let out = migrate(&data, &[]);
     assert_refused(&out, "loyalty, orchestrator not ready to migrate");
-    assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("nothing was converted"),
+        "{}",
+        out.stderr
+    );
     for name in ["loyalty", "orchestrator"] {
         assert!(
             out.stderr
@@ -692,5 +696,23 @@ fn migrate_reports_every_store_it_cannot_convert_and_converts_none() {
     }
     // Not even the readable stores: a rollback to the old binary must
     // still find every old file where it was.
+    assert!(snapshot(&data) == before, "changed: {:?}", names(&data));
+}
+
+/// A `NAME.redb.migrated` already beside `NAME.redb` used to be found only
+/// after the stores before it were converted and this one put in place.
+#[test]
+fn a_retired_file_in_the_way_refuses_the_run_before_anything_is_converted() {
+    let (_tmp, data) = data_dir();
+    std::fs::copy(data.join("order.redb"), data.join("order.redb.migrated"))
+        .expect("copy a retired file in the way");
+    let before = snapshot(&data);
+    let out = migrate(&data, &[]);
+    assert_refused(&out, "order.redb.migrated exists already beside");
+    assert!(
+        out.stderr.contains("order not ready to migrate"),
+        "{}",
+        out.stderr
+    );
     assert!(snapshot(&data) == before, "changed: {:?}", names(&data));
 }

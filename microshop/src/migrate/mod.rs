@@ -18,10 +18,13 @@
 //! 4. that store is renamed into place, then the old file to
 //!    `NAME.redb.migrated`, each rename made durable.
 //!
-//! Steps 1 and 2, and listing the old file's tables, run for every store
-//! before step 3 runs for any: a store that is not ready refuses the whole
-//! run with nothing converted, so an operator never finds some stores
-//! converted and others not (which the old binary would serve half empty).
+//! Each step runs for every store before the next runs for any: a store
+//! that is not ready (steps 1 and 2, and listing its tables) refuses the
+//! whole run with nothing converted, and a row that does not decode or a
+//! full disk (step 3) stops it before any store is in place. So an
+//! operator does not find some stores converted and others not (which the
+//! old binary would serve half empty) unless step 4's renames themselves
+//! fail, which the next run finishes.
 //!
 //! A crash anywhere leaves either the old file alone in charge (the
 //! services refuse to start on it; a rerun starts over) or the new store in
@@ -42,7 +45,7 @@ use inventory_svc::embedded::EmbeddedInventory;
 use loyalty_svc::embedded::EmbeddedLoyalty;
 use microshop_storage::{
     StorageError,
-    embedded::{Durable, EmbeddedDb, MIGRATED_FROM, legacy_path, store_path},
+    embedded::{self, Durable, EmbeddedDb, MIGRATED_FROM, legacy_path, store_path},
 };
 use orchestrator::embedded::EmbeddedSagaLog;
 use order_svc::embedded::EmbeddedOrders;
@@ -207,7 +210,7 @@ pub fn migrated_path(dir: &Path, name: &str) -> PathBuf {
 pub fn unmigrated(dir: &Path) -> Vec<String> {
     STORES
         .into_iter()
-        .filter(|name| legacy_path(dir, name).exists() && !store_path(dir, name).exists())
+        .filter(|name| embedded::unmigrated(dir, name))
         .map(|name| format!("{name}.redb"))
         .collect()
 }
@@ -215,9 +218,10 @@ pub fn unmigrated(dir: &Path) -> Vec<String> {
 /// Runs `microshop migrate`, printing what it does per store. Every store
 /// is checked first (old file readable and not in use, nothing in the way
 /// of its new store): if any is not ready, each problem is reported and
-/// nothing is converted, so a refused run leaves the directory as it was
-/// (a rollback to the old binary still finds every old file). An error
-/// while converting names the store; the stores before it stay migrated.
+/// nothing is converted (a rollback to the old binary still finds every
+/// old file). Then every store is staged, then every store put in place;
+/// an error names the store, and only one while putting stores in place
+/// leaves the stores before it migrated.
 pub async fn run(args: &MigrateArgs) -> anyhow::Result<()> {
     let dir = &args.data_dir;
     if !dir.is_dir() {
@@ -226,13 +230,15 @@ pub async fn run(args: &MigrateArgs) -> anyhow::Result<()> {
     let mut ready = Vec::new();
     let mut failed = Vec::new();
     for name in STORES {
-        match check_store(dir, name, args.dry_run).await {
+        let checked = check_store(dir, name, args.dry_run).await;
+        if matches!(checked, Ok(None | Some(Ready::Leftover(_))))
+            && migrated_path(dir, name).exists()
+        {
+            println!("{name}: already migrated ({name}.redb.migrated)");
+        }
+        match checked {
             Ok(Some(r)) => ready.push((name, r)),
-            Ok(None) => {
-                if migrated_path(dir, name).exists() {
-                    println!("{name}: already migrated ({name}.redb.migrated)");
-                }
-            }
+            Ok(None) => {}
             Err(e) => {
                 eprintln!("microshop migrate: {name}: not ready: {e:#}");
                 failed.push(name);
@@ -241,15 +247,23 @@ pub async fn run(args: &MigrateArgs) -> anyhow::Result<()> {
     }
     if !failed.is_empty() {
         bail!(
-            "{} not ready to migrate (the reason is above{}); nothing was changed: fix it \
-             and run `microshop migrate` again",
+            "{} not ready to migrate (the reason is above{}); nothing was converted: fix \
+             it and run `microshop migrate` again",
             failed.join(", "),
             if failed.len() > 1 { ", per store" } else { "" }
         );
     }
+    // Every store written and fsync'd beside the data before any is put in
+    // place: a row that does not decode, or a full disk, stops the run
+    // while every old file is still in charge.
+    for (name, r) in &mut ready {
+        stage_store(dir, name, r, args.dry_run, args.failpoint)
+            .await
+            .with_context(|| format!("{name}: not migrated (nothing was put in place)"))?;
+    }
     let mut done = 0;
     for (name, r) in ready {
-        let outcome = migrate_store(dir, name, r, args.dry_run, args.failpoint)
+        let outcome = place_store(dir, name, r, args.dry_run, args.failpoint)
             .await
             .with_context(|| format!("{name}: not migrated"))?;
         let Some(outcome) = outcome else {
@@ -366,11 +380,17 @@ enum Ready {
     /// run): only the old file's rename is left.
     Placed(Old),
     /// To convert.
-    Convert {
-        old: Old,
-        src: redb_v1::Source,
-        existing: Existing,
-    },
+    Convert(Box<Convert>),
+}
+
+/// A store to convert: its old file, open and being read, what is at
+/// `NAME.fjall` now, and the rows per table once staged (or, on a dry run,
+/// read).
+struct Convert {
+    old: Old,
+    src: redb_v1::Source,
+    existing: Existing,
+    counts: Option<Counts>,
 }
 
 /// Checks store `name` of `dir` without changing anything (beyond the
@@ -385,6 +405,15 @@ async fn check_store(dir: &Path, name: &str, dry_run: bool) -> anyhow::Result<Op
     // Held until the old file is renamed: no old service writes to it
     // meanwhile.
     let old = open_old(&old_path, dry_run)?;
+    let retired = migrated_path(dir, name);
+    if retired.exists() {
+        bail!(
+            "{} exists already beside {} (a store migrated before?): move one of them \
+             aside, then run migrate again",
+            retired.display(),
+            old_path.display()
+        );
+    }
     let existing = existing_store(dir, name).await?;
     if matches!(existing, Existing::Ours) {
         return Ok(Some(Ready::Placed(old)));
@@ -394,12 +423,71 @@ async fn check_store(dir: &Path, name: &str, dry_run: bool) -> anyhow::Result<Op
         Old::Repaired(db) => redb_v1::Source::new(db, name),
     }
     .with_context(|| format!("cannot read {}", old_path.display()))?;
-    Ok(Some(Ready::Convert { old, src, existing }))
+    Ok(Some(Ready::Convert(Box::new(Convert {
+        old,
+        src,
+        existing,
+        counts: None,
+    }))))
 }
 
-/// Converts a store [`check_store`] found ready; `None` when there was
-/// nothing to report (a leftover staging directory removed).
-async fn migrate_store(
+/// Writes a store to convert beside the data (`.NAME.migrating/`), with
+/// the [`MIGRATED_FROM`] row last, and fsyncs it; on a dry run only reads
+/// it. Every row is decoded here, for every store, before any store is put
+/// in place. Other stores pass through.
+async fn stage_store(
+    dir: &Path,
+    name: &str,
+    ready: &mut Ready,
+    dry_run: bool,
+    failpoint: Option<Failpoint>,
+) -> anyhow::Result<()> {
+    let Ready::Convert(convert) = ready else {
+        return Ok(());
+    };
+    let Convert { src, counts, .. } = &mut **convert;
+    if dry_run {
+        *counts = Some(copy(src, name, None).await?);
+        return Ok(());
+    }
+    let staging = staging_dir(dir, name);
+    if staging.exists() {
+        // What an interrupted run left: never in place, so never used.
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot remove {}", staging.display()))?;
+    }
+    std::fs::create_dir(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let copied = copy(src, name, Some(&staging)).await?;
+    // The row saying where the store came from, written last: a store
+    // with it is complete.
+    let from = serde_json::json!({
+        "file": format!("{name}.redb"),
+        "at_ms": now_ms(),
+        "rows": copied.0,
+    })
+    .to_string();
+    drop(
+        EmbeddedDb::open(&staging, name, Durable::Yes, |txn| {
+            txn.put(MIGRATED_FROM.str_key(FROM_KEY), from.into_bytes());
+            Ok(())
+        })
+        .context("cannot mark the new store")?,
+    );
+    let staged = store_path(&staging, name);
+    fsync_tree(&staged)?;
+    fsync_dir(&staging)?;
+    if failpoint == Some(Failpoint::Staged) {
+        crash("staged");
+    }
+    *counts = Some(copied);
+    Ok(())
+}
+
+/// Puts a staged store in place and retires its old file, each rename made
+/// durable (nothing on a dry run); `None` when there was nothing to report
+/// (a leftover staging directory removed).
+async fn place_store(
     dir: &Path,
     name: &str,
     ready: Ready,
@@ -407,7 +495,7 @@ async fn migrate_store(
     failpoint: Option<Failpoint>,
 ) -> anyhow::Result<Option<Outcome>> {
     let staging = staging_dir(dir, name);
-    let (old, src, existing) = match ready {
+    let (old, src, existing, counts) = match ready {
         Ready::Leftover(staging) => {
             if !dry_run {
                 std::fs::remove_dir_all(&staging)
@@ -426,47 +514,33 @@ async fn migrate_store(
             drop(old);
             return Ok(Some(Outcome::Finished));
         }
-        Ready::Convert { old, src, existing } => (old, src, existing),
+        Ready::Convert(convert) => {
+            let Convert {
+                old,
+                src,
+                existing,
+                counts,
+            } = *convert;
+            (
+                old,
+                src,
+                existing,
+                counts.context("the store was not staged")?,
+            )
+        }
     };
     if dry_run {
-        return copy(&src, name, None)
-            .await
-            .map(|c| Some(Outcome::Migrated(c)));
-    }
-    if staging.exists() {
-        // What an interrupted run left: never in place, so never used.
-        std::fs::remove_dir_all(&staging)
-            .with_context(|| format!("cannot remove {}", staging.display()))?;
-    }
-    std::fs::create_dir(&staging)
-        .with_context(|| format!("cannot create {}", staging.display()))?;
-    let counts = copy(&src, name, Some(&staging)).await?;
-    // The row saying where the store came from, written last: a store
-    // with it is complete.
-    let from = serde_json::json!({
-        "file": format!("{name}.redb"),
-        "at_ms": now_ms(),
-        "rows": counts.0,
-    })
-    .to_string();
-    drop(
-        EmbeddedDb::open(&staging, name, Durable::Yes, |txn| {
-            txn.put(MIGRATED_FROM.str_key(FROM_KEY), from.into_bytes());
-            Ok(())
-        })
-        .context("cannot mark the new store")?,
-    );
-    let staged = store_path(&staging, name);
-    fsync_tree(&staged)?;
-    fsync_dir(&staging)?;
-    if failpoint == Some(Failpoint::Staged) {
-        crash("staged");
+        return Ok(Some(Outcome::Migrated(counts)));
     }
     let target = store_path(dir, name);
     if matches!(existing, Existing::Empty) {
+        // Checked again: a service started since the check could have
+        // written to it, and what it wrote must not be deleted.
+        existing_store(dir, name).await?;
         std::fs::remove_dir_all(&target)
             .with_context(|| format!("cannot remove the empty {}", target.display()))?;
     }
+    let staged = store_path(&staging, name);
     std::fs::rename(&staged, &target)
         .with_context(|| format!("cannot move {} to {}", staged.display(), target.display()))?;
     fsync_dir(dir)?;

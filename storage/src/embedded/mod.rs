@@ -453,6 +453,13 @@ pub fn legacy_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.redb"))
 }
 
+/// Whether store `name` under `dir` is still an earlier version's file,
+/// not converted yet (`NAME.redb` without a `NAME.fjall`): a service
+/// refuses to start on it, and names `microshop migrate`.
+pub fn unmigrated(dir: &Path, name: &str) -> bool {
+    legacy_path(dir, name).exists() && !store_path(dir, name).exists()
+}
+
 impl EmbeddedDb {
     /// Opens (or creates) store `name` under `dir` and runs `init` once,
     /// durably (to create what readers expect, or to upgrade records).
@@ -464,7 +471,7 @@ impl EmbeddedDb {
     ) -> Result<Self, StorageError> {
         let path = store_path(dir, name);
         let legacy = legacy_path(dir, name);
-        if legacy.exists() && !path.exists() {
+        if unmigrated(dir, name) {
             return Err(StorageError::Backend(format!(
                 "{} holds the {name} store of an earlier microshop version (redb); convert \
                  it once with `microshop migrate --data-dir {}` (it keeps the old file as \
