@@ -95,11 +95,22 @@ fn serve_names_a_tls_file_that_is_not_pem_before_creating_its_store() {
     let bad = dir.path().join("bad.pem");
     std::fs::write(&bad, "not a PEM file\n").expect("write");
     let bad = bad.to_str().expect("utf-8");
+    // A real certificate, so that the key is what is refused.
+    let cert = dir.path().join("cert.pem");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let pem = params.self_signed(&key).expect("a certificate").pem();
+    std::fs::write(&cert, pem).expect("write");
+    let cert = cert.to_str().expect("utf-8");
     let data = dir.path().join("data");
     for (flags, says) in [
         (
             ["--tls-cert-file", bad, "--tls-key-file", bad],
             "(MICROSHOP_TLS_CERT_FILE) holds no PEM certificate",
+        ),
+        (
+            ["--tls-cert-file", cert, "--tls-key-file", bad],
+            "(MICROSHOP_TLS_KEY_FILE) holds no PEM private key",
         ),
         (
             ["--tls-ca-file", bad, "--tls-server-name", "x"],

@@ -183,6 +183,7 @@ fn up_refuses_numbers_outside_their_bounds() {
         &with(UP, &["--call-timeout-ms", "0"]),
         &[("MICROSHOP_CALL_TIMEOUT_MS", "0")],
     );
+    assert_refused(&out, &["--call-timeout-ms", "is not in"]);
     assert!(
         !out.stderr.contains("environment variable"),
         "{}",

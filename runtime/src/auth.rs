@@ -136,7 +136,8 @@ impl AuthArgs {
                         "MICROSHOP_AUTH_ISSUER or MICROSHOP_AUTH_AUDIENCE is set, but \
                          no key turns authentication on: set \
                          MICROSHOP_AUTH_HS256_SECRET_FILE or MICROSHOP_AUTH_RS256_PUBLIC_KEY_FILE, \
-                         or unset both to serve without authentication"
+                         or unset both (with --insecure-no-auth for `serve`) to serve without \
+                         authentication"
                             .into(),
                     );
                 }

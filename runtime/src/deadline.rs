@@ -25,7 +25,8 @@ pub fn request_timed_out(timeout: Duration) -> tonic::Status {
         Reason::DependencyUnavailable,
         format!(
             "the request took longer than this server's limit of {} ms \
-             (--request-timeout-ms); retry (a write with the same idempotency key)",
+             (--request-timeout-ms); retry (PlaceOrder with the same idempotency key is \
+             applied at most once; another write may have taken effect already)",
             timeout.as_millis()
         ),
         [],

@@ -247,7 +247,10 @@ pub fn unavailable_status(what: &str, err: &dyn std::error::Error) -> Status {
     rich_status(
         Code::Unavailable,
         Reason::DependencyUnavailable,
-        format!("{what} is unavailable; retry (a write with the same idempotency key)"),
+        format!(
+            "{what} is unavailable; retry (PlaceOrder with the same idempotency key is applied \
+             at most once; another write may have taken effect already)"
+        ),
         [],
         Some(Duration::from_millis(500)),
     )
@@ -294,7 +297,7 @@ pub fn storage_status(err: &microshop_storage::StorageError) -> Status {
             Code::Unavailable,
             Reason::StorageFull,
             "the disk under this service's store is full: nothing was written; the \
-             service serves again once space is freed (retry; a write with the same idempotency key)",
+             service serves again once space is freed (then retry)",
             [],
             Some(Duration::from_secs(1)),
         );

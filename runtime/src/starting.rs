@@ -41,7 +41,7 @@ pub(crate) fn not_open_yet(service: &str) -> Response<Body> {
         Reason::DependencyUnavailable,
         format!(
             "{service} is starting: its store is not open yet (is its database reachable?); \
-             retry (a write with the same idempotency key)"
+             nothing was done: retry"
         ),
         [],
         Some(Duration::from_secs(1)),

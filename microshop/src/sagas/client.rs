@@ -283,7 +283,8 @@ impl Admin {
                 CliError::UnknownSaga(saga_id.unwrap_or_default().to_owned())
             }
             // A participant's port (no SagaAdminService there), or a port
-            // that does not speak gRPC at all (metrics: an h2 error).
+            // that does not speak gRPC at all (the metrics port: an h2
+            // error, or a closed connection below).
             Code::Unimplemented => CliError::NotAnOrchestrator {
                 url: self.url.clone(),
                 what: "does not serve microshop.orchestrator.v1.SagaAdminService",
@@ -319,19 +320,15 @@ impl Admin {
     }
 }
 
-/// The status's message and its sources: a failure on the client's side
-/// ("transport error") says why only in those.
+/// The status's message and its sources' [`chain`]: a failure on the
+/// client's side ("transport error") says why only in those.
 fn with_causes(status: &Status) -> String {
-    let mut out = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.ends_with(&text) {
-            out = format!("{out}: {text}");
+    match std::error::Error::source(status) {
+        Some(cause) if !status.message().contains(&cause.to_string()) => {
+            format!("{}: {}", status.message(), chain(cause))
         }
-        source = cause.source();
+        _ => status.message().to_owned(),
     }
-    out
 }
 
 /// `message` with a gRPC deadline the server sees (`grpc-timeout`).
