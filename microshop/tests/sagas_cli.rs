@@ -348,6 +348,18 @@ fn usage_errors_exit_2_and_a_dead_orchestrator_exits_1() {
     )
     .exits(1)
     .says(&["cannot use the token file", "no-such-token"]);
+    // A CA file without a certificate used to fail only at the handshake,
+    // as an unknown issuer.
+    let not_pem = dir.path().join("ca.txt");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    let tls_dead = format!("https://{}", free_addr());
+    let not_pem = not_pem.to_str().expect("utf-8");
+    sagas(
+        none,
+        &["list", "--orchestrator", &tls_dead, "--ca-file", not_pem],
+    )
+    .exits(1)
+    .says(&["cannot use the CA file", "holds no PEM certificate"]);
 }
 
 #[tokio::test]

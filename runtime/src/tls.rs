@@ -66,17 +66,21 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
 /// server starts, as "transport error", naming neither file nor setting.
 fn read_certs(path: &Path, what: &str, var: &str) -> Result<Vec<u8>, String> {
     let pem = read(path, what)?;
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+    check_certificates(&pem)
+        .map_err(|why| format!("the TLS {what} {} ({var}) {why}", path.display()))?;
+    Ok(pem)
+}
+
+/// Whether `pem` holds at least one PEM certificate and nothing rustls
+/// would refuse; `Err` says what is wrong, to follow a file's name. (A
+/// file without any PEM block passes tonic's parsing as no certificate at
+/// all, and fails only at the first handshake.)
+pub fn check_certificates(pem: &[u8]) -> Result<(), String> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
     match certs {
-        Ok(certs) if !certs.is_empty() => Ok(pem),
-        Ok(_) => Err(format!(
-            "the TLS {what} {} ({var}) holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        )),
-        Err(e) => Err(format!(
-            "the TLS {what} {} ({var}) is not valid PEM: {e}",
-            path.display()
-        )),
+        Ok(certs) if !certs.is_empty() => Ok(()),
+        Ok(_) => Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into()),
+        Err(e) => Err(format!("is not valid PEM: {e}")),
     }
 }
 

@@ -122,11 +122,18 @@ fn endpoint(conn: &Connection) -> Result<Endpoint, CliError> {
              orchestrator's certificate"
         ))),
         (true, Some(path)) => {
-            let pem = std::fs::read(path).map_err(|e| CliError::File {
-                what: "CA file",
-                path: path.clone(),
-                why: e.to_string(),
-            })?;
+            let pem = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| {
+                    microshop_runtime::tls::check_certificates(&pem)
+                        .map(|()| pem)
+                        .map_err(|why| format!("it {why}"))
+                })
+                .map_err(|why| CliError::File {
+                    what: "CA file",
+                    path: path.clone(),
+                    why,
+                })?;
             let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
             endpoint.tls_config(config).map_err(|e| CliError::File {
                 what: "CA file",
