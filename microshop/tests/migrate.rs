@@ -20,7 +20,7 @@ use std::{
 
 use cluster::{
     READY_WITHIN, Svc, clients_at,
-    process::{Exited, Process, Spawn, endpoint, free_addr, serve},
+    process::{Exited, Process, Spawn, free_addr, serve, start_on_free_port},
     shop::{balance, coupon, orders_of, place_units, product, wait_settled},
 };
 use microshop::{
@@ -149,34 +149,47 @@ struct Mesh {
 
 impl Mesh {
     async fn start(data: &Path) -> Self {
-        let addrs = MeshAddrs {
+        let mut addrs = MeshAddrs {
             orchestrator: free_addr(),
             inventory: free_addr(),
             loyalty: free_addr(),
             order: free_addr(),
         };
         let mut procs = Vec::new();
+        // The participants first, each on a port it could bind: the
+        // orchestrator is given the ones they got.
         for svc in Svc::START_ORDER {
-            let addr = match svc {
-                Svc::Inventory => addrs.inventory,
-                Svc::Loyalty => addrs.loyalty,
-                Svc::Order => addrs.order,
-                _ => addrs.orchestrator,
-            };
-            // Nothing of the old shop is purged or expired under the test,
-            // however long ago the fixture was written.
-            let mut proc = serve(svc, addr, data)
-                .args(["--insecure-no-auth", "--barrier-retention-secs", "0"])
-                .args(["--saga-retention-secs", "0"])
-                .args(["--checkout-hold-secs", TEN_YEARS])
-                .args(["--payment-ttl-secs", TEN_YEARS])
-                .args(["--inventory-url", &format!("http://{}", addrs.inventory)])
-                .args(["--loyalty-url", &format!("http://{}", addrs.loyalty)])
-                .args(["--order-url", &format!("http://{}", addrs.order)])
-                .spawn();
-            let ep = endpoint(&format!("http://{addr}"), Duration::from_secs(1));
-            if let Err(why) = proc.wait_serving(&ep, svc.grpc_name(), READY_WITHIN).await {
-                panic!("{why}: {}", proc.stderr().join("\n"));
+            let participants = addrs.clone();
+            let started = start_on_free_port(
+                |addr| {
+                    // Nothing of the old shop is purged or expired under
+                    // the test, however long ago the fixture was written.
+                    let spawn = serve(svc, addr, data)
+                        .args(["--insecure-no-auth", "--barrier-retention-secs", "0"])
+                        .args(["--saga-retention-secs", "0"])
+                        .args(["--checkout-hold-secs", TEN_YEARS])
+                        .args(["--payment-ttl-secs", TEN_YEARS]);
+                    if svc != Svc::Orchestrator {
+                        return spawn;
+                    }
+                    spawn
+                        .args([
+                            "--inventory-url",
+                            &format!("http://{}", participants.inventory),
+                        ])
+                        .args(["--loyalty-url", &format!("http://{}", participants.loyalty)])
+                        .args(["--order-url", &format!("http://{}", participants.order)])
+                },
+                svc.grpc_name(),
+                READY_WITHIN,
+            )
+            .await;
+            let (proc, addr) = started.unwrap_or_else(|why| panic!("{why}"));
+            match svc {
+                Svc::Inventory => addrs.inventory = addr,
+                Svc::Loyalty => addrs.loyalty = addr,
+                Svc::Order => addrs.order = addr,
+                _ => addrs.orchestrator = addr,
             }
             procs.push(proc);
         }
@@ -503,21 +516,26 @@ async fn a_store_in_use_or_already_holding_data_is_refused_and_left_alone() {
     // its service runs (it is in use) or not.
     let (_tmp2, data) = data_dir();
     std::fs::remove_file(data.join("inventory.redb")).expect("remove");
-    let addr = free_addr();
-    let mut inventory = serve(Svc::Inventory, addr, &data)
-        .arg("--insecure-no-auth")
-        .spawn();
-    let ep = endpoint(&format!("http://{addr}"), Duration::from_secs(1));
-    inventory
-        .wait_serving(&ep, Svc::Inventory.grpc_name(), READY_WITHIN)
-        .await
-        .expect("inventory serves a fresh store");
-    let c = clients_at(&MeshAddrs {
-        orchestrator: addr,
-        inventory: addr,
-        loyalty: addr,
-        order: addr,
-    });
+    let inventory_on = |data: &Path| {
+        let data = data.to_owned();
+        move |addr| serve(Svc::Inventory, addr, &data).arg("--insecure-no-auth")
+    };
+    let alone = |addr| {
+        clients_at(&MeshAddrs {
+            orchestrator: addr,
+            inventory: addr,
+            loyalty: addr,
+            order: addr,
+        })
+    };
+    let (mut inventory, addr) = start_on_free_port(
+        inventory_on(&data),
+        Svc::Inventory.grpc_name(),
+        READY_WITHIN,
+    )
+    .await
+    .unwrap_or_else(|why| panic!("inventory serves a fresh store: {why}"));
+    let c = alone(addr);
     c.inventory
         .clone()
         .put_product(microshop_proto::inventory::v1::PutProductRequest {
@@ -552,13 +570,14 @@ async fn a_store_in_use_or_already_holding_data_is_refused_and_left_alone() {
         outside(&data) == before,
         "a refused run changed the directory"
     );
-    let mut inventory = serve(Svc::Inventory, addr, &data)
-        .arg("--insecure-no-auth")
-        .spawn();
-    inventory
-        .wait_serving(&ep, Svc::Inventory.grpc_name(), READY_WITHIN)
-        .await
-        .expect("inventory serves its store again");
+    let (mut inventory, addr) = start_on_free_port(
+        inventory_on(&data),
+        Svc::Inventory.grpc_name(),
+        READY_WITHIN,
+    )
+    .await
+    .unwrap_or_else(|why| panic!("inventory serves its store again: {why}"));
+    let c = alone(addr);
     assert_eq!(product(&c, "NEW").await.stock, 1);
     let old = c
         .inventory

@@ -10,11 +10,11 @@
 
 mod cluster;
 
-use std::{path::Path, process::ExitStatus, time::Duration};
+use std::{net::SocketAddr, path::Path, process::ExitStatus, time::Duration};
 
 use cluster::{
     Svc,
-    process::{Process, Spawn, endpoint, free_addr, lazy_channel, serve},
+    process::{Process, Spawn, free_addr, lazy_channel, serve, start_on_free_port},
 };
 use microshop_proto::inventory::v1::{
     GetProductRequest, PutProductRequest, inventory_service_client::InventoryServiceClient,
@@ -30,12 +30,10 @@ const PASSWORD: &str = "hunter2-never-printed";
 /// `microshop serve inventory` without authentication, with no
 /// `MICROSHOP_*` or `MONGODB_*` variable inherited (the test script's
 /// MongoDB pass sets `MONGODB_URI`).
-fn serve_inventory(name: &str, data_dir: &Path) -> (Spawn, std::net::SocketAddr) {
-    let addr = free_addr();
-    let spawn = serve(Svc::Inventory, addr, data_dir)
+fn serve_inventory(name: &str, data_dir: &Path, addr: SocketAddr) -> Spawn {
+    serve(Svc::Inventory, addr, data_dir)
         .name(name)
-        .arg("--insecure-no-auth");
-    (spawn, addr)
+        .arg("--insecure-no-auth")
 }
 
 /// Starts `serve inventory` with the connection string in `uri_file` and
@@ -47,16 +45,18 @@ async fn start_on_mongodb(
     uri_file: &Path,
     database: &str,
 ) -> (Process, Channel) {
-    let (spawn, addr) = serve_inventory(name, &dir.join(name));
-    let mut served = spawn
-        .env("MONGODB_URI_FILE", uri_file)
-        .env("MICROSHOP_MONGODB_DATABASE", database)
-        .spawn();
-    let health = endpoint(&format!("http://{addr}"), Duration::from_secs(2));
-    served
-        .wait_serving(&health, "", WITHIN)
-        .await
-        .unwrap_or_else(|why| panic!("serve did not come up on MongoDB: {why}"));
+    let data = dir.join(name);
+    let (served, addr) = start_on_free_port(
+        |addr| {
+            serve_inventory(name, &data, addr)
+                .env("MONGODB_URI_FILE", uri_file)
+                .env("MICROSHOP_MONGODB_DATABASE", database)
+        },
+        "",
+        WITHIN,
+    )
+    .await
+    .unwrap_or_else(|why| panic!("serve did not come up on MongoDB: {why}"));
     (served, lazy_channel(addr))
 }
 
@@ -103,7 +103,7 @@ async fn serve_takes_the_mongodb_uri_from_a_file() {
 
 /// Runs `serve` with `env` until it exits (bounded); its status and stderr.
 fn exit_of(dir: &Path, env: &[(&str, &Path)], inline_uri: Option<&str>) -> (ExitStatus, String) {
-    let (mut spawn, _) = serve_inventory("refused", &dir.join("data"));
+    let mut spawn = serve_inventory("refused", &dir.join("data"), free_addr());
     for (key, value) in env {
         spawn = spawn.env(key, value);
     }

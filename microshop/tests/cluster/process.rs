@@ -69,6 +69,42 @@ pub fn free_addr_on(ip: IpAddr) -> SocketAddr {
         .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
 }
 
+/// Starts of one process on fresh free ports before a bind failure that
+/// keeps coming back is a failure.
+const FREE_PORT_ATTEMPTS: usize = 3;
+
+/// Starts what `spawn` builds for a free loopback port and waits up to
+/// `within` for its health entry `entry` to answer SERVING there. Another
+/// test may take the port between [`free_addr`] and the process's bind:
+/// then it starts again on another port. `Err` on any other failure, with
+/// the process's stderr.
+pub async fn start_on_free_port(
+    mut spawn: impl FnMut(SocketAddr) -> Spawn,
+    entry: &str,
+    within: Duration,
+) -> Result<(Process, SocketAddr), String> {
+    let mut last = String::new();
+    for _ in 0..FREE_PORT_ATTEMPTS {
+        let addr = free_addr();
+        let mut proc = spawn(addr).spawn();
+        let health = endpoint(&format!("http://{addr}"), Duration::from_secs(1));
+        match proc.wait_serving(&health, entry, within).await {
+            Ok(()) => return Ok((proc, addr)),
+            Err(why) if proc.could_not_bind().await => {
+                eprintln!(
+                    "{} could not bind {addr}; starting it on another port",
+                    proc.tag()
+                );
+                last = why;
+            }
+            Err(why) => return Err(format!("{why}: {}", proc.stderr().join("\n"))),
+        }
+    }
+    Err(format!(
+        "not started in {FREE_PORT_ATTEMPTS} attempts on free ports: {last}"
+    ))
+}
+
 /// An endpoint for health checks and clients: a short connect timeout, so
 /// a service that is down fails fast; `timeout` bounds each call.
 pub fn endpoint(url: &str, timeout: Duration) -> Endpoint {
