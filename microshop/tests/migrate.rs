@@ -493,6 +493,25 @@ async fn an_old_data_directory_is_refused_then_migrated_and_served() {
     );
 }
 
+/// `serve inventory` alone on `data`, SERVING (`what` it serves, for the
+/// failure message), and clients whose inventory is it.
+async fn inventory_alone(data: &Path, what: &str) -> (Process, MeshClients) {
+    let (inventory, addr) = start_on_free_port(
+        |addr| serve(Svc::Inventory, addr, data).arg("--insecure-no-auth"),
+        Svc::Inventory.grpc_name(),
+        READY_WITHIN,
+    )
+    .await
+    .unwrap_or_else(|why| panic!("inventory serves {what}: {why}"));
+    let c = clients_at(&MeshAddrs {
+        orchestrator: addr,
+        inventory: addr,
+        loyalty: addr,
+        order: addr,
+    });
+    (inventory, c)
+}
+
 #[tokio::test]
 async fn a_store_in_use_or_already_holding_data_is_refused_and_left_alone() {
     // An old service holds inventory.redb (its writer lock, as redb takes it).
@@ -516,26 +535,7 @@ async fn a_store_in_use_or_already_holding_data_is_refused_and_left_alone() {
     // its service runs (it is in use) or not.
     let (_tmp2, data) = data_dir();
     std::fs::remove_file(data.join("inventory.redb")).expect("remove");
-    let inventory_on = |data: &Path| {
-        let data = data.to_owned();
-        move |addr| serve(Svc::Inventory, addr, &data).arg("--insecure-no-auth")
-    };
-    let alone = |addr| {
-        clients_at(&MeshAddrs {
-            orchestrator: addr,
-            inventory: addr,
-            loyalty: addr,
-            order: addr,
-        })
-    };
-    let (mut inventory, addr) = start_on_free_port(
-        inventory_on(&data),
-        Svc::Inventory.grpc_name(),
-        READY_WITHIN,
-    )
-    .await
-    .unwrap_or_else(|why| panic!("inventory serves a fresh store: {why}"));
-    let c = alone(addr);
+    let (mut inventory, c) = inventory_alone(&data, "a fresh store").await;
     c.inventory
         .clone()
         .put_product(microshop_proto::inventory::v1::PutProductRequest {
@@ -570,14 +570,7 @@ async fn a_store_in_use_or_already_holding_data_is_refused_and_left_alone() {
         outside(&data) == before,
         "a refused run changed the directory"
     );
-    let (mut inventory, addr) = start_on_free_port(
-        inventory_on(&data),
-        Svc::Inventory.grpc_name(),
-        READY_WITHIN,
-    )
-    .await
-    .unwrap_or_else(|why| panic!("inventory serves its store again: {why}"));
-    let c = alone(addr);
+    let (mut inventory, c) = inventory_alone(&data, "its store again").await;
     assert_eq!(product(&c, "NEW").await.stock, 1);
     let old = c
         .inventory

@@ -30,7 +30,7 @@ use std::{
 use cluster::{
     READY_WITHIN, Svc,
     cli::{ids, sagas_with as sagas},
-    process::{Process, free_addr, serve},
+    process::{Process, free_addr, serve, start_on_free_port_with},
     up::Up,
 };
 use microshop_proto::{
@@ -75,68 +75,64 @@ struct LoneOrchestrator {
 
 impl LoneOrchestrator {
     async fn start(dir: &Path, up: &Up, auth: &Auth, tls: &TlsFiles) -> Self {
-        let mut last = String::new();
-        for attempt in 0..3 {
-            let addr = free_addr();
-            let dead_loyalty = free_addr();
-            let path = |p: &Path| p.display().to_string();
-            let args: Vec<String> = [
-                "--inventory-url",
-                &format!("http://{}", up.addr(Svc::Inventory)),
-                "--order-url",
-                &format!("http://{}", up.addr(Svc::Order)),
-                "--loyalty-url",
-                &format!("http://{dead_loyalty}"),
-                "--auth-hs256-secret-file",
-                &path(&auth.secret_file),
-                "--auth-issuer",
-                ISSUER,
-                "--auth-audience",
-                AUDIENCE,
-                "--tls-cert-file",
-                &path(&tls.cert),
-                "--tls-key-file",
-                &path(&tls.key),
-                "--step-attempts",
-                "3",
-                "--step-budget-ms",
-                "300",
-                "--backoff-min-ms",
-                "10",
-                "--backoff-max-ms",
-                "50",
-                "--call-timeout-ms",
-                "300",
-                "--compensation-attempts",
-                "2",
-                "--recovery-interval-ms",
-                "600000",
-            ]
-            .map(str::to_owned)
-            .to_vec();
-            let mut proc = serve(
-                Svc::Orchestrator,
-                addr,
-                &dir.join(format!("lone-{attempt}")),
-            )
-            .args(&args)
-            .name(format!("lone-orchestrator-{attempt}"))
-            .spawn();
-            let url = format!("https://{addr}");
-            match proc
-                .wait_serving(
-                    &endpoint(&url, Some(&tls.ca_pem)),
-                    orchestrator::SERVICE_NAME,
-                    READY_WITHIN,
+        let dead_loyalty = free_addr();
+        let path = |p: &Path| p.display().to_string();
+        let args: Vec<String> = [
+            "--inventory-url",
+            &format!("http://{}", up.addr(Svc::Inventory)),
+            "--order-url",
+            &format!("http://{}", up.addr(Svc::Order)),
+            "--loyalty-url",
+            &format!("http://{dead_loyalty}"),
+            "--auth-hs256-secret-file",
+            &path(&auth.secret_file),
+            "--auth-issuer",
+            ISSUER,
+            "--auth-audience",
+            AUDIENCE,
+            "--tls-cert-file",
+            &path(&tls.cert),
+            "--tls-key-file",
+            &path(&tls.key),
+            "--step-attempts",
+            "3",
+            "--step-budget-ms",
+            "300",
+            "--backoff-min-ms",
+            "10",
+            "--backoff-max-ms",
+            "50",
+            "--call-timeout-ms",
+            "300",
+            "--compensation-attempts",
+            "2",
+            "--recovery-interval-ms",
+            "600000",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut attempt = 0;
+        let (proc, addr) = start_on_free_port_with(
+            |addr| {
+                attempt += 1;
+                serve(
+                    Svc::Orchestrator,
+                    addr,
+                    &dir.join(format!("lone-{attempt}")),
                 )
-                .await
-            {
-                Ok(()) => return Self { _proc: proc, url },
-                Err(why) if proc.could_not_bind().await => last = why,
-                Err(why) => panic!("{why}"),
-            }
+                .args(&args)
+                .name(format!("lone-orchestrator-{attempt}"))
+            },
+            |addr| endpoint(&format!("https://{addr}"), Some(&tls.ca_pem)),
+            orchestrator::SERVICE_NAME,
+            READY_WITHIN,
+        )
+        .await
+        .unwrap_or_else(|why| panic!("the lone orchestrator did not start: {why}"));
+        Self {
+            _proc: proc,
+            url: format!("https://{addr}"),
         }
-        panic!("the lone orchestrator did not start in 3 attempts: {last}");
     }
 }
 

@@ -74,12 +74,25 @@ pub fn free_addr_on(ip: IpAddr) -> SocketAddr {
 const FREE_PORT_ATTEMPTS: usize = 3;
 
 /// Starts what `spawn` builds for a free loopback port and waits up to
-/// `within` for its health entry `entry` to answer SERVING there. Another
-/// test may take the port between [`free_addr`] and the process's bind:
-/// then it starts again on another port. `Err` on any other failure, with
-/// the process's stderr.
+/// `within` for its health entry `entry` to answer SERVING there over
+/// plain HTTP/2 (see [`start_on_free_port_with`]).
 pub async fn start_on_free_port(
+    spawn: impl FnMut(SocketAddr) -> Spawn,
+    entry: &str,
+    within: Duration,
+) -> Result<(Process, SocketAddr), String> {
+    let health = |addr| endpoint(&format!("http://{addr}"), Duration::from_secs(1));
+    start_on_free_port_with(spawn, health, entry, within).await
+}
+
+/// Starts what `spawn` builds for a free loopback port and waits up to
+/// `within` for its health entry `entry` to answer SERVING at the
+/// endpoint `health` gives for that port. Another test may take the port
+/// between [`free_addr`] and the process's bind: then it starts again on
+/// another port. `Err` on any other failure, with the process's stderr.
+pub async fn start_on_free_port_with(
     mut spawn: impl FnMut(SocketAddr) -> Spawn,
+    health: impl Fn(SocketAddr) -> Endpoint,
     entry: &str,
     within: Duration,
 ) -> Result<(Process, SocketAddr), String> {
@@ -87,8 +100,7 @@ pub async fn start_on_free_port(
     for _ in 0..FREE_PORT_ATTEMPTS {
         let addr = free_addr();
         let mut proc = spawn(addr).spawn();
-        let health = endpoint(&format!("http://{addr}"), Duration::from_secs(1));
-        match proc.wait_serving(&health, entry, within).await {
+        match proc.wait_serving(&health(addr), entry, within).await {
             Ok(()) => return Ok((proc, addr)),
             Err(why) if proc.could_not_bind().await => {
                 eprintln!(
