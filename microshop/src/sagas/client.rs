@@ -303,10 +303,10 @@ impl Admin {
                 }
             }
             // An HTTP/1 server (the metrics port) answers the HTTP/2
-            // preface by closing the connection.
-            Code::Unknown | Code::Cancelled | Code::Unavailable
-                if with_causes(status).contains("connection closed") =>
-            {
+            // preface by closing the connection: seen as closed, as a
+            // broken pipe or a reset when the request was still being
+            // sent, or as not ready when it had not been sent yet.
+            Code::Unknown | Code::Cancelled | Code::Unavailable if closed(status) => {
                 CliError::NoGrpcAnswer {
                     url: self.url.clone(),
                 }
@@ -328,14 +328,33 @@ impl Admin {
 }
 
 /// The status's message and its sources' [`chain`]: a failure on the
-/// client's side ("transport error") says why only in those.
+/// client's side ("transport error") says why only in those. The first
+/// source often repeats the message ("transport error" again); what
+/// follows it is still said.
 fn with_causes(status: &Status) -> String {
-    match std::error::Error::source(status) {
-        Some(cause) if !status.message().contains(&cause.to_string()) => {
-            format!("{}: {}", status.message(), chain(cause))
-        }
-        _ => status.message().to_owned(),
+    let message = status.message();
+    match std::error::Error::source(status).map(chain) {
+        Some(causes) => match causes.strip_prefix(message) {
+            Some("") => message.to_owned(),
+            Some(rest) => format!("{message}{rest}"),
+            None if message.contains(&causes) => message.to_owned(),
+            None => format!("{message}: {causes}"),
+        },
+        None => message.to_owned(),
     }
+}
+
+/// Whether the connection ended under the call without an answer.
+fn closed(status: &Status) -> bool {
+    let causes = with_causes(status).to_ascii_lowercase();
+    [
+        "connection closed",
+        "broken pipe",
+        "connection reset",
+        "connection was not ready",
+    ]
+    .iter()
+    .any(|sign| causes.contains(sign))
 }
 
 /// `message` with a gRPC deadline the server sees (`grpc-timeout`).
@@ -420,5 +439,59 @@ mod tests {
         std::fs::write(&path, "a\u{7f}b").expect("write");
         assert!(matches!(read_token(&path), Err(CliError::File { .. })));
         assert!(read_token(&dir.path().join("none")).is_err());
+    }
+
+    /// An error saying `text`, caused by `source`.
+    #[derive(Debug)]
+    struct Caused(&'static str, Option<std::io::Error>);
+
+    impl std::fmt::Display for Caused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Caused {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_ref().map(|e| e as _)
+        }
+    }
+
+    /// The metrics port (HTTP/1) closing the connection while the request
+    /// was still being sent: tonic says only "transport error", the cause
+    /// is two sources down. Seen once in three `sagas list` runs.
+    #[tokio::test]
+    async fn a_connection_ended_mid_request_says_where_to_point() {
+        let pipe = std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        );
+        let status = Status::from_error(Box::new(Caused("transport error", Some(pipe))));
+        assert_eq!(status.code(), Code::Unknown, "{status:?}");
+        assert_eq!(
+            with_causes(&status),
+            "transport error: stream closed because of a broken pipe"
+        );
+        let url = "http://127.0.0.1:9464";
+        let client = Admin {
+            client: SagaAdminServiceClient::with_interceptor(
+                Endpoint::from_static(url).connect_lazy(),
+                Bearer(None),
+            ),
+            with_token: false,
+            url: url.to_owned(),
+        };
+        let err = client.error("ListSagas", None, &status);
+        assert!(matches!(err, CliError::NoGrpcAnswer { .. }), "{err}");
+        let early = Status::from_error(Box::new(Caused(
+            "operation was canceled",
+            Some(std::io::Error::other("connection was not ready")),
+        )));
+        let err = client.error("ListSagas", None, &early);
+        assert!(matches!(err, CliError::NoGrpcAnswer { .. }), "{err}");
+        let other = Status::from_error(Box::new(Caused("transport error", None)));
+        assert_eq!(with_causes(&other), "transport error");
+        let err = client.error("ListSagas", None, &other);
+        assert!(matches!(err, CliError::Rpc { .. }), "{err}");
     }
 }
