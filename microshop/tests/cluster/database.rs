@@ -47,7 +47,7 @@ impl Database {
             dir: tempfile::tempdir().expect("temporary directory"),
             process: None,
         };
-        db.up();
+        db.listen(true);
         db
     }
 
@@ -92,11 +92,19 @@ impl Database {
     /// could not bind) is started again on the same port, within the same
     /// 30 s.
     pub fn up(&mut self) {
+        self.listen(false);
+    }
+
+    /// [`Database::up`]; on its first start (`fresh`: nobody was told its
+    /// port yet) a server that could not bind moves to another free port,
+    /// since another test's server may hold that one for good.
+    fn listen(&mut self, fresh: bool) {
         // Kept in `self` at once, so a failed wait still kills it on drop.
         self.process = Some(self.spawn());
         let deadline = std::time::Instant::now() + LISTEN_WITHIN;
-        let addr = std::net::SocketAddr::new(self.ip, self.port);
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err() {
+        let addr = |db: &Self| std::net::SocketAddr::new(db.ip, db.port);
+        while std::net::TcpStream::connect_timeout(&addr(self), Duration::from_millis(500)).is_err()
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the database did not listen within {LISTEN_WITHIN:?}"
@@ -108,6 +116,9 @@ impl Database {
                     self.port
                 );
                 std::thread::sleep(Duration::from_millis(250));
+                if fresh {
+                    self.port = free_addr().port();
+                }
                 self.process = Some(self.spawn());
             }
             std::thread::sleep(Duration::from_millis(50));
