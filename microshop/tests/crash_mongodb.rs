@@ -7,7 +7,7 @@
 //!
 //! They run against `MICROSHOP_TEST_MONGODB_URI` and a SecantusDB of their
 //! own (`MICROSHOP_TEST_SECANTUSD`), both set by `scripts/test.sh`; without
-//! them they are skipped, except in CI. Unlike `crash.rs` they make no
+//! them they are skipped, except in CI. Unlike `crash/` they make no
 //! sense on the embedded stores, so the script's MongoDB pass (every store
 //! on MongoDB) does not run them again.
 //!

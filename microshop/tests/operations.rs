@@ -13,7 +13,7 @@
 //!   stock and points back, and a purged checkout's key starts a new one;
 //! - `ListSagas` by `orderId` through grpcurl (reflection, plaintext)
 //!   lists the order's place, confirm and cancel sagas;
-//! - what `sagas_cli.rs` does not cover of the CLI: dead letters listed,
+//! - what `sagas_cli/` does not cover of the CLI: dead letters listed,
 //!   shown, retried and aborted (single and bulk), and `--limit`'s
 //!   default of 50.
 //!

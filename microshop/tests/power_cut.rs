@@ -1,5 +1,5 @@
 //! Power-cut tests. A SIGKILL loses nothing the OS holds, so the crash
-//! matrix (`crash.rs`) cannot show that an answer was fsync'd before it
+//! matrix (`crash/`) cannot show that an answer was fsync'd before it
 //! was given; here the services' data directories are on a FUSE
 //! filesystem that forgets, at a cut, everything not made durable
 //! (`power_cut/fs.rs`), and the mesh runs on it (`power_cut/rig.rs`).

@@ -1,5 +1,5 @@
 //! Requests and reads over the mesh's APIs that the process suites share
-//! (`crash.rs`, `crash_mongodb.rs`): seeding a product, a coupon or a
+//! (`crash/`, `crash_mongodb.rs`): seeding a product, a coupon or a
 //! member into the [`Universe`] the invariant check walks, a checkout
 //! request, reading stock, balances, orders and sagas back, and waiting
 //! (bounded polling) for a saga to end or a step to be retried.

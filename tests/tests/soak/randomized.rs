@@ -412,7 +412,7 @@ async fn randomized_soak_under_faults() {
     );
     let _ = writeln!(
         report,
-        "crash points: covered by microshop/tests/crash.rs (separate processes), not counted here"
+        "crash points: covered by microshop/tests/crash/ (separate processes), not counted here"
     );
     let anomalies = tally
         .anomalies
