@@ -27,7 +27,11 @@
 //! leased by another live orchestrator. Every such claim also writes the
 //! order's `order_turns` document, so two claims racing for one order
 //! conflict and run one after the other. Within one orchestrator the
-//! engine's per-order lock orders them.
+//! engine's per-order lock orders them. That claim is the one transaction
+//! left on a saga's document (a save and its payment deadline are two
+//! ordered writes, see `save_durable`): an orchestrator killed between its
+//! claim and its commit holds that saga until the server reaps the
+//! transaction (mongod: 60 s).
 //!
 //! `seq` comes from a counter document (`orchestrator_counters`), taken
 //! by one atomic `$inc` before the insert: unique across orchestrators, so
@@ -39,12 +43,12 @@ use microshop_storage::{
     StorageError,
     embedded::{Sync, Synced},
     mongo::{
-        MongoDb, TxnError, blob, drain, index, int, is_duplicate_key, page, storage_error, string,
-        unblob, unique_index,
+        MongoDb, blob, drain, index, int, is_duplicate_key, page, storage_error, string, unblob,
+        unique_index,
     },
 };
 use mongodb::{
-    ClientSession, Collection,
+    Collection,
     bson::{Document, doc},
     options::ReturnDocument,
 };
@@ -229,11 +233,8 @@ impl MongoSagaLog {
         Ok(vec![doc! { "$set": set }])
     }
 
-    async fn apply_deadline(
-        &self,
-        s: &mut ClientSession,
-        deadline: &PaymentDeadline,
-    ) -> Result<(), TxnError> {
+    /// Writes a payment deadline change on its own.
+    async fn apply_deadline(&self, deadline: &PaymentDeadline) -> Result<(), StorageError> {
         match deadline {
             PaymentDeadline::Keep => {}
             PaymentDeadline::Set { order_id, due_ms } => {
@@ -243,14 +244,14 @@ impl MongoSagaLog {
                         doc! { "$set": { "due_ms": *due_ms } },
                     )
                     .upsert(true)
-                    .session(s)
-                    .await?;
+                    .await
+                    .map_err(storage_error)?;
             }
             PaymentDeadline::Clear { order_id } => {
                 self.deadlines
                     .delete_one(doc! { "_id": order_id })
-                    .session(s)
-                    .await?;
+                    .await
+                    .map_err(storage_error)?;
             }
         }
         Ok(())
@@ -452,6 +453,21 @@ impl MongoSagaLog {
         }
     }
 
+    /// Saves `record` (fenced by its epoch) and its payment deadline, as
+    /// two writes and not one transaction: an orchestrator killed inside a
+    /// transaction leaves the saga's document locked by it until the
+    /// server reaps it (mongod: `transactionLifetimeLimitSeconds`, 60 s by
+    /// default; SecantusDB 0.7: never), and every claim of the saga waits
+    /// for that, so no peer could take over the very saga that needs it.
+    /// Their order makes either half alone harmless:
+    /// - a deadline is set (on a checkout's completion) before the record,
+    ///   and only by a saver still holding the saga (one fenced out between
+    ///   that check and its write sets what its successor sets too: the due
+    ///   time comes from the saga's creation); whoever completes the saga
+    ///   after a saver cut short sets the same one;
+    /// - it is cleared (payment, cancellation) after the record: a deadline
+    ///   a cut left behind starts an expiry that cancels only an unpaid
+    ///   order, and ends, either way, by clearing it.
     async fn save_durable(
         &self,
         record: &SagaRecord,
@@ -461,41 +477,31 @@ impl MongoSagaLog {
             "_id": &record.saga_id,
             "epoch": i64::try_from(record.lease_epoch).unwrap_or(i64::MAX),
         };
-        let update = self.record_update(record)?;
-        if deadline == PaymentDeadline::Keep {
-            let done = self
+        if matches!(deadline, PaymentDeadline::Set { .. }) {
+            // A saver fenced out already sets no deadline.
+            let held = self
                 .sagas
-                .update_one(filter, update)
+                .find_one(filter.clone())
+                .projection(doc! { "_id": 1 })
                 .await
                 .map_err(storage_error)?;
-            return if done.matched_count == 1 {
-                Ok(())
-            } else {
-                Err(fenced(&record.saga_id))
-            };
+            if held.is_none() {
+                return Err(fenced(&record.saga_id));
+            }
+            self.apply_deadline(&deadline).await?;
         }
-        self.db
-            .transaction(|s| {
-                let (this, filter, update, deadline, id) = (
-                    self.clone(),
-                    filter.clone(),
-                    update.clone(),
-                    deadline.clone(),
-                    record.saga_id.clone(),
-                );
-                Box::pin(async move {
-                    let done = this
-                        .sagas
-                        .update_one(filter, update)
-                        .session(&mut *s)
-                        .await?;
-                    if done.matched_count != 1 {
-                        return Err(fenced(&id).into());
-                    }
-                    this.apply_deadline(s, &deadline).await
-                })
-            })
+        let done = self
+            .sagas
+            .update_one(filter, self.record_update(record)?)
             .await
+            .map_err(storage_error)?;
+        if done.matched_count != 1 {
+            return Err(fenced(&record.saga_id));
+        }
+        if matches!(deadline, PaymentDeadline::Clear { .. }) {
+            self.apply_deadline(&deadline).await?;
+        }
+        Ok(())
     }
 }
 
