@@ -424,7 +424,9 @@ pub struct EngineArgs {
     )]
     pub lease_ms: u64,
     /// Crash point for recovery tests: PHASE:OP[=hold|abort], PHASE one of
-    /// intent, rpc, result (e.g. `result:reserve-stock`).
+    /// intent, rpc, result (e.g. `result:reserve-stock`), or save:deadline
+    /// (MongoDB saga log: a checkout's payment deadline written, its record
+    /// not yet).
     #[arg(long, env = "MICROSHOP_FAILPOINT", hide = true)]
     pub failpoint: Option<Failpoint>,
 }

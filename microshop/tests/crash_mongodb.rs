@@ -3,7 +3,8 @@
 //! log, one SIGKILLed while it holds sagas mid-burst (the others take them
 //! over: every saga ends once, the invariants of `docs/architecture.md` hold), and the database
 //! itself stopped and started again under the mesh (health and errors
-//! degrade to UNAVAILABLE, nothing exits, everything resumes).
+//! degrade to UNAVAILABLE, nothing exits, everything resumes), and an
+//! orchestrator killed between the two writes of a checkout's last save.
 //!
 //! They run against `MICROSHOP_TEST_MONGODB_URI` and a SecantusDB of their
 //! own (`MICROSHOP_TEST_SECANTUSD`), both set by `scripts/test.sh`; without
@@ -23,7 +24,7 @@ use microshop::{
     invariants::{Universe, all_sagas},
     mesh::MeshClients,
 };
-use microshop_proto::{inventory::v1 as inv, orchestrator::v1 as orch};
+use microshop_proto::{inventory::v1 as inv, orchestrator::v1 as orch, order::v1 as ord};
 use microshop_runtime::{Reason, errors::reason_of};
 use tokio::time::{Instant, sleep};
 use tonic::{Code, Status};
@@ -222,6 +223,97 @@ async fn three_orchestrators_take_over_a_killed_ones_sagas() {
          {completed} completed, {rejected} compensated, in {:?}",
         started.elapsed()
     );
+}
+
+/// An orchestrator killed inside a checkout's last save, after its payment
+/// deadline is written and before its `COMPLETED` record (`save:deadline`):
+/// a peer takes the saga over and completes it, and the order, never paid,
+/// is cancelled once that deadline passes. While the two writes were one
+/// transaction, the kill left the saga's document locked by a transaction
+/// nobody would finish (SecantusDB never reaps it, mongod after 60 s), and
+/// no claim of the saga got through: the takeover test failed in CI on a
+/// saga that stayed RUNNING for as long as it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_saga_cut_between_its_deadline_and_its_record_is_taken_over() {
+    let test = "a_saga_cut_between_its_deadline_and_its_record_is_taken_over";
+    let Some(uri) = microshop_runtime::testing::mongodb_uri_for_tests(test) else {
+        return;
+    };
+    // A deadline well after the takeover (a lease, 8 s, and a recovery
+    // pass), so the expiry cancels a completed checkout's order.
+    let engine = SHARED_ENGINE.iter().copied().chain([
+        "--payment-ttl-secs",
+        "20",
+        "--expiry-interval-ms",
+        "200",
+    ]);
+    let mut cluster = Cluster::builder()
+        .orchestrator(engine)
+        .mongodb(uri)
+        .start()
+        .await;
+    let peer = cluster.start_peer().await;
+    let c = cluster.clients_of(peer);
+    let mut u = Universe::default();
+    let (sku, who, key) = ("CUT-SKU", "cut-customer", "cut-at-deadline");
+    put_product(&c, &mut u, sku, 3).await;
+    grant(&c, &mut u, who).await;
+    cluster
+        .restart(Svc::Orchestrator, &["--failpoint", "save:deadline"])
+        .await;
+    let call = tokio::spawn(place_via(
+        cluster.clients(),
+        cluster.clients_of(peer),
+        place(key, who, sku, "", 0),
+    ));
+    cluster
+        .wait_line(
+            Svc::Orchestrator,
+            "FAILPOINT save:deadline reached",
+            Duration::from_secs(60),
+        )
+        .await;
+    cluster.kill(Svc::Orchestrator);
+
+    let placed = call
+        .await
+        .expect("the call task")
+        .expect("the checkout completes on the peer");
+    let saga = saga_by_key(&c, key).await.expect("the saga");
+    assert_eq!(
+        saga.state,
+        orch::SagaState::Completed as i32,
+        "{}",
+        describe(&saga)
+    );
+    // The deadline was set: the expiry's cancellation starts once it passes
+    // (keyed by the order) and ends with the order cancelled.
+    let expiry = format!("expire:{}", placed.order_id);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let expired = loop {
+        if let Some(saga) = saga_by_key(&c, &expiry).await {
+            break saga;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no expiry saga for the unpaid order: its deadline was lost"
+        );
+        sleep(POLL).await;
+    };
+    let expired = wait_settled(&c, &expired.saga_id).await;
+    assert_eq!(
+        expired.state,
+        orch::SagaState::Completed as i32,
+        "{}",
+        describe(&expired)
+    );
+    let status = order(&c, &placed.order_id).await.status;
+    assert_eq!(
+        status,
+        ord::OrderStatus::Cancelled as i32,
+        "the order's status"
+    );
+    assert_invariants(&c, &u, "a saga cut between its deadline and its record").await;
 }
 
 /// Budgets that outlast a database outage: steps and compensations keep

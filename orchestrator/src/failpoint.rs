@@ -6,6 +6,11 @@
 //! configured one is reached, the process announces it on stderr and then
 //! holds (so a test can SIGKILL it at exactly that point) or aborts.
 //!
+//! One more lies inside a save of the MongoDB saga log: `save:deadline`,
+//! after a checkout's payment deadline is written and before the record it
+//! belongs with (the two are separate writes there, and a takeover must
+//! not depend on the second).
+//!
 //! Off unless `--failpoint` / `MICROSHOP_FAILPOINT` is set; the check is a
 //! string comparison, so it costs nothing measurable when off.
 
@@ -40,11 +45,13 @@ impl FromStr for Failpoint {
             Some((_, other)) => return Err(format!("unknown failpoint action {other:?}")),
         };
         let valid = point.split_once(':').is_some_and(|(phase, op)| {
-            matches!(phase, "intent" | "rpc" | "result") && !op.is_empty()
+            (matches!(phase, "intent" | "rpc" | "result") && !op.is_empty())
+                || (phase, op) == ("save", "deadline")
         });
         if !valid {
             return Err(format!(
-                "failpoint {point:?} must look like intent:OP, rpc:OP or result:OP"
+                "failpoint {point:?} must look like intent:OP, rpc:OP or result:OP, or be \
+                 save:deadline"
             ));
         }
         Ok(Self {
@@ -71,6 +78,42 @@ impl Failpoint {
             FailAction::Hold => loop {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_parse_and_bad_ones_are_refused() {
+        for (text, point, action) in [
+            (
+                "result:reserve-stock",
+                "result:reserve-stock",
+                FailAction::Hold,
+            ),
+            (
+                "intent:create-order=abort",
+                "intent:create-order",
+                FailAction::Abort,
+            ),
+            ("rpc:quote=hold", "rpc:quote", FailAction::Hold),
+            ("save:deadline", "save:deadline", FailAction::Hold),
+        ] {
+            let fp: Failpoint = text.parse().expect(text);
+            assert_eq!((fp.point.as_str(), fp.action), (point, action), "{text}");
+        }
+        for bad in [
+            "",
+            "reserve-stock",
+            "result:",
+            "commit:reserve-stock",
+            "save:record",
+            "result:quote=later",
+        ] {
+            assert!(bad.parse::<Failpoint>().is_err(), "{bad:?} was accepted");
         }
     }
 }

@@ -84,7 +84,8 @@ pub async fn run(
                     MongoDb::connect(&uri, &config.server.mongodb_database("orchestrator")).await?;
                 let log =
                     MongoSagaLog::open(db, config.engine.instance_id.clone(), config.engine.lease)
-                        .await?;
+                        .await?
+                        .with_failpoint(config.engine.failpoint.clone());
                 let backfill = log.clone();
                 tokio::spawn(async move {
                     match backfill.backfill_listing_fields().await {

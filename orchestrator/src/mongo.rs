@@ -54,6 +54,7 @@ use mongodb::{
 };
 
 use crate::{
+    failpoint::Failpoint,
     log::{Begin, PaymentDeadline, SagaFilter, SagaLog, SagaPage},
     model::{SagaRecord, SagaState},
 };
@@ -95,6 +96,8 @@ pub struct MongoSagaLog {
     turns: Collection<Document>,
     owner: String,
     lease_ms: i64,
+    /// `save:deadline`, for the takeover test (see [`Failpoint`]).
+    failpoint: Option<Failpoint>,
 }
 
 impl MongoSagaLog {
@@ -139,9 +142,17 @@ impl MongoSagaLog {
             db,
             owner,
             lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
+            failpoint: None,
         };
         log.upgrade_keys().await?;
         Ok(log)
+    }
+
+    /// This log, holding at `failpoint` when it is `save:deadline`.
+    #[must_use]
+    pub fn with_failpoint(mut self, failpoint: Option<Failpoint>) -> Self {
+        self.failpoint = failpoint.filter(|fp| fp.point == "save:deadline");
+        self
     }
 
     /// Moves a database written before keys were scoped per customer to
@@ -489,6 +500,7 @@ impl MongoSagaLog {
                 return Err(fenced(&record.saga_id));
             }
             self.apply_deadline(&deadline).await?;
+            Failpoint::hit(self.failpoint.as_ref(), "save", "deadline").await;
         }
         let done = self
             .sagas
