@@ -510,8 +510,17 @@ impl MongoSagaLog {
         if done.matched_count != 1 {
             return Err(fenced(&record.saga_id));
         }
-        if matches!(deadline, PaymentDeadline::Clear { .. }) {
-            self.apply_deadline(&deadline).await?;
+        if let PaymentDeadline::Clear { order_id } = &deadline {
+            // The outcome is saved: a deadline left behind is the expiry's
+            // to clear, so its caller hears the outcome, not this failure.
+            if let Err(e) = self.apply_deadline(&deadline).await {
+                tracing::warn!(
+                    error = %e,
+                    saga_id = %record.saga_id,
+                    order_id = %order_id,
+                    "cannot clear the order's payment deadline; its expiry will find the order settled and clear it"
+                );
+            }
         }
         Ok(())
     }
