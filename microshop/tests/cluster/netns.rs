@@ -1,5 +1,5 @@
 //! A small network of Linux network namespaces for the fault suite
-//! (`faults.rs`): every service a host of its own, all on one bridge, and
+//! (`microshop/tests/faults/`): every service a host of its own, all on one bridge, and
 //! silent partitions between any two hosts.
 //!
 //! The layout, all of it in namespaces this module creates (the host's own
@@ -23,7 +23,7 @@
 //! hangs until its own timeout, and a TCP connection survives the cut
 //! (both ends keep their state) and carries on after the heal. It also
 //! cuts one pair (orchestrator ↔ MongoDB) while both keep every other
-//! link. `faults.rs` proves the silence with a test of its own.
+//! link. `faults/partitions.rs` proves the silence with a test of its own.
 //!
 //! The test process joins the network too: [`Net::enter`] moves the
 //! calling thread into a host's namespace, and every thread it starts
