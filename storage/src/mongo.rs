@@ -608,8 +608,9 @@ mod tests {
     /// cannot be reached (a service started before its MongoDB) answered
     /// INTERNAL, "Transactions are not supported by this deployment",
     /// because the driver did not know the deployment yet. It is an outage:
-    /// UNAVAILABLE. (`microshop/tests/faults/database_down.rs`, "a database that is down when the
-    /// services start", covers the moment it comes up.)
+    /// UNAVAILABLE. (`microshop/tests/faults/database_down.rs`, "a database
+    /// that is down when the services start", covers the moment it comes
+    /// up.)
     #[tokio::test]
     async fn a_transaction_while_the_database_is_unreachable_is_unavailable() {
         // A port nothing listens on: bound, read, released.
